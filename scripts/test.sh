@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Run every test tier this machine can run: lint, types, unit, integration (real
+# compiles of llama.cpp from the llama-cpp-python sdist), e2e (real systemd).
+# Extra arguments go to pytest (for example -m unit, or -k smoke).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/bootstrap.sh --test
+export PATH="$PWD/.venv/bin:$PATH"
+# ccache makes the session-wide llama.cpp build cheap after the first run.
+export CCACHE_DIR="${CCACHE_DIR:-$HOME/.cache/ccache}"
+ccache --max-size=5G >/dev/null 2>&1 || true
+echo "== ruff"; ruff check src tests; ruff format --check src tests
+echo "== mypy"; mypy
+echo "== pytest"
+python -m pytest "$@"

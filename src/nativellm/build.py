@@ -1,0 +1,284 @@
+"""Drive the cpp/ superbuild: plan -> source -> configure/compile -> smoke test -> store.
+
+`build_llama` is the use case behind `nativellm build`. Nothing reaches
+`current` until its smoke test passed; a failure leaves the store as it was.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import json
+import os
+import re
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from nativellm import __version__, run
+from nativellm.errors import BuildError, ResourceError, SmokeTestError
+from nativellm.fsutil import canonical_hash, sha256_file
+from nativellm.hardware import HostProfile, detect_host
+from nativellm.hardware.profile import load_profile
+from nativellm.paths import Paths, package_data
+from nativellm.plan import Backend, BuildPlan, PlanOptions, next_fallback, plan_build
+from nativellm.smoke import SmokeResult, base_model, smoke_test
+from nativellm.source import Source, SourceRequest, resolve_source
+from nativellm.store import BuildRecord, Store
+from nativellm.synth import VOCAB_FILE, find_vocab
+from nativellm.toolchain import Toolchain, find_toolchain, troubleshoot
+
+BUILD_FORMAT = 1  # bump when the store layout or superbuild changes the output
+MIN_FREE_BYTES = 3 << 30
+_NINJA_RE = re.compile(r"^\[(\d+)/(\d+)\]")
+MAX_FALLBACKS = 2
+
+
+class Reporter(Protocol):
+    """How a build tells the user what it is doing (the CLI renders it)."""
+
+    def stage(self, message: str) -> None: ...
+    def progress(self, done: int, total: int) -> None: ...
+    def warn(self, message: str) -> None: ...
+
+
+class SilentReporter:
+    def stage(self, message: str) -> None:
+        pass
+
+    def progress(self, done: int, total: int) -> None:
+        pass
+
+    def warn(self, message: str) -> None:
+        pass
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    """Everything `nativellm build` was asked to do."""
+
+    auto: bool = True  # retry without the suspect ISA family when the smoke test crashes
+    profile: Path | None = None
+    plan: PlanOptions = field(default_factory=PlanOptions)
+    source: SourceRequest = field(default_factory=SourceRequest)
+    jobs: int | None = None
+    dry_run: bool = False
+    activate: bool = True
+
+
+@dataclass(frozen=True)
+class BuildOutcome:
+    plan: BuildPlan
+    build_id: str | None
+    cached: bool = False
+    changed: bool = False
+    activated: bool = False
+    record: BuildRecord | None = None
+    fallbacks: tuple[dict[str, Any], ...] = ()
+    jobs: int = 0
+    duration_s: float = 0.0
+    notes: tuple[str, ...] = ()
+
+
+def default_jobs(profile: HostProfile, backend: Backend) -> int:
+    """Parallel compile jobs from cores and free RAM: a CUDA/HIP job needs a few GB."""
+    per_job = (4 << 30) if backend in (Backend.CUDA, Backend.HIP) else (1 << 30)
+    avail = _mem_available() or profile.memory_bytes
+    return max(1, min(profile.cpu.logical_cores or 1, avail // per_job))
+
+
+def _mem_available() -> int | None:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def compute_build_id(plan: BuildPlan, source: Source, tools: Toolchain, profile: HostProfile) -> str:
+    """Hash of everything that affects the binaries, so equal inputs are a cache hit."""
+    superbuild = package_data("cpp") / "CMakeLists.txt"
+    src = {k: v for k, v in source.identity.items() if k not in ("path", "origin")}
+    inputs = {
+        "format": BUILD_FORMAT,
+        "plan": {k: v for k, v in plan.to_dict().items() if k not in ("reasons", "warnings")},
+        "source": src,
+        "toolchain": tools.identity(),
+        "superbuild": sha256_file(superbuild),
+        "target": [profile.os, profile.arch],
+    }
+    return f"{plan.backend.value}-{canonical_hash(inputs)[:12]}"
+
+
+def _is_this_host(target: HostProfile, here: HostProfile) -> bool:
+    return target.arch == here.arch and set(target.cpu.flags) <= set(here.cpu.flags)
+
+
+class _Builder:
+    """The mutable state of one `build` run."""
+
+    def __init__(self, paths: Paths, opts: BuildOptions, reporter: Reporter) -> None:
+        self.paths = paths
+        self.opts = opts
+        self.rep = reporter
+        self.store = Store(paths)
+
+    def compile(self, plan: BuildPlan, source: Source, tools: Toolchain, work: Path, jobs: int) -> Path:
+        build_dir, stage, log = work / "build", work / "stage", work / "build.log"
+        shutil.rmtree(stage, ignore_errors=True)
+        configure = [
+            tools.cmake, "-G", "Ninja", "-S", str(package_data("cpp")), "-B", str(build_dir),
+            f"-DCMAKE_MAKE_PROGRAM={tools.ninja}",
+            f"-DNATIVELLM_LLAMA_SOURCE={source.path}",
+            f"-DNATIVELLM_TARGETS={';'.join(plan.targets)}",
+            "-Wno-dev",
+            *(f"-D{k}={v}" for k, v in sorted(plan.cmake_defines.items())),
+        ]  # fmt: skip
+        steps: list[tuple[str, list[str]]] = [
+            ("configure", configure),
+            ("compile", [tools.cmake, "--build", str(build_dir), "--parallel", str(jobs)]),
+            ("install", [tools.cmake, "--install", str(build_dir), "--component", "nativellm", "--prefix", str(stage)]),
+        ]
+
+        # Work dirs sit at one depth, so with a base dir ccache sees identical relative
+        # paths across build ids and reuses objects a different plan left behind.
+        ccache_env = {"CCACHE_BASEDIR": os.path.commonpath([source.path, work]), "CCACHE_NOHASHDIR": "1"}
+
+        def on_line(line: str) -> None:
+            m = _NINJA_RE.match(line)
+            if m:
+                self.rep.progress(int(m.group(1)), int(m.group(2)))
+
+        for name, argv in steps:
+            self.rep.stage(f"{name} ({'ninja' if name == 'compile' else 'cmake'}, log: {log})")
+            rc = run.stream(argv, log_path=log, on_line=on_line, env=ccache_env)
+            if rc != 0:
+                text = log.read_text(errors="replace")
+                hint = troubleshoot(text) or f"read the log: {log}"
+                raise BuildError(f"llama.cpp {name} step failed (exit {rc}); full log: {log}", hint)
+        return stage
+
+    def smoke(self, stage: Path, source: Source, work: Path, threads: int) -> SmokeResult:
+        vocab = find_vocab(source.path)
+        share = stage / "share" / "nativellm"
+        share.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(vocab, share / VOCAB_FILE)
+        base = base_model(self.paths.work / "smoke-cache" / sha256_file(vocab)[:12], vocab)
+        self.rep.stage("smoke test: real inference on Q4_0, Q8_0 and Q4_K_M models")
+        return smoke_test(stage / "bin", base, work / "smoke", threads=threads)
+
+    def manifest(self, **parts: Any) -> dict[str, Any]:
+        stage: Path = parts.pop("stage")
+        binaries = {
+            str(p.relative_to(stage)): sha256_file(p)
+            for p in sorted(stage.rglob("*"))
+            if p.is_file() and not p.is_symlink() and p.parent.name in ("bin", "lib")
+        }
+        stamp_file = stage / "share" / "nativellm" / "nativellm-cmake.json"
+        stamp = json.loads(stamp_file.read_text()) if stamp_file.is_file() else {}
+        return {**parts, "binaries": binaries, "cmake": stamp, "nativellm_version": __version__}
+
+    def run(self) -> BuildOutcome:
+        t0 = time.monotonic()
+        opts = self.opts
+        self.rep.stage("detecting hardware")
+        here = detect_host()
+        target = load_profile(opts.profile) if opts.profile else here
+        plan = plan_build(target, opts.plan)
+        backend = plan.backend
+        jobs = opts.jobs or default_jobs(here, backend)
+        tools = find_toolchain(need_nvcc=backend is Backend.CUDA)
+        if opts.dry_run:
+            return BuildOutcome(plan, None, jobs=jobs, notes=("dry run: nothing was fetched or compiled",))
+        can_smoke = _is_this_host(target, here)
+
+        with self.store.lock():
+            source = resolve_source(opts.source, self.paths.sources, lambda d, t: self.rep.progress(d, t or 0))
+            requested: list[str] = []
+            fallbacks: list[dict[str, Any]] = []
+            disabled: dict[str, str] = dict(opts.plan.disable_reasons)
+            while True:
+                build_id = compute_build_id(plan, source, tools, target)
+                requested.append(build_id)
+                hit = self.store.find_by_request(build_id)
+                if hit is not None and (hit.smoke_passed or not can_smoke):
+                    activated = opts.activate and hit.smoke_passed and self.store.set_current(hit.id)
+                    return BuildOutcome(
+                        plan, hit.id, cached=True, changed=activated, activated=activated, record=hit,
+                        jobs=jobs, duration_s=time.monotonic() - t0, notes=(f"already built: {hit.id}",),
+                    )  # fmt: skip
+                free = shutil.disk_usage(self.paths.home).free
+                if free < MIN_FREE_BYTES:
+                    raise ResourceError(
+                        f"only {free >> 20} MiB free in {self.paths.home}; a build needs {MIN_FREE_BYTES >> 30} GiB",
+                        "free disk space or run `nativellm builds gc`",
+                    )
+                work = self.paths.work / build_id
+                started = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+                self.rep.stage(f"building {build_id} with {jobs} job(s)")
+                stage = self.compile(plan, source, tools, work, jobs)
+                result: SmokeResult | None = None
+                if can_smoke:
+                    result = self.smoke(stage, source, work, threads=max(1, here.cpu.physical_cores))
+                if result is None or result.passed:
+                    break
+                family = next_fallback(plan, frozenset(disabled)) if opts.auto else None
+                failure = {"build_id": build_id, "smoke_test": result.to_dict(), "log": str(work / "smoke" / "smoke.log")}
+                if family is None or len(fallbacks) >= MAX_FALLBACKS:
+                    raise SmokeTestError(
+                        f"build {build_id} failed its smoke test ({result.summary()}); it was not activated",
+                        f"read {work / 'smoke' / 'smoke.log'}; the previous build stays current",
+                    )
+                why = f"the smoke test crashed with it enabled ({result.summary()})"
+                disabled[family] = why
+                fallbacks.append({**failure, "dropped": family, "reason": why})
+                self.rep.warn(f"smoke test failed ({result.summary()}); retrying without {family}")
+                plan = plan_build(
+                    target,
+                    dataclasses.replace(
+                        opts.plan, disable=frozenset(disabled), disable_reasons=tuple(sorted(disabled.items()))
+                    ),
+                )
+
+            manifest = self.manifest(
+                stage=stage,
+                id=build_id,
+                requested_ids=requested,
+                created=started,
+                finished=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                duration_s=round(time.monotonic() - t0, 1),
+                source=source.identity,
+                plan=plan.to_dict(),
+                toolchain=tools.identity(),
+                built_on=here.to_dict(),
+                built_for=target.to_dict(),
+                probe={"flags": list(target.cpu.flags), "dropped": target.cpu.dropped_flags or {}},
+                smoke_test=result.to_dict() if result else {"passed": False, "skipped": "built for another host"},
+                fallbacks=fallbacks,
+                jobs=jobs,
+            )
+            shutil.copy2(work / "build.log", stage / "build.log")
+            if (work / "smoke" / "smoke.log").exists():
+                shutil.copy2(work / "smoke" / "smoke.log", stage / "smoke.log")
+            record = self.store.install(stage, manifest)
+            shutil.rmtree(work, ignore_errors=True)
+            activated = bool(opts.activate and result and self.store.set_current(record.id))
+            notes = [f"built {record.id}"]
+            notes += [f"dropped {f['dropped']}: {f['reason']}" for f in fallbacks]
+            if result is None:
+                notes.append("not smoke-tested: built for another host; install it there to activate")
+            return BuildOutcome(
+                plan, record.id, changed=True, activated=activated, record=record,
+                fallbacks=tuple(fallbacks), jobs=jobs, duration_s=time.monotonic() - t0, notes=tuple(notes),
+            )  # fmt: skip
+
+
+def build_llama(paths: Paths, opts: BuildOptions, reporter: Reporter | None = None) -> BuildOutcome:
+    return _Builder(paths, opts, reporter or SilentReporter()).run()
+
+

@@ -1,0 +1,82 @@
+"""Where nativellm keeps its state: user scope (XDG), system scope (FHS), or NATIVELLM_HOME."""
+
+from __future__ import annotations
+
+import enum
+import os
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+from nativellm.errors import NotFoundError
+
+
+class Scope(str, enum.Enum):
+    USER = "user"
+    SYSTEM = "system"
+
+
+@dataclass(frozen=True)
+class Paths:
+    """Every location nativellm writes to, for one scope."""
+
+    scope: Scope
+    home: Path  # data root: builds, sources, models
+    config: Path  # instance specs
+    units: Path  # systemd unit directory
+
+    @property
+    def builds(self) -> Path:
+        return self.home / "builds"
+
+    @property
+    def current(self) -> Path:
+        return self.home / "current"
+
+    @property
+    def sources(self) -> Path:
+        return self.home / "sources"
+
+    @property
+    def work(self) -> Path:
+        return self.home / "work"
+
+    @property
+    def models(self) -> Path:
+        return self.home / "models"
+
+    @property
+    def lock(self) -> Path:
+        return self.home / "build.lock"
+
+
+def _xdg(var: str, default: str) -> Path:
+    value = os.environ.get(var)
+    return Path(value) if value else Path.home() / default
+
+
+def resolve_paths(scope: Scope = Scope.USER) -> Paths:
+    """NATIVELLM_HOME puts everything under one directory (tests, containers)."""
+    override = os.environ.get("NATIVELLM_HOME")
+    if override:
+        root = Path(override)
+        return Paths(scope, root / "data", root / "config", root / "systemd")
+    if scope is Scope.SYSTEM:
+        return Paths(scope, Path("/var/lib/nativellm"), Path("/etc/nativellm"), Path("/etc/systemd/system"))
+    return Paths(
+        scope,
+        _xdg("XDG_DATA_HOME", ".local/share") / "nativellm",
+        _xdg("XDG_CONFIG_HOME", ".config") / "nativellm",
+        _xdg("XDG_CONFIG_HOME", ".config") / "systemd" / "user",
+    )
+
+
+def package_data(name: str) -> Path:
+    """Locate shipped data (`cpp`, `systemd`): installed wheel first, then the source checkout."""
+    installed = Path(str(resources.files("nativellm"))) / "_data" / name
+    if installed.is_dir():
+        return installed
+    checkout = Path(__file__).resolve().parents[2] / name
+    if checkout.is_dir():
+        return checkout
+    raise NotFoundError(f"nativellm's {name}/ data is missing", "reinstall nativellm")

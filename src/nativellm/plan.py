@@ -1,0 +1,498 @@
+"""Build planning: HostProfile + PlanOptions -> BuildPlan (`nativellm.plan/1`, DESIGN.md section 4).
+
+Pure and table-driven. Option names and their semantics follow the llama.cpp tree we build:
+ggml/CMakeLists.txt (options), ggml/src/CMakeLists.txt (GGML_CPU_ALL_VARIANTS variants),
+ggml/src/ggml-cpu/CMakeLists.txt (what each ISA option compiles with),
+ggml/src/ggml-cuda/CMakeLists.txt (12X -> 12Xa) and ggml/src/ggml-hip/CMakeLists.txt (GPU_TARGETS).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any
+
+from nativellm.errors import PlanError, UsageError
+from nativellm.hardware.profile import GpuInfo, HostProfile
+
+SCHEMA = "nativellm.plan/1"
+TARGETS: tuple[str, ...] = ("llama-server", "llama-bench", "llama-quantize")
+BUILD_TYPES = frozenset({"Release", "RelWithDebInfo", "MinSizeRel", "Debug"})
+FALLBACK_ORDER: tuple[str, ...] = ("amx", "avx512")
+"""Which family the auto build drops first after a smoke-test crash (DESIGN.md section 6)."""
+
+
+class Backend(str, Enum):
+    """The GPU (or CPU-only) backend of a build. `str` mixin instead of StrEnum: Python 3.10."""
+
+    CPU = "cpu"
+    CUDA = "cuda"
+    HIP = "hip"
+    VULKAN = "vulkan"
+    METAL = "metal"
+    SYCL = "sycl"
+
+    def __str__(self) -> str:
+        return self.value
+
+    @property
+    def cmake_option(self) -> str | None:
+        return _BACKEND_OPTION[self]
+
+
+# ggml's switch for each backend: GGML_CUDA, GGML_HIP, GGML_VULKAN, GGML_METAL, GGML_SYCL.
+_BACKEND_OPTION: dict[Backend, str | None] = {b: f"GGML_{b.value.upper()}" for b in Backend}
+_BACKEND_OPTION[Backend.CPU] = None
+
+# Set on every plan. Each is offline-safe or keeps the build small.
+_ALWAYS: tuple[tuple[str, str, str], ...] = (
+    ("LLAMA_USE_PREBUILT_UI", "OFF", "ON downloads the web UI at build time; builds must work offline"),
+    ("LLAMA_BUILD_UI", "OFF", "building the web UI needs npm and the network"),
+    ("LLAMA_OPENSSL", "OFF", "no OpenSSL dependency: nativellm fetches models itself, not llama-server"),
+    ("LLAMA_BUILD_TESTS", "OFF", "only the planned targets are built"),
+    ("LLAMA_BUILD_EXAMPLES", "OFF", "only the planned targets are built"),
+    ("GGML_CCACHE", "ON", "reuses compiler output when ccache is installed; harmless without it"),
+    ("BUILD_SHARED_LIBS", "ON", "bin/ finds lib/ through RPATH $ORIGIN/../lib; GGML_BACKEND_DL needs it"),
+)
+
+# x86-64: define, family, cpu flags it needs (/proc/cpuinfo spelling), families it needs ON first.
+# GGML_AVX512 compiles with -mavx512f -mavx512cd -mavx512vl -mavx512dq -mavx512bw, so all five are required.
+# ggml's AMX kernels are compiled only with __AMX_INT8__ && __AVX512VNNI__, hence amx -> avx512_vnni.
+_X86: tuple[tuple[str, str, tuple[str, ...], tuple[str, ...]], ...] = (
+    ("GGML_SSE42", "sse42", ("sse4_2",), ()),
+    ("GGML_AVX", "avx", ("avx",), ()),
+    ("GGML_AVX2", "avx2", ("avx2",), ("avx",)),
+    ("GGML_FMA", "fma", ("fma",), ("avx",)),
+    ("GGML_F16C", "f16c", ("f16c",), ("avx",)),
+    ("GGML_BMI2", "bmi2", ("bmi2",), ()),
+    ("GGML_AVX_VNNI", "avx_vnni", ("avx_vnni",), ("avx2",)),
+    ("GGML_AVX512", "avx512", ("avx512f", "avx512cd", "avx512vl", "avx512dq", "avx512bw"), ("avx2", "fma")),
+    ("GGML_AVX512_VBMI", "avx512_vbmi", ("avx512vbmi",), ("avx512",)),
+    ("GGML_AVX512_VNNI", "avx512_vnni", ("avx512_vnni",), ("avx512",)),
+    ("GGML_AVX512_BF16", "avx512_bf16", ("avx512_bf16",), ("avx512",)),
+    ("GGML_AMX_TILE", "amx", ("amx_tile",), ("avx512_vnni",)),
+    ("GGML_AMX_INT8", "amx", ("amx_tile", "amx_int8"), ("avx512_vnni",)),
+    ("GGML_AMX_BF16", "amx", ("amx_tile", "amx_bf16"), ("avx512_vnni",)),
+)
+# llama.cpp's default with GGML_NATIVE=OFF (INS_ENB): what a generic distro package is built with.
+_X86_BASELINE = frozenset({"sse42", "avx", "avx2", "fma", "f16c", "bmi2"})
+# GGML_CPU_ALL_VARIANTS on x86 (ggml/src/CMakeLists.txt): the variants compiled with each family past AVX2.
+_X86_VARIANTS: dict[str, str] = {
+    "avx512": "skylakex cannonlake cascadelake icelake cooperlake zen4 sapphirerapids",
+    "avx512_vbmi": "cannonlake icelake zen4 sapphirerapids",
+    "avx512_vnni": "cascadelake icelake cooperlake zen4 sapphirerapids",
+    "avx512_bf16": "cooperlake zen4 sapphirerapids",
+    "avx_vnni": "alderlake",
+    "amx": "sapphirerapids",
+}
+# aarch64: -march tag, cpu flags it needs, first architecture version with it (ggml's variant scheme),
+# tags it needs first. SME is left out: ggml uses it only through KleidiAI, which downloads at build time.
+_ARM: tuple[tuple[str, tuple[str, ...], str, tuple[str, ...]], ...] = (
+    ("dotprod", ("asimddp",), "armv8.2-a", ()),
+    ("fp16", ("fphp", "asimdhp"), "armv8.2-a", ()),
+    ("sve", ("sve",), "armv8.2-a", ()),
+    ("i8mm", ("i8mm",), "armv8.6-a", ()),
+    ("sve2", ("sve2",), "armv8.6-a", ("sve",)),
+    ("bf16", ("bf16",), "armv8.6-a", ()),
+)
+_ARM_BASES = ("armv8-a", "armv8.2-a", "armv8.6-a")
+FAMILIES = frozenset({fam for _, fam, _, _ in _X86} | {tag for tag, _, _, _ in _ARM})
+
+# NVIDIA: sm arch -> oldest CUDA that compiles for it; and the CUDA release that dropped it.
+_CUDA_MIN: dict[int, tuple[int, int]] = {
+    50: (6, 0), 52: (6, 5), 53: (7, 0), 60: (8, 0), 61: (8, 0), 62: (8, 0), 70: (9, 0), 72: (10, 0),
+    75: (10, 0), 80: (11, 0), 86: (11, 1), 87: (11, 4), 89: (11, 8), 90: (11, 8), 100: (12, 8),
+    101: (12, 8), 103: (12, 9), 110: (13, 0), 120: (12, 8), 121: (12, 9),
+}  # fmt: skip
+_CUDA_DROPPED: dict[int, tuple[int, int]] = {a: (13, 0) for a in (50, 52, 53, 60, 61, 62, 70, 72, 101)}
+# This tree rewrites 12X to the arch-specific 12Xa (FP4 tensor cores); 12Xa code can't JIT onto newer GPUs.
+_ARCH_SPECIFIC = range(120, 130)
+_PTX_FOR_ARCH_SPECIFIC = 90
+_HIP_MIN = (6, 1)  # ggml-hip: "At least ROCM/HIP V6.1 is required"
+_VULKAN_MIN = (1, 2)  # ggml-vulkan refuses devices below Vulkan 1.2
+# The tree's default KV-cache type pairs for the FlashAttention vector kernels, pinned. Commas: ggml splits
+# on them, and the value then needs no CMake list quoting. GGML_CUDA_FA_ALL_QUANTS is deprecated here.
+_FA_QUANTS = "q4_0-q4_0,q8_0-q8_0,f16-f16,bf16-bf16"
+_FA_REASON = "FlashAttention kernels for the common KV-cache types (tree default, pinned); 'all' is slow"
+_MACOS = frozenset({"macos", "darwin"})
+_MLX_WARNING = "MLX fallback is not implemented yet; use mlx-lm for models llama.cpp cannot run"
+
+
+@dataclass(frozen=True)
+class PlanOptions:
+    """What the user asked for. The CLI turns its flags into this; nothing here looks at the host."""
+
+    backend: Backend | None = None  # None: auto (cuda, hip, metal, vulkan, then cpu; see _auto_backend)
+    portable: bool = False  # GGML_CPU_ALL_VARIANTS + GGML_BACKEND_DL: one build for any CPU of the arch
+    native: bool = False  # GGML_NATIVE=ON (-march=native): for benchmarks only, not reproducible
+    baseline: bool = False  # llama.cpp's generic default ISA set (up to AVX2), as distros ship it
+    disable: frozenset[str] = frozenset()  # families forced OFF ("amx", "avx512", "sve", ...)
+    disable_reasons: tuple[tuple[str, str], ...] = ()  # family -> why; a family named here is disabled too
+    rpc: bool = False  # GGML_RPC=ON and the rpc-server target
+    build_type: str = "Release"
+
+    def disabled(self) -> dict[str, str]:
+        """Every disabled family with its reason."""
+        reasons = dict(self.disable_reasons)
+        return {fam: reasons.get(fam, "requested") for fam in sorted(self.disable | reasons.keys())}
+
+
+@dataclass(frozen=True)
+class BuildPlan:
+    """CMake defines for one build, each with its reason. `cmake_defines` is a dict; treat it as immutable."""
+
+    backend: Backend
+    cmake_defines: Mapping[str, str]
+    reasons: Mapping[str, str]
+    targets: tuple[str, ...]
+    warnings: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "schema": SCHEMA,
+            "backend": self.backend.value,
+            "cmake_defines": {k: self.cmake_defines[k] for k in sorted(self.cmake_defines)},
+            "reasons": {k: self.reasons[k] for k in sorted(self.reasons)},
+            "targets": list(self.targets),
+            "warnings": list(self.warnings),
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> BuildPlan:
+        hint = "write the plan with `nativellm plan --json`"
+        if d.get("schema") != SCHEMA:
+            raise UsageError(f"plan schema is {d.get('schema')!r}, expected {SCHEMA!r}", hint)
+        try:
+            defines, reasons = d["cmake_defines"], d.get("reasons", {})
+            if not all(isinstance(v, str) for m in (defines, reasons) for v in [*m, *m.values()]):
+                raise TypeError("cmake_defines and reasons must map strings to strings")
+            return cls(
+                backend=Backend(d["backend"]),
+                cmake_defines=dict(defines),
+                reasons=dict(reasons),
+                targets=tuple(str(t) for t in d["targets"]),
+                warnings=tuple(str(w) for w in d.get("warnings", [])),
+            )
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise UsageError(f"plan is malformed: {exc}", hint) from exc
+
+    def features(self) -> frozenset[str]:
+        """ISA families the plan names ON. Empty for --native and --portable, which name none."""
+        on = {fam for define, fam, _, _ in _X86 if self.cmake_defines.get(define) == "ON"}
+        arm = self.cmake_defines.get("GGML_CPU_ARM_ARCH", "")
+        return frozenset(on | set(arm.split("+")[1:]))
+
+    def cmake_args(self) -> list[str]:
+        return [f"-D{k}={v}" for k, v in sorted(self.cmake_defines.items())]
+
+
+def next_fallback(plan: BuildPlan, already_disabled: frozenset[str]) -> str | None:
+    """The family to drop after a smoke-test crash, or None when nothing is left to try."""
+    enabled = plan.features()
+    return next((f for f in FALLBACK_ORDER if f in enabled and f not in already_disabled), None)
+
+
+class _Draft:
+    """The plan under construction: one place that keeps a reason next to every define."""
+
+    def __init__(self) -> None:
+        self.defines: dict[str, str] = {}
+        self.reasons: dict[str, str] = {}
+        self.warnings: list[str] = []
+
+    def set(self, key: str, value: str, reason: str) -> None:
+        self.defines[key] = value
+        self.reasons[key] = reason
+
+
+def plan_build(profile: HostProfile, options: PlanOptions = PlanOptions()) -> BuildPlan:
+    """Pure: the same profile and options always give the same plan. Raises PlanError for impossible plans."""
+    disabled = _check_options(options)
+    isa = _isa_kind(profile)
+    draft = _Draft()
+    backend = _backend(profile, options, draft)  # toolkit and arch compatibility come first
+    if options.portable:
+        native_reason = "GGML_CPU_ALL_VARIANTS picks the instruction set at run time (NATIVE conflicts)"
+    elif options.native:
+        native_reason = "--native: -march=native of the build host, for benchmarks; not reproducible"
+    else:
+        native_reason = "every ISA extension is named explicitly, so any build host gives the same binary"
+    draft.set("GGML_NATIVE", "ON" if options.native else "OFF", native_reason)
+    draft.set("CMAKE_BUILD_TYPE", options.build_type, "requested build type")
+    for key, value, reason in _ALWAYS:
+        draft.set(key, value, reason)
+    if options.portable:
+        cpu = "x86-64" if isa == "x86" else "aarch64"
+        fleet = f"fleet build: runs on any {cpu}; backends are loaded at run time from bin/"
+        draft.set("GGML_BACKEND_DL", "ON", fleet)
+        draft.set("GGML_CPU_ALL_VARIANTS", "ON", fleet)
+        _portable_disable_warnings(isa, disabled, draft)
+    elif options.native:
+        draft.warnings.append("--native: -march=native may use extensions the OS does not enable")
+    elif isa == "x86":
+        _x86_defines(profile, options.baseline, disabled, draft)
+    else:
+        _arm_defines(profile, options.baseline, disabled, draft)
+    if profile.os in _MACOS and backend is not Backend.METAL:
+        draft.set("GGML_METAL", "OFF", f"ggml turns Metal on by default on Apple; this is a {backend} build")
+    if options.rpc:
+        draft.set("GGML_RPC", "ON", "--rpc: build the RPC backend and rpc-server")
+    targets = TARGETS + (("rpc-server",) if options.rpc else ())
+    return BuildPlan(backend, dict(draft.defines), dict(draft.reasons), targets, tuple(draft.warnings))
+
+
+def _check_options(options: PlanOptions) -> dict[str, str]:
+    if sum((options.portable, options.native, options.baseline)) > 1:
+        raise PlanError("--portable, --native and --baseline exclude each other", "choose one of them")
+    if options.build_type not in BUILD_TYPES:
+        raise _refuse(
+            f"build type {options.build_type!r} is unknown", f"use {', '.join(sorted(BUILD_TYPES))}"
+        )
+    disabled = options.disabled()
+    unknown = sorted(set(disabled) - FAMILIES)
+    if unknown:
+        raise _refuse(f"unknown feature family {', '.join(unknown)}", f"use {', '.join(sorted(FAMILIES))}")
+    if disabled and options.native:
+        fix = "build without --native: the default plan names every extension and can leave any out"
+        raise _refuse(f"--native cannot leave out {', '.join(disabled)}", fix)
+    return disabled
+
+
+def _isa_kind(profile: HostProfile) -> str:
+    if profile.arch in ("x86_64", "amd64"):
+        return "x86"
+    if profile.arch in ("aarch64", "arm64"):
+        return "arm"
+    raise _refuse(f"CPU architecture {profile.arch!r} is not supported", "plan for x86_64 or aarch64 hosts")
+
+
+def _x86_defines(profile: HostProfile, baseline: bool, disabled: Mapping[str, str], draft: _Draft) -> None:
+    flags = frozenset(profile.cpu.flags)
+    dropped = profile.cpu.dropped_flags or {}
+    on: set[str] = set()
+    off_by_disable: dict[str, tuple[str, str]] = {}  # family -> (root family, why)
+    for define, fam, needs, parents in _X86:
+        missing = [f for f in needs if f not in flags]
+        parent_off = [p for p in parents if p not in on]
+        cascade = next((off_by_disable[p] for p in parent_off if p in off_by_disable), None)
+        if fam in disabled:
+            off_by_disable[fam] = (fam, disabled[fam])
+            draft.set(define, "OFF", f"disabled: {disabled[fam]}")
+        elif cascade is not None:
+            off_by_disable[fam] = cascade
+            draft.set(define, "OFF", f"disabled: {cascade[1]} (needs {cascade[0]})")
+        elif baseline:
+            if fam in _X86_BASELINE:
+                on.add(fam)
+                draft.set(define, "ON", "--baseline: llama.cpp's generic default (AVX2 generation)")
+            else:
+                draft.set(define, "OFF", "--baseline: nothing above AVX2")
+        elif missing:
+            why = [f"CPU reports {f} but it is not usable: {dropped[f]}" for f in missing if f in dropped]
+            draft.set(define, "OFF", "; ".join(why) or f"CPU lacks {', '.join(missing)}")
+        elif parent_off:
+            draft.set(define, "OFF", f"CPU has {', '.join(needs)} but {parent_off[0]} is off")
+        else:
+            on.add(fam)
+            draft.set(define, "ON", f"{', '.join(needs)} verified on this CPU")
+    if baseline:
+        lacking = sorted(f for _, fam, needs, _ in _X86 if fam in on for f in needs if f not in flags)
+        if lacking:
+            draft.warnings.append(
+                f"--baseline uses {', '.join(lacking)}, which this CPU lacks: the binary will not run here"
+            )
+    if "amx" in on:
+        draft.warnings.append(
+            "AMX is on: it can SIGILL on VMs that pass every probe; the smoke test guards it"
+        )
+
+
+def _arm_defines(profile: HostProfile, baseline: bool, disabled: Mapping[str, str], draft: _Draft) -> None:
+    flags = frozenset(profile.cpu.flags)
+    base, bump, tags, notes = "armv8-a", "armv8-a: no optional extension", [], []
+    for tag, needs, since, parents in () if baseline else _ARM:
+        label = tag if needs == (tag,) else f"{tag} ({'+'.join(needs)})"
+        if tag in disabled:
+            notes.append(f"{tag} disabled: {disabled[tag]}")
+        elif any(f not in flags for f in needs):
+            notes.append(f"CPU lacks {label}")
+        elif any(p not in tags for p in parents):
+            notes.append(f"{tag} needs {', '.join(parents)}, which is off")
+        else:
+            tags.append(tag)
+            notes.append(f"{label} verified on this CPU")
+            if _ARM_BASES.index(since) > _ARM_BASES.index(base):
+                base, bump = since, f"{since} is the first version with {tag}"
+    arch = base + "".join(f"+{t}" for t in tags)
+    why = "--baseline: generic armv8-a, no optional extensions" if baseline else "; ".join([bump, *notes])
+    draft.set("GGML_CPU_ARM_ARCH", arch, why)
+
+
+def _portable_disable_warnings(isa: str, disabled: Mapping[str, str], draft: _Draft) -> None:
+    # ggml's loader scores CPU variants by CPUID alone, so the install is where a family can be left out.
+    for fam in disabled:
+        libs = " ".join(f"ggml-cpu-{v}" for v in _X86_VARIANTS.get(fam, "").split()) if isa == "x86" else ""
+        fix = f"; remove {libs} from the install" if libs else ""
+        draft.warnings.append(f"--portable cannot leave {fam} out: ggml picks CPU variants at run time{fix}")
+
+
+def _backend(profile: HostProfile, options: PlanOptions, draft: _Draft) -> Backend:
+    backend = options.backend or _auto_backend(profile, draft)
+    if backend in _BACKEND_PLANNERS:
+        _BACKEND_PLANNERS[backend](profile, options, draft)
+    return backend
+
+
+def _auto_backend(profile: HostProfile, draft: _Draft) -> Backend:
+    tk = profile.toolkits
+    nvidia, amd = profile.gpus_of("nvidia"), profile.gpus_of("amd")
+    if nvidia and tk.cuda:
+        return Backend.CUDA
+    if amd and tk.rocm:
+        return Backend.HIP
+    if profile.os in _MACOS and profile.arch == "arm64" and tk.metal:
+        return Backend.METAL
+    if _vulkan_gpus(profile) and tk.vulkan:
+        return Backend.VULKAN
+    if nvidia:
+        draft.warnings.append("NVIDIA GPU found but no CUDA toolkit: install it (nvcc) to build for the GPU")
+    if amd:
+        draft.warnings.append("AMD GPU found but no ROCm: install ROCm 6.1 or newer to build for the GPU")
+    return Backend.CPU
+
+
+def _plan_cuda(profile: HostProfile, options: PlanOptions, draft: _Draft) -> None:
+    gpus = profile.gpus_of("nvidia")
+    if not gpus:
+        raise _no_gpu("cuda", "an NVIDIA GPU")
+    if not profile.toolkits.cuda:
+        fix = "install the CUDA toolkit (nvcc) or build with --backend cpu"
+        raise _refuse("--backend cuda needs the CUDA toolkit, and none was found", fix)
+    cuda = _version(profile.toolkits.cuda, "CUDA")
+    shown = ".".join(map(str, cuda))
+    archs = sorted({_check_cuda_gpu(g, cuda) for g in gpus})
+    targets = [f"{a}a-real" if a in _ARCH_SPECIFIC else f"{a}-real" for a in archs]
+    why = "device code for exactly the GPUs present"
+    if any(a in _ARCH_SPECIFIC for a in archs):
+        why += "; 12X is built as 12Xa, as the tree does, for Blackwell's FP4 tensor cores"
+    if options.portable:
+        forward = [a for a in archs if a not in _ARCH_SPECIFIC]
+        ptx = max(forward + ([_PTX_FOR_ARCH_SPECIFIC] if len(forward) < len(archs) else []))
+        targets.append(f"{ptx}-virtual")
+        why += f"; --portable adds {ptx} PTX, the newest that later GPUs can JIT (12Xa PTX is not portable)"
+    described = ", ".join(f"GPU {g.index} {g.name} is {g.arch}" for g in gpus)
+    draft.set("GGML_CUDA", "ON", f"{described} and CUDA {shown} is installed")
+    draft.set("CMAKE_CUDA_ARCHITECTURES", ";".join(targets), why)
+    draft.set("GGML_CUDA_FA_QUANTS", _FA_QUANTS, _FA_REASON)
+    draft.set("GGML_CUDA_CUB_3DOT2", "OFF", "ON git-clones NVIDIA CCCL at configure time; builds run offline")
+
+
+def _check_cuda_gpu(gpu: GpuInfo, cuda: tuple[int, int]) -> int:
+    m = re.fullmatch(r"sm_(\d+)", gpu.arch)
+    arch = int(m.group(1)) if m else -1
+    installed = ".".join(map(str, cuda))
+    gpu_is = f"GPU {gpu.index} {gpu.name} is {gpu.arch}"
+    if arch not in _CUDA_MIN:
+        known = (
+            "nvidia-smi did not report its compute capability" if m is None else "nativellm does not know it"
+        )
+        fix = "update nativellm or re-run `nativellm detect`, or build with --backend vulkan or --backend cpu"
+        raise _refuse(f"{gpu_is}: {known}", fix)
+    need, dropped = _CUDA_MIN[arch], _CUDA_DROPPED.get(arch)
+    if cuda < need:
+        want = f"CUDA {need[0]}.{need[1]} or newer"
+        fix = f"Upgrade to {want}, or build with --backend cpu"
+        raise _refuse(f"{gpu_is}, which needs {want}; CUDA {installed} is installed", fix, ". ")
+    if dropped is not None and cuda >= dropped:
+        gone = f"CUDA {installed} no longer compiles for sm_{arch} (GPU {gpu.index} {gpu.name})"
+        fix = f"install CUDA {dropped[0] - 1}.x or build with --backend cpu"
+        raise _refuse(f"{gone}: support ended with CUDA {dropped[0]}.{dropped[1]}", fix)
+    return arch
+
+
+def _plan_hip(profile: HostProfile, options: PlanOptions, draft: _Draft) -> None:
+    gpus = profile.gpus_of("amd")
+    if not gpus:
+        raise _no_gpu("hip", "an AMD GPU")
+    fix = "install ROCm 6.1 or newer (hipcc, hipBLAS, rocBLAS), or build with --backend vulkan or cpu"
+    if not profile.toolkits.rocm:
+        raise _refuse("--backend hip needs ROCm, and none was found", fix)
+    if _version(profile.toolkits.rocm, "ROCm") < _HIP_MIN:
+        raise _refuse(f"ROCm {profile.toolkits.rocm} is installed, but ggml needs ROCm 6.1 or newer", fix)
+    bad = [g for g in gpus if not re.fullmatch(r"gfx[0-9a-f]+", g.arch)]
+    if bad:
+        fix = "re-run `nativellm detect` with ROCm installed, so rocminfo reports it"
+        raise _refuse(f"GPU {bad[0].index} {bad[0].name} has arch {bad[0].arch!r}, not a gfx target", fix)
+    described = ", ".join(f"GPU {g.index} {g.name} is {g.arch}" for g in gpus)
+    draft.set("GGML_HIP", "ON", f"{described} and ROCm {profile.toolkits.rocm} is installed")
+    why = "device code for exactly the GPUs present (AMDGPU_TARGETS is the legacy name)"
+    draft.set("GPU_TARGETS", ";".join(sorted({g.arch for g in gpus})), why)
+    draft.set("GGML_CUDA_FA_QUANTS", _FA_QUANTS, _FA_REASON)
+
+
+def _vulkan_gpus(profile: HostProfile) -> tuple[GpuInfo, ...]:
+    return tuple(g for g in profile.gpus if g.vendor in ("nvidia", "amd", "intel"))
+
+
+def _plan_vulkan(profile: HostProfile, options: PlanOptions, draft: _Draft) -> None:
+    gpus = _vulkan_gpus(profile)
+    if not gpus:
+        raise _no_gpu("vulkan", "an NVIDIA, AMD or Intel GPU")
+    fix = "install the Vulkan SDK 1.2 or newer (headers, loader, glslc), or build with --backend cpu"
+    if not profile.toolkits.vulkan:
+        raise _refuse("--backend vulkan needs the Vulkan SDK, and none was found", fix)
+    if _version(profile.toolkits.vulkan, "Vulkan") < _VULKAN_MIN:
+        raise _refuse(f"Vulkan {profile.toolkits.vulkan} is installed, but ggml needs 1.2 or newer", fix)
+    described = ", ".join(f"GPU {g.index} {g.name}" for g in gpus)
+    draft.set("GGML_VULKAN", "ON", f"{described} and Vulkan {profile.toolkits.vulkan} is installed")
+
+
+def _plan_metal(profile: HostProfile, options: PlanOptions, draft: _Draft) -> None:
+    if profile.os not in _MACOS:
+        raise _refuse(f"--backend metal needs macOS, not {profile.os}", "build with --backend cpu")
+    if not profile.toolkits.metal:
+        raise _refuse("--backend metal needs Metal, and detect did not find it", "build with --backend cpu")
+    draft.set("GGML_METAL", "ON", f"Apple GPU with Metal on {profile.cpu.model or profile.arch}")
+    draft.set("GGML_METAL_EMBED_LIBRARY", "ON", "the shaders are embedded, so the install needs no metallib")
+    draft.warnings.append(_MLX_WARNING)
+
+
+def _plan_sycl(profile: HostProfile, options: PlanOptions, draft: _Draft) -> None:
+    # The host profile has no oneAPI field, so SYCL is never chosen automatically; asked for, it is
+    # planned for an Intel GPU and configure finds out whether oneAPI is really there.
+    gpus = profile.gpus_of("intel")
+    if not gpus:
+        raise _no_gpu("sycl", "an Intel GPU")
+    described = ", ".join(f"GPU {g.index} {g.name}" for g in gpus)
+    draft.set("GGML_SYCL", "ON", f"--backend sycl: {described}")
+    draft.set("CMAKE_C_COMPILER", "icx", "the SYCL backend is compiled with Intel oneAPI DPC++")
+    draft.set("CMAKE_CXX_COMPILER", "icpx", "the SYCL backend is compiled with Intel oneAPI DPC++")
+    draft.warnings.append("oneAPI is not probed: source oneAPI's setvars.sh before building")
+
+
+_BACKEND_PLANNERS: dict[Backend, Callable[[HostProfile, PlanOptions, _Draft], None]] = {
+    Backend.CUDA: _plan_cuda,
+    Backend.HIP: _plan_hip,
+    Backend.VULKAN: _plan_vulkan,
+    Backend.METAL: _plan_metal,
+    Backend.SYCL: _plan_sycl,
+}
+
+
+def _refuse(message: str, fix: str, sep: str = "; ") -> PlanError:
+    """A PlanError whose message ends with the fix, which is also its hint."""
+    return PlanError(f"{message}{sep}{fix}", fix)
+
+
+def _no_gpu(backend: str, what: str) -> PlanError:
+    fix = "build with --backend cpu, or plan for the GPU host with its profile (--profile FILE)"
+    return _refuse(f"--backend {backend} needs {what}, and this profile has none", fix)
+
+
+def _version(text: str, what: str) -> tuple[int, int]:
+    m = re.match(r"(\d+)\.(\d+)", text.strip())
+    if m is None:
+        raise PlanError(f"{what} version {text!r} is not major.minor", "re-run `nativellm detect`")
+    return int(m.group(1)), int(m.group(2))

@@ -1,0 +1,195 @@
+"""The one process chokepoint: every child process nativellm starts goes through here.
+
+It logs the argv, never uses a shell, normalises the locale so parsers see
+stable text, applies timeouts, and streams long jobs to a log file.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shlex
+import shutil
+import signal
+import subprocess
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+from nativellm.errors import Interrupted, ToolchainError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Completed:
+    argv: tuple[str, ...]
+    returncode: int
+    stdout: str
+    stderr: str
+
+    @property
+    def ok(self) -> bool:
+        return self.returncode == 0
+
+
+def _env(extra: Mapping[str, str] | None) -> dict[str, str]:
+    env = dict(os.environ)
+    env["LC_ALL"] = "C"
+    env["LANG"] = "C"
+    if extra:
+        env.update(extra)
+    return env
+
+
+def which(name: str) -> str | None:
+    return shutil.which(name)
+
+
+def run(
+    argv: Sequence[str],
+    *,
+    timeout: float | None = 60,
+    env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+    input_text: str | None = None,
+) -> Completed:
+    """Run to completion and capture output. Raises ToolchainError if argv[0] is missing."""
+    log.debug("run: %s", shlex.join(argv))
+    try:
+        proc = subprocess.run(
+            list(argv),
+            capture_output=True,
+            text=True,
+            errors="replace",
+            timeout=timeout,
+            env=_env(env),
+            cwd=cwd,
+            input=input_text,
+            check=False,
+        )
+    except FileNotFoundError as exc:
+        raise ToolchainError(f"{argv[0]} is not installed", f"install {argv[0]} and retry") from exc
+    return Completed(tuple(argv), proc.returncode, proc.stdout, proc.stderr)
+
+
+def probe(argv: Sequence[str], *, timeout: float = 10) -> Completed | None:
+    """Run a probe: None when the tool is absent, times out or cannot start. Never raises."""
+    if which(argv[0]) is None and not Path(argv[0]).is_file():
+        log.info("probe: %s not found", argv[0])
+        return None
+    try:
+        return run(argv, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        log.info("probe: %s timed out after %ss", argv[0], timeout)
+    except (OSError, ToolchainError) as exc:
+        log.info("probe: %s failed to start: %s", argv[0], exc)
+    return None
+
+
+def stream(
+    argv: Sequence[str],
+    *,
+    log_path: Path,
+    on_line: Callable[[str], None] | None = None,
+    env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+) -> int:
+    """Run a long job, appending every output line to log_path and passing it to on_line.
+
+    Ctrl-C kills the whole child process group and raises Interrupted.
+    """
+    log.debug("stream: %s (log %s)", shlex.join(argv), log_path)
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with log_path.open("a", encoding="utf-8") as logf:
+        logf.write(f"$ {shlex.join(argv)}\n")
+        logf.flush()
+        try:
+            proc = subprocess.Popen(
+                list(argv),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+                errors="replace",
+                env=_env(env),
+                cwd=cwd,
+                start_new_session=True,
+            )
+        except FileNotFoundError as exc:
+            raise ToolchainError(f"{argv[0]} is not installed", f"install {argv[0]} and retry") from exc
+        try:
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                logf.write(line)
+                if on_line is not None:
+                    on_line(line.rstrip("\n"))
+            return proc.wait()
+        except KeyboardInterrupt:
+            _kill_group(proc)
+            logf.write("\n[nativellm] interrupted by user\n")
+            raise Interrupted("interrupted; nothing was changed", "run the command again") from None
+        finally:
+            if proc.poll() is None:
+                _kill_group(proc)
+
+
+def _kill_group(proc: subprocess.Popen[str]) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait()
+
+
+class Process:
+    """A long-running child (a llama-server under test). Output goes to a file."""
+
+    def __init__(
+        self,
+        argv: Sequence[str],
+        *,
+        log_file: Path,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
+        log.debug("spawn: %s", shlex.join(argv))
+        self.argv = tuple(argv)
+        self.log_file = log_file
+        self._out: IO[str] = log_file.open("w", encoding="utf-8")
+        try:
+            self._proc = subprocess.Popen(
+                list(argv),
+                stdout=self._out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=_env(env),
+                start_new_session=True,
+            )
+        except OSError as exc:
+            self._out.close()
+            raise ToolchainError(f"cannot start {argv[0]}: {exc}", "check that the build is intact") from exc
+
+    @property
+    def pid(self) -> int:
+        return self._proc.pid
+
+    def poll(self) -> int | None:
+        return self._proc.poll()
+
+    def stop(self, timeout: float = 10) -> int:
+        if self._proc.poll() is None:
+            try:
+                os.killpg(self._proc.pid, signal.SIGTERM)
+                self._proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self._proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        rc = self._proc.wait()
+        self._out.close()
+        return rc
+
+    def output(self) -> str:
+        if not self._out.closed:
+            self._out.flush()
+        return self.log_file.read_text(encoding="utf-8", errors="replace")

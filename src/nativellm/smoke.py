@@ -1,0 +1,132 @@
+"""Smoke test: real inference with freshly built binaries before a build may become current.
+
+Each weight type that takes its own CPU kernel path gets its own run: on some
+VMs an F16 model works while Q4_0/Q8_0 die at once in the AMX kernels.
+"""
+
+from __future__ import annotations
+
+import signal
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from nativellm import run
+from nativellm.server import complete, free_port, wait_ready
+from nativellm.synth import SynthSize, write_synthetic_llama
+
+SMOKE_QUANTS = ("Q4_0", "Q8_0", "Q4_K_M")
+READY_TIMEOUT = 120.0
+
+
+@dataclass(frozen=True)
+class SmokeCase:
+    quant: str
+    passed: bool
+    detail: str
+    tokens: int = 0
+    signal: str | None = None
+
+
+@dataclass(frozen=True)
+class SmokeResult:
+    passed: bool
+    cases: tuple[SmokeCase, ...]
+
+    @property
+    def crashed(self) -> bool:
+        return any(c.signal for c in self.cases)
+
+    def summary(self) -> str:
+        failed = [c for c in self.cases if not c.passed]
+        if not failed:
+            return "passed: " + ", ".join(f"{c.quant} ({c.tokens} tokens)" for c in self.cases)
+        return "; ".join(f"{c.quant}: {c.detail}" for c in failed)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"passed": self.passed, "cases": [asdict(c) for c in self.cases]}
+
+
+def _describe_exit(rc: int) -> tuple[str, str | None]:
+    if rc < 0:
+        try:
+            name = signal.Signals(-rc).name
+        except ValueError:
+            name = f"signal {-rc}"
+        return f"llama-server died with {name}", name
+    return f"llama-server exited with status {rc}", None
+
+
+def base_model(cache: Path, vocab: Path) -> Path:
+    """The F16 tiny model the quantized smoke models derive from; cached per vocab file."""
+    path = cache / "smoke-tiny-f16.gguf"
+    if not path.exists():
+        cache.mkdir(parents=True, exist_ok=True)
+        write_synthetic_llama(path, vocab, SynthSize.TINY, name="nativellm-smoke")
+    return path
+
+
+def quantize(bin_dir: Path, src: Path, dest: Path, quant: str, log: Path) -> SmokeCase | None:
+    """Quantize with the freshly built llama-quantize; a failure is a smoke-test failure."""
+    res = run.run([str(bin_dir / "llama-quantize"), str(src), str(dest), quant], timeout=300)
+    with log.open("a") as f:
+        f.write(f"$ llama-quantize {src.name} {dest.name} {quant} -> {res.returncode}\n{res.stdout[-2000:]}{res.stderr[-4000:]}\n")
+    if res.ok and dest.is_file():
+        return None
+    detail, sig = _describe_exit(res.returncode)
+    return SmokeCase(quant, False, detail.replace("llama-server", "llama-quantize"), signal=sig)
+
+
+def serve_once(bin_dir: Path, model: Path, quant: str, log: Path, threads: int) -> SmokeCase:
+    port = free_port()
+    argv = [
+        str(bin_dir / "llama-server"),
+        "-m", str(model),
+        "--host", "127.0.0.1",
+        "--port", str(port),
+        "-c", "256",
+        "-t", str(threads),
+        "-np", "1",
+        "--no-webui",
+    ]  # fmt: skip
+    proc = run.Process(argv, log_file=log.with_name(f"smoke-{quant}.log"))
+    base = f"http://127.0.0.1:{port}"
+    try:
+        h = wait_ready(base, READY_TIMEOUT, alive=lambda: proc.poll() is None)
+        if h.status != "ok":
+            rc = proc.poll()
+            if rc is not None:
+                detail, sig = _describe_exit(rc)
+                return SmokeCase(quant, False, f"{detail} while loading", signal=sig)
+            return SmokeCase(quant, False, f"not ready within {READY_TIMEOUT:.0f}s ({h.status})")
+        try:
+            data = complete(base, "The quick brown fox", n_predict=8)
+        except httpx.HTTPError as exc:
+            rc = proc.poll()
+            if rc is not None:
+                detail, sig = _describe_exit(rc)
+                return SmokeCase(quant, False, f"{detail} during inference", signal=sig)
+            return SmokeCase(quant, False, f"completion failed: {exc}")
+        n = int(data.get("tokens_predicted", 0))
+        if n < 1:
+            return SmokeCase(quant, False, "completion returned no tokens")
+        return SmokeCase(quant, True, "ok", tokens=n)
+    finally:
+        proc.stop()
+        with log.open("a") as f:
+            f.write(f"--- llama-server {quant} ---\n{proc.output()[-6000:]}\n")
+
+
+def smoke_test(bin_dir: Path, base: Path, workdir: Path, threads: int = 2) -> SmokeResult:
+    """Quantize `base` to each smoke type with the new build and serve a completion from each."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    log = workdir / "smoke.log"
+    cases: list[SmokeCase] = []
+    for quant in SMOKE_QUANTS:
+        model = workdir / f"smoke-{quant}.gguf"
+        failed = quantize(bin_dir, base, model, quant, log)
+        cases.append(failed or serve_once(bin_dir, model, quant, log, threads))
+        model.unlink(missing_ok=True)
+    return SmokeResult(all(c.passed for c in cases), tuple(cases))

@@ -1,0 +1,195 @@
+"""llama.cpp source: a git tag or commit, a tarball (sha256-checked), or a local tree.
+
+Every source resolves to a directory plus an identity that goes into the build
+id, so the same source always gives the same id and a changed one never does.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+import tarfile
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from nativellm import run
+from nativellm.errors import NotFoundError, SourceError
+from nativellm.fsutil import sha256_file
+
+DEFAULT_REPO = "https://github.com/ggml-org/llama.cpp"
+# The pinned release tag that `nativellm build` uses when no source is given.
+DEFAULT_REF = "b7000"
+
+# Directories whose content cannot change the binaries; skipped when hashing a tree.
+_HASH_SKIP = frozenset({".git", "models", "docs", "media", "build", "benches", ".github", "__pycache__"})
+_REF_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,127}$")
+
+
+@dataclass(frozen=True)
+class SourceRequest:
+    """What the user asked for; exactly one of the three forms is set."""
+
+    directory: Path | None = None
+    tarball: str | None = None  # path or URL
+    sha256: str | None = None
+    ref: str | None = None
+    repo: str = DEFAULT_REPO
+
+
+@dataclass(frozen=True)
+class Source:
+    path: Path
+    identity: dict[str, Any]  # kind + commit/tag/sha256/tree hash: recorded in the manifest
+
+
+def tree_hash(root: Path) -> str:
+    """Content hash of the files that can affect a build."""
+    h = hashlib.sha256()
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if d not in _HASH_SKIP and not d.startswith("build"))
+        for name in sorted(filenames):
+            p = Path(dirpath) / name
+            if p.is_symlink() or not p.is_file():
+                continue
+            h.update(str(p.relative_to(root)).encode() + b"\0")
+            h.update(p.read_bytes())
+    return h.hexdigest()
+
+
+def _check_tree(path: Path) -> None:
+    if not (path / "CMakeLists.txt").is_file() or not (path / "ggml").is_dir():
+        raise SourceError(
+            f"{path} is not a llama.cpp source tree (no CMakeLists.txt and ggml/)",
+            "pass the top directory of a llama.cpp checkout",
+        )
+
+
+def resolve_local(directory: Path) -> Source:
+    path = directory.expanduser().resolve()
+    if not path.is_dir():
+        raise NotFoundError(f"source directory {directory} does not exist", "check the --source path")
+    _check_tree(path)
+    identity: dict[str, Any] = {"kind": "directory", "path": str(path), "tree_sha256": tree_hash(path)}
+    if (path / ".git").exists():
+        head = run.probe(["git", "-C", str(path), "rev-parse", "HEAD"])
+        if head and head.ok:
+            identity["commit"] = head.stdout.strip()
+    return Source(path, identity)
+
+
+def _download(url: str, dest: Path, on_progress: Callable[[int, int | None], None] | None) -> None:
+    import httpx
+
+    tmp = dest.with_name(dest.name + ".part")
+    try:
+        with httpx.stream("GET", url, follow_redirects=True, timeout=60) as resp:
+            if resp.status_code != 200:
+                raise SourceError(f"download of {url} failed: HTTP {resp.status_code}", "check the URL")
+            total = int(resp.headers["content-length"]) if "content-length" in resp.headers else None
+            done = 0
+            with tmp.open("wb") as f:
+                for chunk in resp.iter_bytes(1 << 20):
+                    f.write(chunk)
+                    done += len(chunk)
+                    if on_progress:
+                        on_progress(done, total)
+        os.replace(tmp, dest)
+    except httpx.HTTPError as exc:
+        tmp.unlink(missing_ok=True)
+        raise SourceError(f"download of {url} failed: {exc}", "check the URL and the network") from exc
+
+
+def _safe_extract(archive: Path, into: Path) -> Path:
+    """Extract a tarball refusing paths that escape; return the single top directory."""
+    try:
+        with tarfile.open(archive) as tar:
+            for member in tar.getmembers():
+                target = (into / member.name).resolve()
+                if not str(target).startswith(str(into.resolve())) or member.issym() and member.linkname.startswith("/"):
+                    raise SourceError(f"{archive} contains an unsafe path {member.name!r}", "use a trusted tarball")
+            tar.extractall(into)  # noqa: S202 - members checked above
+    except (tarfile.TarError, EOFError) as exc:
+        raise SourceError(f"{archive} is not a readable tarball: {exc}", "download it again") from exc
+    entries = [p for p in into.iterdir()]
+    return entries[0] if len(entries) == 1 and entries[0].is_dir() else into
+
+
+def resolve_tarball(
+    spec: str,
+    sha256: str | None,
+    cache: Path,
+    on_progress: Callable[[int, int | None], None] | None = None,
+) -> Source:
+    cache.mkdir(parents=True, exist_ok=True)
+    if re.match(r"^https?://", spec):
+        archive = cache / ("download-" + hashlib.sha256(spec.encode()).hexdigest()[:16] + ".tar")
+        if not archive.exists():
+            _download(spec, archive, on_progress)
+    else:
+        archive = Path(spec).expanduser()
+        if not archive.is_file():
+            raise NotFoundError(f"tarball {spec} does not exist", "check the --tarball path")
+    digest = sha256_file(archive)
+    if sha256 and digest.lower() != sha256.lower():
+        raise SourceError(
+            f"tarball sha256 is {digest}, expected {sha256}",
+            "the file is corrupt or not the release you meant; download it again",
+        )
+    dest = cache / f"tarball-{digest[:16]}"
+    if not dest.is_dir():
+        tmp = Path(tempfile.mkdtemp(dir=cache, prefix=".extract-"))
+        try:
+            top = _safe_extract(archive, tmp)
+            _check_tree(top)
+            os.rename(top, dest)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return Source(dest, {"kind": "tarball", "sha256": digest, "origin": spec})
+
+
+def resolve_git(ref: str, repo: str, cache: Path) -> Source:
+    """Shallow-clone one tag or commit into the source cache (reused when present)."""
+    if not _REF_RE.match(ref):
+        raise SourceError(f"{ref!r} is not a valid git ref", "pass a tag like b7000 or a commit sha")
+    cache.mkdir(parents=True, exist_ok=True)
+    dest = cache / f"git-{hashlib.sha256((repo + '@' + ref).encode()).hexdigest()[:16]}"
+    if not dest.is_dir():
+        tmp = Path(tempfile.mkdtemp(dir=cache, prefix=".clone-"))
+        try:
+            is_sha = re.fullmatch(r"[0-9a-f]{7,40}", ref) is not None
+            steps = [
+                ["git", "init", "-q", str(tmp)],
+                ["git", "-C", str(tmp), "fetch", "-q", "--depth", "1", repo, ref if is_sha else f"refs/tags/{ref}"],
+                ["git", "-C", str(tmp), "checkout", "-q", "FETCH_HEAD"],
+            ]
+            for argv in steps:
+                res = run.run(argv, timeout=900, env={"GIT_TERMINAL_PROMPT": "0"})
+                if not res.ok:
+                    last = (res.stderr.strip().splitlines() or ["git failed"])[-1]
+                    raise SourceError(
+                        f"cannot fetch llama.cpp {ref} from {repo}: {last}",
+                        "check the tag name and network access, or build from --source DIR / --tarball",
+                    )
+            _check_tree(tmp)
+            os.rename(tmp, dest)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    head = run.run(["git", "-C", str(dest), "rev-parse", "HEAD"])
+    return Source(dest, {"kind": "git", "repo": repo, "ref": ref, "commit": head.stdout.strip()})
+
+
+def resolve_source(
+    req: SourceRequest,
+    cache: Path,
+    on_progress: Callable[[int, int | None], None] | None = None,
+) -> Source:
+    if req.directory is not None:
+        return resolve_local(req.directory)
+    if req.tarball is not None:
+        return resolve_tarball(req.tarball, req.sha256, cache, on_progress)
+    return resolve_git(req.ref or DEFAULT_REF, req.repo, cache)

@@ -1,0 +1,211 @@
+"""The versioned build store: builds/<id>/, an atomically switched `current`, rollback, gc."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import shutil
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from nativellm.errors import NotFoundError, ResourceError, StoreError
+from nativellm.fsutil import symlink_atomic, write_json_atomic
+from nativellm.paths import Paths
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+MANIFEST_SCHEMA = "nativellm.build/1"
+
+
+@dataclass(frozen=True)
+class BuildRecord:
+    """One installed build, as read from its manifest."""
+
+    id: str
+    path: Path
+    backend: str
+    created: str
+    source: dict[str, Any]
+    smoke_passed: bool
+    manifest: dict[str, Any]
+
+    @property
+    def bin(self) -> Path:
+        return self.path / "bin"
+
+    def binary(self, name: str) -> Path:
+        return self.bin / name
+
+
+class Store:
+    """Mutations of the build store. Readers never see a half-written build."""
+
+    def __init__(self, paths: Paths) -> None:
+        self.paths = paths
+
+    # -- reading -------------------------------------------------------------
+    def _read(self, build_dir: Path) -> BuildRecord | None:
+        try:
+            m = json.loads((build_dir / "manifest.json").read_text())
+        except (OSError, json.JSONDecodeError):
+            return None
+        return BuildRecord(
+            id=m["id"],
+            path=build_dir,
+            backend=m.get("plan", {}).get("backend", "?"),
+            created=m.get("created", ""),
+            source=m.get("source", {}),
+            smoke_passed=bool(m.get("smoke_test", {}).get("passed")),
+            manifest=m,
+        )
+
+    def list_builds(self) -> list[BuildRecord]:
+        if not self.paths.builds.is_dir():
+            return []
+        records = [r for d in self.paths.builds.iterdir() if d.is_dir() and (r := self._read(d))]
+        return sorted(records, key=lambda r: (r.created, r.id))
+
+    def find(self, build_id: str) -> BuildRecord | None:
+        """An exact id, or an unambiguous prefix of one."""
+        exact = self._read(self.paths.builds / build_id) if "/" not in build_id else None
+        if exact:
+            return exact
+        matches = [r for r in self.list_builds() if r.id.startswith(build_id)]
+        return matches[0] if len(matches) == 1 else None
+
+    def get(self, build_id: str) -> BuildRecord:
+        rec = self.find(build_id)
+        if rec is None:
+            raise NotFoundError(f"no build {build_id!r} in {self.paths.builds}", "list builds with `nativellm builds list`")
+        return rec
+
+    def find_by_request(self, request_id: str) -> BuildRecord | None:
+        """The build that an earlier request with these inputs produced (possibly after a fallback)."""
+        direct = self.find(request_id)
+        if direct and direct.id == request_id:
+            return direct
+        for rec in self.list_builds():
+            if request_id in rec.manifest.get("requested_ids", []):
+                return rec
+        return None
+
+    def current_id(self) -> str | None:
+        try:
+            return Path(os.readlink(self.paths.current)).name
+        except OSError:
+            return None
+
+    def current(self) -> BuildRecord | None:
+        cid = self.current_id()
+        return self.find(cid) if cid else None
+
+    def history(self) -> list[str]:
+        try:
+            data = json.loads((self.paths.home / "history.json").read_text())
+        except (OSError, json.JSONDecodeError):
+            return []
+        return [str(x) for x in data.get("current", [])]
+
+    def pinned(self) -> dict[str, list[str]]:
+        """build id -> instances pinning it (instance specs under config/instances/*.toml)."""
+        pins: dict[str, list[str]] = {}
+        spec_dir = self.paths.config / "instances"
+        for spec in sorted(spec_dir.glob("*.toml")) if spec_dir.is_dir() else []:
+            try:
+                build = tomllib.loads(spec.read_text()).get("build")
+            except (OSError, tomllib.TOMLDecodeError):
+                continue
+            if isinstance(build, str) and build not in ("", "current"):
+                pins.setdefault(build, []).append(spec.stem)
+        return pins
+
+    # -- writing -------------------------------------------------------------
+    @contextmanager
+    def lock(self) -> Iterator[None]:
+        """One builder at a time, across processes (flock on <home>/build.lock)."""
+        self.paths.home.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.paths.lock, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+                raise ResourceError(
+                    f"another nativellm build is running (pid {holder})",
+                    "wait for it to finish; builds never run concurrently",
+                ) from None
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, str(os.getpid()).encode(), 0)
+            yield
+        finally:
+            os.close(fd)
+
+    def install(self, staged: Path, manifest: dict[str, Any]) -> BuildRecord:
+        """Move a smoke-tested staging tree into builds/<id> in one rename."""
+        build_id = str(manifest["id"])
+        manifest = {"schema": MANIFEST_SCHEMA, **manifest}
+        write_json_atomic(staged / "manifest.json", manifest)
+        self.paths.builds.mkdir(parents=True, exist_ok=True)
+        dest = self.paths.builds / build_id
+        if dest.exists():
+            shutil.rmtree(dest)
+        os.rename(staged, dest)
+        rec = self._read(dest)
+        assert rec is not None
+        return rec
+
+    def set_current(self, build_id: str) -> bool:
+        """Atomically point `current` at a build. Returns False when it already did."""
+        rec = self.get(build_id)
+        if not rec.smoke_passed:
+            raise StoreError(f"build {rec.id} did not pass its smoke test", "build again or pick another build")
+        if self.current_id() == rec.id:
+            return False
+        symlink_atomic(f"builds/{rec.id}", self.paths.current)
+        hist = [h for h in self.history() if h != rec.id] + [rec.id]
+        write_json_atomic(self.paths.home / "history.json", {"current": hist[-50:]})
+        return True
+
+    def rollback(self) -> BuildRecord:
+        """Make the previously current build current again."""
+        cur = self.current_id()
+        for candidate in reversed(self.history()):
+            if candidate != cur and self.find(candidate):
+                self.set_current(candidate)
+                return self.get(candidate)
+        raise StoreError("there is no earlier build to roll back to", "list builds with `nativellm builds list`")
+
+    def _check_removable(self, rec: BuildRecord) -> None:
+        if rec.id == self.current_id():
+            raise StoreError(f"build {rec.id} is current", "switch with `nativellm builds use ID` first")
+        pins = self.pinned().get(rec.id)
+        if pins:
+            raise StoreError(
+                f"build {rec.id} is pinned by instance(s) {', '.join(pins)}",
+                "re-pin those instances or remove them first",
+            )
+
+    def remove(self, build_id: str) -> str:
+        rec = self.get(build_id)
+        self._check_removable(rec)
+        trash = rec.path.with_name(f".{rec.id}.removing")
+        os.rename(rec.path, trash)
+        shutil.rmtree(trash, ignore_errors=True)
+        return rec.id
+
+    def gc(self, keep: int) -> list[str]:
+        """Remove all but the `keep` newest builds; never current or pinned ones."""
+        if keep < 0:
+            raise StoreError("--keep must be 0 or more", "pass --keep N")
+        protected = {self.current_id(), *self.pinned()}
+        candidates = [r for r in self.list_builds() if r.id not in protected]
+        doomed = candidates[: max(0, len(candidates) - keep)]
+        return [self.remove(r.id) for r in doomed]

@@ -1,0 +1,171 @@
+"""Synthetic llama-architecture GGUF models: random weights, a real tokenizer.
+
+They serve smoke tests, the quickstart and benchmarks on machines with no
+model and no internet. Their output is gibberish by construction. The
+tokenizer metadata is copied from a vocab-only GGUF that llama.cpp ships in
+its source tree (models/ggml-vocab-llama-spm.gguf).
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from nativellm.errors import ModelError, NotFoundError
+
+VOCAB_FILE = "ggml-vocab-llama-spm.gguf"
+
+
+@dataclass(frozen=True)
+class SynthShape:
+    """Hyper-parameters of a synthetic model. Row sizes are multiples of 256 so K-quants apply."""
+
+    n_embd: int
+    n_layer: int
+    n_head: int
+    n_head_kv: int
+    n_ff: int
+    n_ctx_train: int = 4096
+
+
+class SynthSize(str, enum.Enum):
+    TINY = "tiny"  # ~17M parameters: smoke tests and the quickstart
+    SMALL = "small"  # ~0.4B parameters: throughput and memory-fit measurements
+
+    @property
+    def shape(self) -> SynthShape:
+        return _SHAPES[self]
+
+
+_SHAPES = {
+    SynthSize.TINY: SynthShape(n_embd=256, n_layer=2, n_head=4, n_head_kv=2, n_ff=512),
+    SynthSize.SMALL: SynthShape(n_embd=1024, n_layer=28, n_head=16, n_head_kv=4, n_ff=3072),
+}
+
+_TOKENIZER_KEYS = (
+    "tokenizer.ggml.model",
+    "tokenizer.ggml.pre",
+    "tokenizer.ggml.tokens",
+    "tokenizer.ggml.scores",
+    "tokenizer.ggml.token_type",
+    "tokenizer.ggml.bos_token_id",
+    "tokenizer.ggml.eos_token_id",
+    "tokenizer.ggml.unknown_token_id",
+    "tokenizer.ggml.add_bos_token",
+    "tokenizer.ggml.add_eos_token",
+)
+
+# A minimal chat template so /v1/chat/completions works without guessing.
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}\n{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
+)
+
+
+def find_vocab(source_dir: Path) -> Path:
+    path = source_dir / "models" / VOCAB_FILE
+    if not path.is_file():
+        raise NotFoundError(
+            f"{path} does not exist",
+            "use a llama.cpp source tree that ships models/ggml-vocab-llama-spm.gguf",
+        )
+    return path
+
+
+def _field_value(field: Any) -> Any:
+    """Decode a GGUFReader field into a Python value (scalar, string or list)."""
+    import gguf
+
+    types = list(field.types)
+    if types[0] == gguf.GGUFValueType.ARRAY:
+        if types[-1] == gguf.GGUFValueType.STRING:
+            return [bytes(field.parts[i]).decode("utf-8", errors="replace") for i in field.data]
+        return [field.parts[i].tolist()[0] for i in field.data]
+    if types[0] == gguf.GGUFValueType.STRING:
+        return bytes(field.parts[field.data[0]]).decode("utf-8")
+    return field.parts[field.data[0]].tolist()[0]
+
+
+def write_synthetic_llama(
+    out: Path,
+    vocab_gguf: Path,
+    size: SynthSize = SynthSize.TINY,
+    *,
+    seed: int = 0,
+    name: str = "nativellm-demo",
+) -> Path:
+    """Write an F16 llama model with random weights to `out` atomically."""
+    import gguf
+
+    try:
+        reader = gguf.GGUFReader(str(vocab_gguf))
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"cannot read vocab GGUF {vocab_gguf}: {exc}", "check the llama.cpp source tree") from exc
+    tok = {k: _field_value(reader.fields[k]) for k in _TOKENIZER_KEYS if k in reader.fields}
+    tokens: list[str] = tok["tokenizer.ggml.tokens"]
+    n_vocab = len(tokens)
+    s = size.shape
+    head_dim = s.n_embd // s.n_head
+
+    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
+    writer = gguf.GGUFWriter(str(tmp), arch="llama")
+    writer.add_name(name)
+    writer.add_context_length(s.n_ctx_train)
+    writer.add_embedding_length(s.n_embd)
+    writer.add_block_count(s.n_layer)
+    writer.add_feed_forward_length(s.n_ff)
+    writer.add_head_count(s.n_head)
+    writer.add_head_count_kv(s.n_head_kv)
+    writer.add_rope_dimension_count(head_dim)
+    writer.add_layer_norm_rms_eps(1e-5)
+    writer.add_vocab_size(n_vocab)
+    writer.add_file_type(gguf.LlamaFileType.MOSTLY_F16)
+    writer.add_tokenizer_model(tok["tokenizer.ggml.model"])
+    if "tokenizer.ggml.pre" in tok:
+        writer.add_tokenizer_pre(tok["tokenizer.ggml.pre"])
+    writer.add_token_list(tokens)
+    writer.add_token_scores(tok["tokenizer.ggml.scores"])
+    writer.add_token_types(tok["tokenizer.ggml.token_type"])
+    writer.add_bos_token_id(tok["tokenizer.ggml.bos_token_id"])
+    writer.add_eos_token_id(tok["tokenizer.ggml.eos_token_id"])
+    writer.add_unk_token_id(tok["tokenizer.ggml.unknown_token_id"])
+    writer.add_add_bos_token(bool(tok.get("tokenizer.ggml.add_bos_token", True)))
+    writer.add_add_eos_token(bool(tok.get("tokenizer.ggml.add_eos_token", False)))
+    writer.add_chat_template(CHAT_TEMPLATE)
+
+    rng = np.random.default_rng(seed)
+
+    def mat(rows: int, cols: int) -> np.ndarray[Any, np.dtype[np.float16]]:
+        return (rng.standard_normal((rows, cols), dtype=np.float32) * 0.02).astype(np.float16)
+
+    ones = np.ones(s.n_embd, dtype=np.float32)
+    kv_dim = s.n_head_kv * head_dim
+    writer.add_tensor("token_embd.weight", mat(n_vocab, s.n_embd))
+    for i in range(s.n_layer):
+        p = f"blk.{i}."
+        writer.add_tensor(p + "attn_norm.weight", ones)
+        writer.add_tensor(p + "attn_q.weight", mat(s.n_embd, s.n_embd))
+        writer.add_tensor(p + "attn_k.weight", mat(kv_dim, s.n_embd))
+        writer.add_tensor(p + "attn_v.weight", mat(kv_dim, s.n_embd))
+        writer.add_tensor(p + "attn_output.weight", mat(s.n_embd, s.n_embd))
+        writer.add_tensor(p + "ffn_norm.weight", ones)
+        writer.add_tensor(p + "ffn_gate.weight", mat(s.n_ff, s.n_embd))
+        writer.add_tensor(p + "ffn_up.weight", mat(s.n_ff, s.n_embd))
+        writer.add_tensor(p + "ffn_down.weight", mat(s.n_embd, s.n_ff))
+    writer.add_tensor("output_norm.weight", ones)
+    writer.add_tensor("output.weight", mat(n_vocab, s.n_embd))
+    try:
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+        writer.close()
+        os.replace(tmp, out)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return out

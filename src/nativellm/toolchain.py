@@ -1,0 +1,116 @@
+"""The build toolchain (cmake, ninja, compilers) and recognisers for known build failures."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from nativellm import run
+from nativellm.errors import ToolchainError
+
+MIN_CMAKE = (3, 21)
+
+
+@dataclass(frozen=True)
+class Toolchain:
+    cmake: str  # path
+    ninja: str  # path
+    cmake_version: str
+    cc: str  # first line of `cc --version`
+    cxx: str
+    nvcc: str | None = None
+
+    def identity(self) -> dict[str, str | None]:
+        """The parts that change the binaries (paths don't)."""
+        return {"cmake": self.cmake_version, "cc": self.cc, "cxx": self.cxx, "nvcc": self.nvcc}
+
+
+def _pip_tool(module: str, exe: str) -> str | None:
+    """Prefer the cmake/ninja that came with nativellm from PyPI: a known version."""
+    try:
+        mod = __import__(module)
+        bin_dir = Path(mod.BIN_DIR if module == "ninja" else mod.CMAKE_BIN_DIR)
+    except (ImportError, AttributeError):
+        return run.which(exe)
+    candidate = bin_dir / exe
+    return str(candidate) if candidate.is_file() else run.which(exe)
+
+
+def _first_line(argv: list[str]) -> str | None:
+    res = run.probe(argv)
+    if res is None or not res.ok:
+        return None
+    return (res.stdout.strip().splitlines() or [""])[0]
+
+
+def find_toolchain(need_nvcc: bool = False) -> Toolchain:
+    """Locate and check every tool a build needs; raise with a fix for the first one missing."""
+    cmake = _pip_tool("cmake", "cmake")
+    ninja = _pip_tool("ninja", "ninja")
+    if cmake is None:
+        raise ToolchainError("cmake is not installed", "pip install cmake (it comes with nativellm)")
+    if ninja is None:
+        raise ToolchainError("ninja is not installed", "pip install ninja (it comes with nativellm)")
+    version_line = _first_line([cmake, "--version"]) or ""
+    m = re.search(r"(\d+)\.(\d+)(?:\.(\d+))?", version_line)
+    if not m:
+        raise ToolchainError(f"cannot tell the version of {cmake}", "reinstall cmake: pip install -U cmake")
+    version = (int(m.group(1)), int(m.group(2)))
+    if version < MIN_CMAKE:
+        raise ToolchainError(
+            f"cmake {m.group(0)} is too old; llama.cpp needs {MIN_CMAKE[0]}.{MIN_CMAKE[1]} or newer",
+            "pip install -U cmake",
+        )
+    cc = _first_line(["cc", "--version"])
+    cxx = _first_line(["c++", "--version"])
+    if cc is None or cxx is None:
+        raise ToolchainError(
+            "no C/C++ compiler found (cc and c++)",
+            "install one: apt-get install build-essential (Debian/Ubuntu) or dnf install gcc-c++",
+        )
+    nvcc = None
+    if need_nvcc:
+        nvcc_path = run.which("nvcc") or ("/usr/local/cuda/bin/nvcc" if Path("/usr/local/cuda/bin/nvcc").exists() else None)
+        if nvcc_path is None:
+            raise ToolchainError("nvcc (the CUDA toolkit) is not installed", "install the CUDA toolkit or build with --backend cpu")
+        nvcc = _first_line([nvcc_path, "--version"]) or nvcc_path
+    return Toolchain(cmake, ninja, m.group(0), cc, cxx, nvcc)
+
+
+# (pattern in the build log, what to do) for failures we know.
+KNOWN_FAILURES: tuple[tuple[re.Pattern[str], str], ...] = (
+    (
+        re.compile(r"Unsupported gpu architecture|nvcc fatal.*compute_\d+|unsupported GNU version", re.I),
+        "nvcc is too old for this GPU architecture or compiler: upgrade the CUDA toolkit (sm_120 needs CUDA 12.8+)",
+    ),
+    (
+        re.compile(r"(c\+\+|cc1plus|g\+\+|clang\+\+|nvcc).*(Killed|signal 9)|Killed signal terminated program", re.I),
+        "the compiler was killed, most likely out of memory: rerun with --jobs 1 or add swap",
+    ),
+    (re.compile(r"No space left on device", re.I), "the disk is full: free space in the store and rerun"),
+    (
+        re.compile(r"No CMAKE_CUDA_COMPILER could be found|Could NOT find CUDAToolkit", re.I),
+        "the CUDA toolkit is missing: install it (nvcc) or build with --backend cpu",
+    ),
+    (
+        re.compile(r"Could NOT find (hip|rocblas|hipblas)|ROCm.*not found", re.I),
+        "ROCm is missing: install ROCm (hipcc, hipBLAS) or build with --backend cpu",
+    ),
+    (
+        re.compile(r"Could NOT find Vulkan|glslc.*not found", re.I),
+        "the Vulkan SDK is missing: install libvulkan-dev and glslc, or build with --backend cpu",
+    ),
+    (
+        re.compile(r"No CMAKE_(C|CXX)_COMPILER could be found", re.I),
+        "no C/C++ compiler: apt-get install build-essential",
+    ),
+)
+
+
+def troubleshoot(log_text: str) -> str | None:
+    """The fix for the first known failure signature in a build log, if any."""
+    for pattern, hint in KNOWN_FAILURES:
+        if pattern.search(log_text):
+            return hint
+    return None

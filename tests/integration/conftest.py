@@ -1,0 +1,89 @@
+"""Integration tier: real compiles of llama.cpp, real llama-server, real HTTP on loopback.
+
+llama.cpp comes from the llama-cpp-python sdist on PyPI (it vendors a full tree),
+downloaded once into ~/.cache/nativellm-test and reused. The auto build runs
+once per session into a fresh NATIVELLM_HOME; ccache makes repeat sessions cheap.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+SDIST_VERSION = "0.3.36"
+CACHE = Path(os.environ.get("NATIVELLM_TEST_CACHE", Path.home() / ".cache" / "nativellm-test"))
+
+
+def _fetch_sdist() -> Path:
+    root = CACHE / "sdist"
+    tree = root / f"llama_cpp_python-{SDIST_VERSION}" / "vendor" / "llama.cpp"
+    if (tree / "CMakeLists.txt").is_file():
+        return tree
+    root.mkdir(parents=True, exist_ok=True)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
+         f"llama-cpp-python=={SDIST_VERSION}", "-d", str(root)],
+        check=True,
+    )  # fmt: skip
+    archive = root / f"llama_cpp_python-{SDIST_VERSION}.tar.gz"
+    with tempfile.TemporaryDirectory(dir=root) as tmp, tarfile.open(archive) as tar:
+        tar.extractall(tmp, filter="data") if sys.version_info >= (3, 12) else tar.extractall(tmp)  # noqa: S202
+        os.replace(Path(tmp) / f"llama_cpp_python-{SDIST_VERSION}", root / f"llama_cpp_python-{SDIST_VERSION}")
+    return tree
+
+
+@pytest.fixture(scope="session")
+def llama_source() -> Path:
+    return _fetch_sdist()
+
+
+@dataclass
+class CliResult:
+    returncode: int
+    stdout: str
+    stderr: str
+    seconds: float
+
+    def json(self) -> dict[str, Any]:
+        return json.loads(self.stdout)  # type: ignore[no-any-return]
+
+
+def nativellm(*args: str, home: Path, timeout: float = 3600, env: dict[str, str] | None = None) -> CliResult:
+    """Run the real CLI in a child process, as a user would."""
+    full_env = {**os.environ, "NATIVELLM_HOME": str(home), **(env or {})}
+    t0 = time.monotonic()
+    proc = subprocess.run(
+        [sys.executable, "-m", "nativellm", *args], capture_output=True, text=True, env=full_env, timeout=timeout
+    )
+    return CliResult(proc.returncode, proc.stdout, proc.stderr, time.monotonic() - t0)
+
+
+@pytest.fixture(scope="session")
+def session_home() -> Iterator[Path]:
+    # Outside /tmp on purpose: the systemd sandbox gets a fresh /tmp and must see the store.
+    # Every session's home sits at the same depth, so ccache hits across sessions.
+    home = CACHE / "sessions" / uuid.uuid4().hex[:12]
+    home.mkdir(parents=True)
+    yield home
+    shutil.rmtree(home, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def auto_build(llama_source: Path, session_home: Path) -> CliResult:
+    """`nativellm build --auto --source <sdist tree>`, once per test session."""
+    res = nativellm("build", "--auto", "--source", str(llama_source), "--json", home=session_home)
+    assert res.returncode == 0, f"auto build failed:\n{res.stderr[-4000:]}\n{res.stdout[-2000:]}"
+    return res
