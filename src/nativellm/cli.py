@@ -304,6 +304,16 @@ def builds_gc(
             {"removed": removed})  # fmt: skip
 
 
+# --------------------------------------------------------------------------- model commands (issue 3)
+# (section owned by the model-store work; keep additions between these markers)
+# --------------------------------------------------------------------------- end model commands
+
+
+# --------------------------------------------------------------------------- instance commands (issue 4)
+# (section owned by the instances/systemd work; keep additions between these markers)
+# --------------------------------------------------------------------------- end instance commands
+
+
 # --------------------------------------------------------------------------- entry point
 def main(argv: list[str] | None = None) -> None:
     """Run the CLI; every NativeLLMError becomes one line plus a hint and its exit code."""
