@@ -201,7 +201,7 @@ class _Builder:
             source = resolve_source(opts.source, self.paths.sources, lambda d, t: self.rep.progress(d, t or 0))
             requested: list[str] = []
             fallbacks: list[dict[str, Any]] = []
-            disabled: dict[str, str] = dict(opts.plan.disable_reasons)
+            disabled: dict[str, str] = opts.plan.disabled()
             while True:
                 build_id = compute_build_id(plan, source, tools, target)
                 requested.append(build_id)
