@@ -13,7 +13,6 @@ import os
 import re
 import shutil
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -26,7 +25,7 @@ from nativellm.hardware.profile import load_profile
 from nativellm.paths import Paths, package_data
 from nativellm.plan import Backend, BuildPlan, PlanOptions, next_fallback, plan_build
 from nativellm.smoke import SmokeResult, base_model, smoke_test
-from nativellm.source import Source, SourceRequest, resolve_source
+from nativellm.source import Source, SourceRequest, check_request, resolve_source
 from nativellm.store import BuildRecord, Store
 from nativellm.synth import VOCAB_FILE, find_vocab
 from nativellm.toolchain import Toolchain, find_toolchain, troubleshoot
@@ -142,7 +141,18 @@ class _Builder:
         steps: list[tuple[str, list[str]]] = [
             ("configure", configure),
             ("compile", [tools.cmake, "--build", str(build_dir), "--parallel", str(jobs)]),
-            ("install", [tools.cmake, "--install", str(build_dir), "--component", "nativellm", "--prefix", str(stage)]),
+            (
+                "install",
+                [
+                    tools.cmake,
+                    "--install",
+                    str(build_dir),
+                    "--component",
+                    "nativellm",
+                    "--prefix",
+                    str(stage),
+                ],
+            ),
         ]
 
         # Work dirs sit at one depth, so with a base dir ccache sees identical relative
@@ -186,6 +196,7 @@ class _Builder:
     def run(self) -> BuildOutcome:
         t0 = time.monotonic()
         opts = self.opts
+        check_request(opts.source)
         self.rep.stage("detecting hardware")
         here = detect_host()
         target = load_profile(opts.profile) if opts.profile else here
@@ -198,7 +209,9 @@ class _Builder:
         can_smoke = _is_this_host(target, here)
 
         with self.store.lock():
-            source = resolve_source(opts.source, self.paths.sources, lambda d, t: self.rep.progress(d, t or 0))
+            source = resolve_source(
+                opts.source, self.paths.sources, lambda d, t: self.rep.progress(d, t or 0)
+            )
             requested: list[str] = []
             fallbacks: list[dict[str, Any]] = []
             disabled: dict[str, str] = opts.plan.disabled()
@@ -228,7 +241,11 @@ class _Builder:
                 if result is None or result.passed:
                     break
                 family = next_fallback(plan, frozenset(disabled)) if opts.auto else None
-                failure = {"build_id": build_id, "smoke_test": result.to_dict(), "log": str(work / "smoke" / "smoke.log")}
+                failure = {
+                    "build_id": build_id,
+                    "smoke_test": result.to_dict(),
+                    "log": str(work / "smoke" / "smoke.log"),
+                }
                 if family is None or len(fallbacks) >= MAX_FALLBACKS:
                     raise SmokeTestError(
                         f"build {build_id} failed its smoke test ({result.summary()}); it was not activated",
@@ -241,7 +258,9 @@ class _Builder:
                 plan = plan_build(
                     target,
                     dataclasses.replace(
-                        opts.plan, disable=frozenset(disabled), disable_reasons=tuple(sorted(disabled.items()))
+                        opts.plan,
+                        disable=frozenset(disabled),
+                        disable_reasons=tuple(sorted(disabled.items())),
                     ),
                 )
 
@@ -258,7 +277,9 @@ class _Builder:
                 built_on=here.to_dict(),
                 built_for=target.to_dict(),
                 probe={"flags": list(target.cpu.flags), "dropped": target.cpu.dropped_flags or {}},
-                smoke_test=result.to_dict() if result else {"passed": False, "skipped": "built for another host"},
+                smoke_test=result.to_dict()
+                if result
+                else {"passed": False, "skipped": "built for another host"},
                 fallbacks=fallbacks,
                 jobs=jobs,
             )
@@ -280,5 +301,3 @@ class _Builder:
 
 def build_llama(paths: Paths, opts: BuildOptions, reporter: Reporter | None = None) -> BuildOutcome:
     return _Builder(paths, opts, reporter or SilentReporter()).run()
-
-

@@ -56,19 +56,29 @@ def _xdg(var: str, default: str) -> Path:
 
 
 def resolve_paths(scope: Scope = Scope.USER) -> Paths:
-    """NATIVELLM_HOME puts everything under one directory (tests, containers)."""
+    """NATIVELLM_HOME puts everything under one directory (tests, containers).
+
+    NATIVELLM_UNIT_DIR overrides only the unit directory. Tests that drive a real systemd
+    set both: state under NATIVELLM_HOME, units where that systemd reads them
+    (`~/.config/systemd/user` or `/etc/systemd/system` inside the sandbox).
+    """
     override = os.environ.get("NATIVELLM_HOME")
+    unit_dir = os.environ.get("NATIVELLM_UNIT_DIR")
     if override:
         root = Path(override)
-        return Paths(scope, root / "data", root / "config", root / "systemd")
-    if scope is Scope.SYSTEM:
-        return Paths(scope, Path("/var/lib/nativellm"), Path("/etc/nativellm"), Path("/etc/systemd/system"))
-    return Paths(
-        scope,
-        _xdg("XDG_DATA_HOME", ".local/share") / "nativellm",
-        _xdg("XDG_CONFIG_HOME", ".config") / "nativellm",
-        _xdg("XDG_CONFIG_HOME", ".config") / "systemd" / "user",
-    )
+        paths = Paths(scope, root / "data", root / "config", root / "systemd")
+    elif scope is Scope.SYSTEM:
+        paths = Paths(scope, Path("/var/lib/nativellm"), Path("/etc/nativellm"), Path("/etc/systemd/system"))
+    else:
+        paths = Paths(
+            scope,
+            _xdg("XDG_DATA_HOME", ".local/share") / "nativellm",
+            _xdg("XDG_CONFIG_HOME", ".config") / "nativellm",
+            _xdg("XDG_CONFIG_HOME", ".config") / "systemd" / "user",
+        )
+    if unit_dir:
+        paths = Paths(paths.scope, paths.home, paths.config, Path(unit_dir))
+    return paths
 
 
 def package_data(name: str) -> Path:

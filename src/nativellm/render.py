@@ -57,7 +57,11 @@ class ConsoleReporter:
         if self.tty:
             if self._progress is None:
                 self._progress = Progress(
-                    TextColumn("  compiling"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=err
+                    TextColumn("  compiling"),
+                    BarColumn(),
+                    MofNCompleteColumn(),
+                    TimeElapsedColumn(),
+                    console=err,
                 )
                 self._progress.start()
                 self._task = self._progress.add_task("compile", total=total)

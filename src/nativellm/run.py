@@ -12,10 +12,11 @@ import shlex
 import shutil
 import signal
 import subprocess
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, NoReturn
 
 from nativellm.errors import Interrupted, ToolchainError
 
@@ -72,6 +73,19 @@ def run(
     except FileNotFoundError as exc:
         raise ToolchainError(f"{argv[0]} is not installed", f"install {argv[0]} and retry") from exc
     return Completed(tuple(argv), proc.returncode, proc.stdout, proc.stderr)
+
+
+def exec_replace(argv: Sequence[str], *, env: Mapping[str, str] | None = None) -> NoReturn:
+    """Replace this process with argv (`nativellm run`, `logs -f`): no Python stays behind."""
+    log.debug("exec: %s", shlex.join(argv))
+    sys.stdout.flush()
+    sys.stderr.flush()
+    try:
+        os.execvpe(argv[0], list(argv), _env(env))
+    except FileNotFoundError as exc:
+        raise ToolchainError(f"{argv[0]} is not installed", f"install {argv[0]} and retry") from exc
+    except OSError as exc:
+        raise ToolchainError(f"cannot run {argv[0]}: {exc}", "check that the file is executable") from exc
 
 
 def probe(argv: Sequence[str], *, timeout: float = 10) -> Completed | None:

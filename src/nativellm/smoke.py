@@ -72,7 +72,9 @@ def quantize(bin_dir: Path, src: Path, dest: Path, quant: str, log: Path) -> Smo
     """Quantize with the freshly built llama-quantize; a failure is a smoke-test failure."""
     res = run.run([str(bin_dir / "llama-quantize"), str(src), str(dest), quant], timeout=300)
     with log.open("a") as f:
-        f.write(f"$ llama-quantize {src.name} {dest.name} {quant} -> {res.returncode}\n{res.stdout[-2000:]}{res.stderr[-4000:]}\n")
+        f.write(
+            f"$ llama-quantize {src.name} {dest.name} {quant} -> {res.returncode}\n{res.stdout[-2000:]}{res.stderr[-4000:]}\n"
+        )
     if res.ok and dest.is_file():
         return None
     detail, sig = _describe_exit(res.returncode)

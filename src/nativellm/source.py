@@ -110,9 +110,13 @@ def _safe_extract(archive: Path, into: Path) -> Path:
         with tarfile.open(archive) as tar:
             for member in tar.getmembers():
                 target = (into / member.name).resolve()
-                if not str(target).startswith(str(into.resolve())) or member.issym() and member.linkname.startswith("/"):
-                    raise SourceError(f"{archive} contains an unsafe path {member.name!r}", "use a trusted tarball")
-            tar.extractall(into)  # noqa: S202 - members checked above
+                if not str(target).startswith(str(into.resolve())) or (
+                    member.issym() and member.linkname.startswith("/")
+                ):
+                    raise SourceError(
+                        f"{archive} contains an unsafe path {member.name!r}", "use a trusted tarball"
+                    )
+            tar.extractall(into)
     except (tarfile.TarError, EOFError) as exc:
         raise SourceError(f"{archive} is not a readable tarball: {exc}", "download it again") from exc
     entries = [p for p in into.iterdir()]
@@ -164,7 +168,17 @@ def resolve_git(ref: str, repo: str, cache: Path) -> Source:
             is_sha = re.fullmatch(r"[0-9a-f]{7,40}", ref) is not None
             steps = [
                 ["git", "init", "-q", str(tmp)],
-                ["git", "-C", str(tmp), "fetch", "-q", "--depth", "1", repo, ref if is_sha else f"refs/tags/{ref}"],
+                [
+                    "git",
+                    "-C",
+                    str(tmp),
+                    "fetch",
+                    "-q",
+                    "--depth",
+                    "1",
+                    repo,
+                    ref if is_sha else f"refs/tags/{ref}",
+                ],
                 ["git", "-C", str(tmp), "checkout", "-q", "FETCH_HEAD"],
             ]
             for argv in steps:
@@ -181,6 +195,22 @@ def resolve_git(ref: str, repo: str, cache: Path) -> Source:
             shutil.rmtree(tmp, ignore_errors=True)
     head = run.run(["git", "-C", str(dest), "rev-parse", "HEAD"])
     return Source(dest, {"kind": "git", "repo": repo, "ref": ref, "commit": head.stdout.strip()})
+
+
+def check_request(req: SourceRequest) -> None:
+    """Fail fast on local paths that don't exist, before any slow step runs."""
+    if req.directory is not None and not req.directory.expanduser().is_dir():
+        raise NotFoundError(f"source directory {req.directory} does not exist", "check the --source path")
+    if (
+        req.tarball is not None
+        and not re.match(r"^https?://", req.tarball)
+        and not Path(req.tarball).expanduser().is_file()
+    ):
+        raise NotFoundError(f"tarball {req.tarball} does not exist", "check the --tarball path")
+    if req.sha256 is not None and not re.fullmatch(r"[0-9a-fA-F]{64}", req.sha256):
+        raise SourceError(
+            f"--sha256 {req.sha256!r} is not 64 hex digits", "copy the full sha256 of the tarball"
+        )
 
 
 def resolve_source(

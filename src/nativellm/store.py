@@ -84,7 +84,9 @@ class Store:
     def get(self, build_id: str) -> BuildRecord:
         rec = self.find(build_id)
         if rec is None:
-            raise NotFoundError(f"no build {build_id!r} in {self.paths.builds}", "list builds with `nativellm builds list`")
+            raise NotFoundError(
+                f"no build {build_id!r} in {self.paths.builds}", "list builds with `nativellm builds list`"
+            )
         return rec
 
     def find_by_request(self, request_id: str) -> BuildRecord | None:
@@ -166,7 +168,9 @@ class Store:
         """Atomically point `current` at a build. Returns False when it already did."""
         rec = self.get(build_id)
         if not rec.smoke_passed:
-            raise StoreError(f"build {rec.id} did not pass its smoke test", "build again or pick another build")
+            raise StoreError(
+                f"build {rec.id} did not pass its smoke test", "build again or pick another build"
+            )
         if self.current_id() == rec.id:
             return False
         symlink_atomic(f"builds/{rec.id}", self.paths.current)
@@ -181,7 +185,9 @@ class Store:
             if candidate != cur and self.find(candidate):
                 self.set_current(candidate)
                 return self.get(candidate)
-        raise StoreError("there is no earlier build to roll back to", "list builds with `nativellm builds list`")
+        raise StoreError(
+            "there is no earlier build to roll back to", "list builds with `nativellm builds list`"
+        )
 
     def _check_removable(self, rec: BuildRecord) -> None:
         if rec.id == self.current_id():

@@ -105,7 +105,9 @@ def write_synthetic_llama(
     try:
         reader = gguf.GGUFReader(str(vocab_gguf))
     except (OSError, ValueError) as exc:
-        raise ModelError(f"cannot read vocab GGUF {vocab_gguf}: {exc}", "check the llama.cpp source tree") from exc
+        raise ModelError(
+            f"cannot read vocab GGUF {vocab_gguf}: {exc}", "check the llama.cpp source tree"
+        ) from exc
     tok = {k: _field_value(reader.fields[k]) for k in _TOKENIZER_KEYS if k in reader.fields}
     tokens: list[str] = tok["tokenizer.ggml.tokens"]
     n_vocab = len(tokens)

@@ -71,9 +71,14 @@ def find_toolchain(need_nvcc: bool = False) -> Toolchain:
         )
     nvcc = None
     if need_nvcc:
-        nvcc_path = run.which("nvcc") or ("/usr/local/cuda/bin/nvcc" if Path("/usr/local/cuda/bin/nvcc").exists() else None)
+        nvcc_path = run.which("nvcc") or (
+            "/usr/local/cuda/bin/nvcc" if Path("/usr/local/cuda/bin/nvcc").exists() else None
+        )
         if nvcc_path is None:
-            raise ToolchainError("nvcc (the CUDA toolkit) is not installed", "install the CUDA toolkit or build with --backend cpu")
+            raise ToolchainError(
+                "nvcc (the CUDA toolkit) is not installed",
+                "install the CUDA toolkit or build with --backend cpu",
+            )
         nvcc = _first_line([nvcc_path, "--version"]) or nvcc_path
     return Toolchain(cmake, ninja, m.group(0), cc, cxx, nvcc)
 
@@ -85,7 +90,9 @@ KNOWN_FAILURES: tuple[tuple[re.Pattern[str], str], ...] = (
         "nvcc is too old for this GPU architecture or compiler: upgrade the CUDA toolkit (sm_120 needs CUDA 12.8+)",
     ),
     (
-        re.compile(r"(c\+\+|cc1plus|g\+\+|clang\+\+|nvcc).*(Killed|signal 9)|Killed signal terminated program", re.I),
+        re.compile(
+            r"(c\+\+|cc1plus|g\+\+|clang\+\+|nvcc).*(Killed|signal 9)|Killed signal terminated program", re.I
+        ),
         "the compiler was killed, most likely out of memory: rerun with --jobs 1 or add swap",
     ),
     (re.compile(r"No space left on device", re.I), "the disk is full: free space in the store and rerun"),

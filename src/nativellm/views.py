@@ -18,7 +18,9 @@ def _gib(n: int) -> str:
 
 def show_profile(p: HostProfile) -> None:
     out.print(f"[bold]{escape(p.cpu.model)}[/bold] ({p.cpu.vendor}, {p.os}/{p.arch})")
-    out.print(f"  cores: {p.cpu.physical_cores} physical, {p.cpu.logical_cores} logical, NUMA nodes: {p.cpu.numa_nodes}")
+    out.print(
+        f"  cores: {p.cpu.physical_cores} physical, {p.cpu.logical_cores} logical, NUMA nodes: {p.cpu.numa_nodes}"
+    )
     out.print(f"  memory: {_gib(p.memory_bytes)}")
     out.print(f"  verified flags: {' '.join(p.cpu.flags)}")
     for flag, why in sorted((p.cpu.dropped_flags or {}).items()):
@@ -28,7 +30,9 @@ def show_profile(p: HostProfile) -> None:
     if not p.gpus:
         out.print("  GPUs: none found")
     t = p.toolkits
-    out.print(f"  toolkits: cuda={t.cuda or '-'} rocm={t.rocm or '-'} vulkan={t.vulkan or '-'} metal={t.metal}")
+    out.print(
+        f"  toolkits: cuda={t.cuda or '-'} rocm={t.rocm or '-'} vulkan={t.vulkan or '-'} metal={t.metal}"
+    )
 
 
 def show_plan(plan: BuildPlan) -> None:

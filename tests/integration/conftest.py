@@ -16,12 +16,14 @@ import tarfile
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from nativellm.plan import BuildPlan
 
 SDIST_VERSION = "0.3.36"
 CACHE = Path(os.environ.get("NATIVELLM_TEST_CACHE", Path.home() / ".cache" / "nativellm-test"))
@@ -40,8 +42,10 @@ def _fetch_sdist() -> Path:
     )  # fmt: skip
     archive = root / f"llama_cpp_python-{SDIST_VERSION}.tar.gz"
     with tempfile.TemporaryDirectory(dir=root) as tmp, tarfile.open(archive) as tar:
-        tar.extractall(tmp, filter="data") if sys.version_info >= (3, 12) else tar.extractall(tmp)  # noqa: S202
-        os.replace(Path(tmp) / f"llama_cpp_python-{SDIST_VERSION}", root / f"llama_cpp_python-{SDIST_VERSION}")
+        tar.extractall(tmp, filter="data") if sys.version_info >= (3, 12) else tar.extractall(tmp)
+        os.replace(
+            Path(tmp) / f"llama_cpp_python-{SDIST_VERSION}", root / f"llama_cpp_python-{SDIST_VERSION}"
+        )
     return tree
 
 
@@ -66,7 +70,11 @@ def nativellm(*args: str, home: Path, timeout: float = 3600, env: dict[str, str]
     full_env = {**os.environ, "NATIVELLM_HOME": str(home), **(env or {})}
     t0 = time.monotonic()
     proc = subprocess.run(
-        [sys.executable, "-m", "nativellm", *args], capture_output=True, text=True, env=full_env, timeout=timeout
+        [sys.executable, "-m", "nativellm", *args],
+        capture_output=True,
+        text=True,
+        env=full_env,
+        timeout=timeout,
     )
     return CliResult(proc.returncode, proc.stdout, proc.stderr, time.monotonic() - t0)
 
@@ -87,3 +95,29 @@ def auto_build(llama_source: Path, session_home: Path) -> CliResult:
     res = nativellm("build", "--auto", "--source", str(llama_source), "--json", home=session_home)
     assert res.returncode == 0, f"auto build failed:\n{res.stderr[-4000:]}\n{res.stdout[-2000:]}"
     return res
+
+
+@pytest.fixture(scope="session")
+def trap_binary(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real executable that dies with SIGILL at once: the shape of an ISA crash."""
+    d = tmp_path_factory.mktemp("trap")
+    (d / "trap.c").write_text("int main(void) { __builtin_trap(); }\n")
+    subprocess.run(["cc", "-O0", "-o", str(d / "trap"), str(d / "trap.c")], check=True)
+    return d / "trap"
+
+
+def break_llama_server(
+    monkeypatch: pytest.MonkeyPatch, trap: Path, when: Callable[[BuildPlan], bool] = lambda plan: True
+) -> None:
+    """After the real compile, swap the staged llama-server for a SIGILL binary (when `when(plan)`)."""
+    from nativellm.build import _Builder
+
+    original = _Builder.compile
+
+    def compile_then_break(self: _Builder, plan: BuildPlan, *args: Any) -> Path:
+        stage: Path = original(self, plan, *args)
+        if when(plan):
+            shutil.copy(trap, stage / "bin" / "llama-server")
+        return stage
+
+    monkeypatch.setattr(_Builder, "compile", compile_then_break)

@@ -9,11 +9,17 @@ from pathlib import Path
 import httpx
 import pytest
 
+from nativellm.build import BuildOptions, build_llama
+from nativellm.errors import SmokeTestError
 from nativellm.fsutil import sha256_file
+from nativellm.paths import resolve_paths
+from nativellm.plan import PlanOptions
 from nativellm.server import free_port, wait_ready
+from nativellm.source import SourceRequest
+from nativellm.store import Store
 from nativellm.synth import SynthSize, find_vocab, write_synthetic_llama
 
-from .conftest import CliResult, nativellm
+from .conftest import CliResult, break_llama_server, nativellm
 
 pytestmark = pytest.mark.slow
 
@@ -58,7 +64,9 @@ def test_auto_build_is_current_and_serves_quantized_models(
     for rel, digest in manifest["binaries"].items():
         assert sha256_file(current / rel) == digest, rel
     # RPATH layout: bin/ finds lib/ by itself, no LD_LIBRARY_PATH.
-    ldd = subprocess.run(["ldd", str(current / "bin" / "llama-server")], capture_output=True, text=True).stdout
+    ldd = subprocess.run(
+        ["ldd", str(current / "bin" / "llama-server")], capture_output=True, text=True
+    ).stdout
     assert "not found" not in ldd and str(current / "lib") in ldd
 
     # Independently of the smoke test: the current llama-server serves Q4_0 and Q8_0.
@@ -87,7 +95,9 @@ def test_amx_host_gets_a_build_without_amx(auto_build: CliResult, session_home: 
         assert "amx" in dropped or "amx" in why.lower(), (dropped, why)
 
 
-def test_second_auto_build_is_a_fast_cache_hit(auto_build: CliResult, session_home: Path, llama_source: Path) -> None:
+def test_second_auto_build_is_a_fast_cache_hit(
+    auto_build: CliResult, session_home: Path, llama_source: Path
+) -> None:
     before = _current(session_home)
     res = nativellm("build", "--auto", "--source", str(llama_source), "--json", home=session_home)
     assert res.returncode == 0, res.stderr
@@ -99,6 +109,32 @@ def test_second_auto_build_is_a_fast_cache_hit(auto_build: CliResult, session_ho
     assert _current(session_home) == before
     human = nativellm("build", "--auto", "--source", str(llama_source), home=session_home)
     assert "already built" in human.stdout
+
+
+def test_smoke_test_failure_keeps_the_build_out_of_current(
+    auto_build: CliResult,
+    session_home: Path,
+    llama_source: Path,
+    trap_binary: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A really compiled build whose llama-server dies with SIGILL never becomes current."""
+    monkeypatch.setenv("NATIVELLM_HOME", str(session_home))
+    paths = resolve_paths()
+    store = Store(paths)
+    before_current, before_ids = store.current_id(), [r.id for r in store.list_builds()]
+    break_llama_server(monkeypatch, trap_binary)
+    opts = BuildOptions(
+        auto=False, plan=PlanOptions(baseline=True), source=SourceRequest(directory=llama_source)
+    )
+    with pytest.raises(SmokeTestError) as exc:
+        build_llama(paths, opts)
+    assert exc.value.exit_code == 7
+    assert "SIGILL" in exc.value.message and "not activated" in exc.value.message
+    assert store.current_id() == before_current
+    assert [r.id for r in store.list_builds()] == before_ids
+    smoke_logs = list((paths.work).glob("*/smoke/smoke.log"))
+    assert smoke_logs and str(smoke_logs[0]) in exc.value.hint
 
 
 def test_rollback_restores_the_first_build_exactly(

@@ -141,13 +141,20 @@ def load_profile(path: Path) -> HostProfile:
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise NotFoundError(f"profile {path} does not exist", "pass a file written by `nativellm detect --json`") from None
+        raise NotFoundError(
+            f"profile {path} does not exist", "pass a file written by `nativellm detect --json`"
+        ) from None
     except OSError as exc:
-        raise NotFoundError(f"cannot read profile {path}: {exc.strerror}", "check the path and permissions") from None
+        raise NotFoundError(
+            f"cannot read profile {path}: {exc.strerror}", "check the path and permissions"
+        ) from None
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise UsageError(f"profile {path} is not JSON: {exc.msg} at line {exc.lineno}", "write it with `nativellm detect --json`") from None
+        raise UsageError(
+            f"profile {path} is not JSON: {exc.msg} at line {exc.lineno}",
+            "write it with `nativellm detect --json`",
+        ) from None
     if not isinstance(data, dict):
         raise UsageError(f"profile {path} is not a JSON object", "write it with `nativellm detect --json`")
     return HostProfile.from_dict(data)

@@ -1,0 +1,203 @@
+"""The instance spec: a named llama-server configuration, stored as TOML (the source of truth).
+
+`<config>/instances/<name>.toml` holds the top-level keys below. Units are rendered from it;
+`Store.pinned()` reads its `build` key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import re
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+
+from nativellm.errors import InstanceError, UsageError
+from nativellm.fsutil import write_atomic
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+SPEC_SCHEMA = "nativellm.instance/1"
+DEFAULT_START_TIMEOUT_S = 900
+# systemd allows [A-Za-z0-9:_.\-] (and \x escapes) in an instance name; we keep a safe subset
+# that needs no escaping anywhere (unit names, file names, journal matches, URLs).
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+FLASH_ATTN = ("on", "off", "auto")
+CACHE_TYPES = ("f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "iq4_nl", "q5_0", "q5_1")
+
+
+def validate_name(name: str) -> str:
+    if not _NAME.fullmatch(name) or name.endswith((".service", ".d")):
+        raise UsageError(
+            f"invalid instance name {name!r}",
+            "use 1-64 letters, digits, '_', '.' or '-', starting with a letter or digit (for example q4)",
+        )
+    return name
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+@dataclass(frozen=True)
+class InstanceSpec:
+    """One instance. None means "llama-server's own default" and is left off the argv."""
+
+    name: str
+    model: str
+    port: int
+    build: str = "current"
+    host: str = "127.0.0.1"
+    ctx: int | None = None
+    threads: int | None = None
+    gpu_layers: int | None = None
+    parallel: int | None = None
+    batch: int | None = None
+    flash_attn: str | None = None
+    cache_type_k: str | None = None
+    cache_type_v: str | None = None
+    mlock: bool = False
+    metrics: bool = True
+    api_key_file: str | None = None
+    insecure_no_api_key: bool = False
+    memory_max: str | None = None
+    cpus: str | None = None
+    numa_node: int | None = None
+    gpus: tuple[int, ...] | None = None
+    enable: bool = False
+    start_timeout: int = DEFAULT_START_TIMEOUT_S
+    env: Mapping[str, str] = field(default_factory=dict)
+    extra_args: tuple[str, ...] = ()
+
+    def validate(self) -> InstanceSpec:
+        validate_name(self.name)
+        if not self.model:
+            raise UsageError("--model is required", "name a model from `nativellm model list`")
+        if not 1 <= self.port <= 65535:
+            raise UsageError(f"port {self.port} is out of range", "use a port between 1 and 65535")
+        for label, value in (
+            ("ctx", self.ctx),
+            ("threads", self.threads),
+            ("parallel", self.parallel),
+            ("batch", self.batch),
+            ("start-timeout", self.start_timeout),
+        ):
+            if value is not None and value < (0 if label == "ctx" else 1):
+                raise UsageError(f"--{label} {value} is invalid", f"give a positive --{label}")
+        if self.gpu_layers is not None and self.gpu_layers < 0:
+            raise UsageError("--gpu-layers must be 0 or more", "give --gpu-layers 0..N")
+        if self.flash_attn is not None and self.flash_attn not in FLASH_ATTN:
+            raise UsageError(f"--flash-attn {self.flash_attn!r} is invalid", "use on, off or auto")
+        for label, ct in (("k", self.cache_type_k), ("v", self.cache_type_v)):
+            if ct is not None and ct not in CACHE_TYPES:
+                raise UsageError(
+                    f"--cache-type-{label} {ct!r} is invalid", f"use one of {', '.join(CACHE_TYPES)}"
+                )
+        if self.api_key_file is not None and not Path(self.api_key_file).is_absolute():
+            raise UsageError("--api-key-file must be an absolute path", "give the full path of the key file")
+        if not is_loopback(self.host) and not self.api_key_file and not self.insecure_no_api_key:
+            raise InstanceError(
+                f"binding {self.host} exposes llama-server beyond this machine without an API key",
+                "add --api-key-file FILE (or --insecure-no-api-key if you really mean it)",
+            )
+        if any("\n" in a or "\0" in a for a in self.extra_args):
+            raise UsageError("an extra llama-server argument contains a newline", "remove it")
+        return self
+
+    # -- TOML ------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        doc: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            doc[f.name] = (
+                list(value)
+                if isinstance(value, tuple)
+                else dict(value)
+                if isinstance(value, Mapping)
+                else value
+            )
+        return doc
+
+    def to_toml(self) -> str:
+        doc: dict[str, Any] = {"schema": SPEC_SCHEMA}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if value is None:
+                continue
+            if isinstance(value, tuple):
+                value = list(value)
+            elif isinstance(value, Mapping):
+                if not value:
+                    continue
+                value = dict(value)
+            doc[f.name] = value
+        return tomli_w.dumps(doc)
+
+    @classmethod
+    def from_toml(cls, text: str, origin: str = "spec") -> InstanceSpec:
+        try:
+            doc = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise InstanceError(
+                f"{origin} is not valid TOML: {exc}", "fix the file or re-add the instance"
+            ) from exc
+        doc.pop("schema", None)
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(doc) - known)
+        if unknown:
+            raise InstanceError(f"{origin} has unknown keys: {', '.join(unknown)}", "remove them")
+        if "gpus" in doc:
+            doc["gpus"] = tuple(doc["gpus"])
+        if "extra_args" in doc:
+            doc["extra_args"] = tuple(doc["extra_args"])
+        try:
+            return cls(**doc)
+        except TypeError as exc:
+            raise InstanceError(f"{origin} is incomplete: {exc}", "re-add the instance") from exc
+
+
+def spec_path(config: Path, name: str) -> Path:
+    return config / "instances" / f"{name}.toml"
+
+
+def load_spec(config: Path, name: str) -> InstanceSpec | None:
+    path = spec_path(config, validate_name(name))
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None
+    return InstanceSpec.from_toml(text, str(path))
+
+
+def list_specs(config: Path) -> list[InstanceSpec]:
+    folder = config / "instances"
+    if not folder.is_dir():
+        return []
+    return [
+        InstanceSpec.from_toml(p.read_text(encoding="utf-8"), str(p)) for p in sorted(folder.glob("*.toml"))
+    ]
+
+
+def write_spec(config: Path, spec: InstanceSpec) -> bool:
+    path = spec_path(config, spec.name)
+    text = spec.to_toml()
+    try:
+        if path.read_text(encoding="utf-8") == text:
+            return False
+    except OSError:
+        pass
+    write_atomic(path, text, 0o644)
+    return True

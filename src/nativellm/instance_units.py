@@ -1,0 +1,262 @@
+"""Rendering an instance spec into systemd units: the exact llama-server argv, the per-instance
+drop-ins, and the shared templates shipped in the package's `systemd/` folder.
+
+Pure: takes a spec plus the resolved paths, returns file texts. Writing happens in instances.py.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from nativellm.instance_spec import InstanceSpec
+from nativellm.paths import Scope, package_data
+from nativellm.units import Section, UnitFile, exec_line, plain_value, quote_env, render
+
+TEMPLATE_FILES = ("llama@.service", "llama.target", "llama-watchdog@.service", "llama-watchdog@.timer")
+DROPIN_NAME = "50-nativellm.conf"
+CREDENTIAL = "api-key"
+
+# Hang probe: 3 tries, 3 s each, 1 s apart, every 15 s (timer) -> a hung server is killed
+# within about 30 s and restarted by Restart=on-failure.
+PROBE_TRIES = 3
+PROBE_TIMEOUT_S = 3
+
+
+class DeviceClass(str, enum.Enum):
+    """What a build's backend needs from /dev. Table-driven: backend -> class -> directives."""
+
+    CPU = "cpu"
+    NVIDIA = "nvidia"
+    AMD = "amd"
+    DRI = "dri"
+
+    @classmethod
+    def for_backend(cls, backend: str) -> DeviceClass:
+        return {"cuda": cls.NVIDIA, "hip": cls.AMD, "vulkan": cls.DRI, "sycl": cls.DRI}.get(backend, cls.CPU)
+
+    @property
+    def device_allow(self) -> tuple[str, ...]:
+        return {
+            DeviceClass.CPU: (),
+            # nvidia-uvm and nvidia-modeset have their own majors; char-nvidia covers nvidia0..N
+            # and nvidiactl (major 195).
+            DeviceClass.NVIDIA: (
+                "char-nvidia rw",
+                "char-nvidia-uvm rw",
+                "/dev/nvidiactl rw",
+                "/dev/nvidia-uvm rw",
+                "/dev/nvidia-uvm-tools rw",
+            ),
+            DeviceClass.AMD: ("/dev/kfd rw", "char-drm rw"),
+            DeviceClass.DRI: ("char-drm rw",),
+        }[self]
+
+    @property
+    def ready_path(self) -> str | None:
+        """A device that must exist before start: a GPU instance fails instead of using the CPU."""
+        return {
+            DeviceClass.NVIDIA: "/dev/nvidiactl",
+            DeviceClass.AMD: "/dev/kfd",
+            DeviceClass.DRI: "/dev/dri",
+        }.get(self)
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """Everything outside the spec that rendering needs, looked up once by the caller."""
+
+    scope: Scope
+    server_binary: Path
+    model_path: Path
+    backend: str
+    python: str
+    healthcheck: Path
+    systemctl: str
+    spec_path: Path
+
+
+def unit_name(name: str) -> str:
+    return f"llama@{name}.service"
+
+
+def watchdog_unit(name: str) -> str:
+    return f"llama-watchdog@{name}.service"
+
+
+def probe_host(host: str) -> str:
+    """Where the readiness and hang probes reach the server."""
+    if host in ("0.0.0.0", ""):
+        return "127.0.0.1"
+    if host == "::":
+        return "[::1]"
+    return f"[{host}]" if ":" in host else host
+
+
+def health_url(spec: InstanceSpec) -> str:
+    return f"http://{probe_host(spec.host)}:{spec.port}/health"
+
+
+def server_argv(spec: InstanceSpec, binary: Path, model: Path, *, api_key_path: str | None) -> list[str]:
+    """The exact llama-server argv; `nativellm run` uses it as is, the unit through quoting."""
+    argv = [
+        str(binary),
+        "--model",
+        str(model),
+        "--alias",
+        spec.name,
+        "--host",
+        spec.host,
+        "--port",
+        str(spec.port),
+    ]
+    if spec.ctx is not None:
+        argv += ["--ctx-size", str(spec.ctx)]
+    if spec.threads is not None:
+        argv += ["--threads", str(spec.threads)]
+    if spec.gpu_layers is not None:
+        argv += ["--n-gpu-layers", str(spec.gpu_layers)]
+    if spec.parallel is not None:
+        argv += ["--parallel", str(spec.parallel)]
+    if spec.batch is not None:
+        argv += ["--batch-size", str(spec.batch)]
+    if spec.flash_attn is not None:
+        argv += ["--flash-attn", spec.flash_attn]
+    if spec.cache_type_k is not None:
+        argv += ["--cache-type-k", spec.cache_type_k]
+    if spec.cache_type_v is not None:
+        argv += ["--cache-type-v", spec.cache_type_v]
+    if spec.mlock:
+        argv.append("--mlock")
+    if spec.numa_node is not None:
+        argv += ["--numa", "numactl"]
+    if spec.metrics:
+        argv.append("--metrics")
+    if api_key_path is not None:
+        argv += ["--api-key-file", api_key_path]
+    argv += list(spec.extra_args)
+    return argv
+
+
+def _cpu_limits(cpus: str) -> tuple[str, str]:
+    """--cpus 2.5 -> CPUQuota=250%; --cpus 0-3,6 -> AllowedCPUs=0-3,6."""
+    try:
+        return "CPUQuota", f"{round(float(cpus) * 100)}%"
+    except ValueError:
+        return "AllowedCPUs", cpus
+
+
+def render_dropin(spec: InstanceSpec, r: Resolved) -> str:
+    devices = DeviceClass.for_backend(r.backend)
+    key_path = "${CREDENTIALS_DIRECTORY}/" + CREDENTIAL if spec.api_key_file else None
+    argv = server_argv(spec, r.server_binary, r.model_path, api_key_path=key_path)
+    expand = [len(argv) - len(spec.extra_args) - 1] if key_path else []
+    ready = [
+        r.python,
+        "-I",
+        str(r.healthcheck),
+        "ready",
+        "--url",
+        health_url(spec),
+        "--timeout",
+        str(spec.start_timeout),
+    ]
+
+    unit: list[tuple[str, str]] = [
+        ("Description", plain_value(f"llama-server {spec.name}: model {spec.model}"))
+    ]
+    if devices.ready_path:
+        unit += [
+            ("After", "systemd-modules-load.service nvidia-persistenced.service"),
+            ("AssertPathExists", devices.ready_path),
+        ]
+    service: list[tuple[str, str]] = [
+        ("ExecStart", ""),
+        ("ExecStart", exec_line(argv, expand=expand)),
+        ("ExecStartPost", exec_line(ready)),
+        ("TimeoutStartSec", f"{spec.start_timeout}s"),
+    ]
+    for key, value in sorted(_environment(spec, devices).items()):
+        service.append(("Environment", quote_env(key, value)))
+    if spec.api_key_file:
+        # The key file is read by systemd; llama-server reads it from its credentials dir.
+        service.append(("LoadCredential", plain_value(f"{CREDENTIAL}:{spec.api_key_file}")))
+    if spec.memory_max:
+        service.append(("MemoryMax", plain_value(spec.memory_max)))
+    if spec.cpus:
+        service.append(_cpu_limits(spec.cpus))
+    if spec.numa_node is not None:
+        service += [("NUMAPolicy", "bind"), ("NUMAMask", str(spec.numa_node))]
+    if spec.mlock:
+        service.append(("LimitMEMLOCK", "infinity"))
+    if r.scope is Scope.SYSTEM:
+        # An unprivileged, per-instance user; the store and models stay world-readable.
+        service.append(("DynamicUser", "yes"))
+        needed = (r.server_binary, r.model_path, Path(r.python), r.healthcheck)
+        if not any(_under_home(p) for p in needed):
+            service.append(("ProtectHome", "yes"))
+    if devices is not DeviceClass.CPU:
+        service += [("PrivateDevices", "no"), ("DevicePolicy", "closed")]
+        service += [("DeviceAllow", d) for d in devices.device_allow]
+        # GPU drivers JIT-compile kernels into W+X pages (CUDA PTX, ROCm code objects).
+        service.append(("MemoryDenyWriteExecute", "no"))
+    header = (
+        f"Generated by nativellm from {r.spec_path}. Do not edit:\n"
+        f"change it with `nativellm instance edit {spec.name}`."
+    )
+    return render(UnitFile((Section("Unit", tuple(unit)), Section("Service", tuple(service))), header=header))
+
+
+def _under_home(path: Path) -> bool:
+    return any(path.is_relative_to(h) for h in (Path("/home"), Path("/root"), Path("/run/user")))
+
+
+def _environment(spec: InstanceSpec, devices: DeviceClass) -> Mapping[str, str]:
+    env = dict(spec.env)
+    if spec.gpus is not None:
+        var = {DeviceClass.AMD: "HIP_VISIBLE_DEVICES"}.get(devices, "CUDA_VISIBLE_DEVICES")
+        env[var] = ",".join(str(g) for g in spec.gpus)
+    return env
+
+
+def render_watchdog_dropin(spec: InstanceSpec, r: Resolved) -> str:
+    scope = ["--user"] if r.scope is Scope.USER else []
+    unit = unit_name(spec.name)
+    condition = [r.systemctl, *scope, "is-active", "--quiet", unit]
+    probe = [
+        r.python,
+        "-I",
+        str(r.healthcheck),
+        "probe",
+        "--url",
+        health_url(spec),
+        "--tries",
+        str(PROBE_TRIES),
+        "--timeout",
+        str(PROBE_TIMEOUT_S),
+        "--",
+        r.systemctl,
+        *scope,
+        "kill",
+        "--signal=SIGKILL",
+        unit,
+    ]
+    header = f"Generated by nativellm: hang probe for {unit}."
+    service = (("ExecCondition", exec_line(condition)), ("ExecStart", exec_line(probe)))
+    return render(UnitFile((Section("Service", service),), header=header))
+
+
+def render_instance_files(spec: InstanceSpec, r: Resolved) -> dict[str, str]:
+    """Unit-dir-relative path -> text for one instance's drop-ins."""
+    return {
+        f"{unit_name(spec.name)}.d/{DROPIN_NAME}": render_dropin(spec, r),
+        f"{watchdog_unit(spec.name)}.d/{DROPIN_NAME}": render_watchdog_dropin(spec, r),
+    }
+
+
+def template_files() -> dict[str, str]:
+    """The shared units shipped in the package's systemd/ folder."""
+    root = package_data("systemd")
+    return {name: (root / name).read_text(encoding="utf-8") for name in TEMPLATE_FILES}

@@ -1,0 +1,526 @@
+"""Instance use cases: add, edit, rm, list, show, start/stop/restart/enable/disable, status, logs, run.
+
+The TOML spec is the source of truth; units are rendered from it. Every mutating use case
+checks all its input first and writes nothing on a bad one; it reports whether it changed
+anything, and restarts a running instance only when its rendered units changed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import sys
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from nativellm import healthcheck, run, server
+from nativellm.errors import InstanceError, ModelError, NotFoundError, UsageError
+from nativellm.hardware.profile import HostProfile
+from nativellm.instance_spec import InstanceSpec, list_specs, load_spec, spec_path, validate_name, write_spec
+from nativellm.instance_units import (
+    DROPIN_NAME,
+    Resolved,
+    health_url,
+    render_instance_files,
+    server_argv,
+    template_files,
+    unit_name,
+    watchdog_unit,
+)
+from nativellm.paths import Paths, Scope
+from nativellm.store import Store
+from nativellm.systemd import Systemd, UnitState
+from nativellm.units import write_unit
+
+FIRST_PORT = 8080
+
+
+@dataclass(frozen=True)
+class InstanceOptions:
+    """What the user asked for on `instance add/edit`. None: not given (keep / default)."""
+
+    model: str | None = None
+    port: int | None = None
+    host: str | None = None
+    ctx: int | None = None
+    threads: int | None = None
+    gpu_layers: int | None = None
+    parallel: int | None = None
+    batch: int | None = None
+    flash_attn: str | None = None
+    cache_type_k: str | None = None
+    cache_type_v: str | None = None
+    mlock: bool | None = None
+    metrics: bool | None = None
+    api_key_file: str | None = None
+    insecure_no_api_key: bool | None = None
+    memory_max: str | None = None
+    cpus: str | None = None
+    numa_node: int | None = None
+    gpus: tuple[int, ...] | None = None
+    build: str | None = None
+    enable: bool | None = None
+    start_timeout: int | None = None
+    extra_args: tuple[str, ...] | None = None
+    force: bool = False
+
+
+@dataclass(frozen=True)
+class Outcome:
+    name: str
+    changed: bool
+    message: str
+    spec: InstanceSpec | None
+    files: tuple[str, ...] = ()
+    restarted: bool = False
+
+
+@dataclass(frozen=True)
+class InstanceStatus:
+    """`nativellm status` for one instance."""
+
+    name: str
+    spec: InstanceSpec
+    unit: UnitState | None
+    health: str  # ok | loading | down
+    metrics: Mapping[str, float]
+    error_line: str | None
+
+    def to_dict(self) -> dict[str, Any]:
+        u = self.unit
+        return {
+            "name": self.name,
+            "unit": unit_name(self.name),
+            "active_state": u.active_state if u else None,
+            "sub_state": u.sub_state if u else None,
+            "result": u.result if u else None,
+            "enabled": u.unit_file_state if u else None,
+            "pid": u.main_pid or None if u else None,
+            "uptime_s": round(u.uptime_s, 1) if u and u.uptime_s is not None else None,
+            "restarts": u.n_restarts if u else None,
+            "memory_bytes": u.memory_bytes if u else None,
+            "cpu_s": round(u.cpu_ns / 1e9, 3) if u and u.cpu_ns is not None else None,
+            "host": self.spec.host,
+            "port": self.spec.port,
+            "url": f"http://{self.spec.host}:{self.spec.port}",
+            "health": self.health,
+            "healthy": self.health == "ok",
+            "model": self.spec.model,
+            "build": self.spec.build,
+            "metrics": dict(self.metrics),
+            "error": self.error_line,
+        }
+
+
+def _default_profile() -> HostProfile:
+    from nativellm.hardware import detect_host
+
+    return detect_host(verify=False)
+
+
+class Instances:
+    """The instance use cases for one scope. `systemd=None` renders files only (no D-Bus)."""
+
+    def __init__(
+        self,
+        paths: Paths,
+        systemd: Systemd | None,
+        *,
+        profile: Callable[[], HostProfile] = _default_profile,
+        port_in_use: Callable[[int, str], bool] = server.port_in_use,
+    ) -> None:
+        self.paths = paths
+        self.systemd = systemd
+        self._profile = profile
+        self._port_in_use = port_in_use
+
+    # -- resolution ----------------------------------------------------------------------
+    def _model_path(self, model: str) -> Path:
+        from nativellm.models import ModelRegistry
+
+        rec = ModelRegistry(self.paths).find(model)
+        if rec is not None:
+            return rec.path
+        if Path(model).is_absolute() and Path(model).is_file():
+            return Path(model)  # an unregistered GGUF by path: handy for debugging
+        raise NotFoundError(
+            f"no model named {model!r}", "see `nativellm model list`, or add one with `nativellm model add`"
+        )
+
+    def _resolve(self, spec: InstanceSpec) -> Resolved:
+        store = Store(self.paths)
+        if spec.build == "current":
+            rec = store.current()
+            if rec is None:
+                raise NotFoundError(
+                    "there is no current build", "build llama.cpp first: `nativellm build --auto`"
+                )
+            # Through the `current` link, so `builds use`/`rollback` + restart switch builds.
+            binary = self.paths.current / "bin" / "llama-server"
+        else:
+            rec = store.find(spec.build)
+            if rec is None:
+                raise NotFoundError(
+                    f"build {spec.build!r} is missing or was removed", "see `nativellm builds list`"
+                )
+            binary = rec.binary("llama-server")
+        if not binary.is_file():
+            raise NotFoundError(
+                f"build {rec.id} has no llama-server at {binary}", "rebuild with `nativellm build --auto`"
+            )
+        return Resolved(
+            scope=self.paths.scope,
+            server_binary=binary,
+            model_path=self._model_path(spec.model),
+            backend=rec.backend,
+            python=sys.executable,
+            healthcheck=Path(healthcheck.__file__).resolve(),
+            systemctl=run.which("systemctl") or "/usr/bin/systemctl",
+            spec_path=spec_path(self.paths.config, spec.name),
+        )
+
+    def _other_ports(self, name: str) -> dict[int, str]:
+        return {s.port: s.name for s in list_specs(self.paths.config) if s.name != name}
+
+    def _pick_port(self, name: str, host: str) -> int:
+        taken = self._other_ports(name)
+        for port in range(FIRST_PORT, FIRST_PORT + 1000):
+            if port not in taken and not self._port_in_use(port, host):
+                return port
+        raise InstanceError(f"no free port in {FIRST_PORT}-{FIRST_PORT + 999}", "give one with --port")
+
+    def _check_port(self, spec: InstanceSpec, previous: InstanceSpec | None) -> None:
+        owner = self._other_ports(spec.name).get(spec.port)
+        if owner is not None:
+            raise InstanceError(
+                f"port {spec.port} is already used by instance {owner}", "choose another --port"
+            )
+        ours = previous is not None and previous.port == spec.port
+        if not ours and self._port_in_use(spec.port, spec.host):
+            raise InstanceError(f"port {spec.port} is in use by another process", "choose another --port")
+
+    def _check_fit(self, spec: InstanceSpec, force: bool) -> str | None:
+        from nativellm.fit import estimate_fit
+        from nativellm.models import ModelRegistry
+
+        rec = ModelRegistry(self.paths).find(spec.model)
+        if rec is None or not rec.facts:
+            return None
+        report = estimate_fit(
+            rec,
+            self._profile(),
+            ctx=spec.ctx or 0,
+            parallel=spec.parallel or 1,
+            gpu_layers=spec.gpu_layers or 0,
+            cache_type_k=spec.cache_type_k or "f16",
+            cache_type_v=spec.cache_type_v or "f16",
+        )
+        if report.verdict == "does_not_fit" and not force:
+            raise ModelError(report.message, "lower --ctx/--parallel, pick a smaller model, or pass --force")
+        return report.message if report.verdict != "fits" else None
+
+    def _merge(self, name: str, base: InstanceSpec | None, opts: InstanceOptions) -> InstanceSpec:
+        given = {f.name: getattr(opts, f.name) for f in dataclasses.fields(opts) if f.name != "force"}
+        given = {k: v for k, v in given.items() if v is not None}
+        if base is not None:
+            return dataclasses.replace(base, **given)
+        if "model" not in given:
+            raise UsageError("--model is required", "name a model from `nativellm model list`")
+        host = given.get("host", "127.0.0.1")
+        if "port" not in given:
+            given["port"] = self._pick_port(name, host)
+        if "threads" not in given:
+            given["threads"] = self._profile().cpu.physical_cores
+        return InstanceSpec(name=name, **given)
+
+    def _require_systemd(self) -> Systemd | None:
+        if self.systemd is not None and not self.systemd.available():
+            raise InstanceError(
+                f"systemd is not reachable on {self.systemd.address}",
+                "nothing was written; on a machine without systemd use `instance add --no-systemd` "
+                "and `nativellm run NAME`",
+            )
+        return self.systemd
+
+    # -- writing -------------------------------------------------------------------------
+    def _files(self, spec: InstanceSpec) -> dict[Path, str]:
+        r = self._resolve(spec)
+        files = {self.paths.units / rel: text for rel, text in template_files().items()}
+        files.update({self.paths.units / rel: text for rel, text in render_instance_files(spec, r).items()})
+        return files
+
+    def _apply(self, spec: InstanceSpec, files: Mapping[Path, str]) -> tuple[bool, bool, list[str]]:
+        """Write what differs. Returns (spec changed, instance units changed, written paths)."""
+        written = [str(p) for p, text in files.items() if write_unit(p, text)]
+        spec_changed = write_spec(self.paths.config, spec)
+        units_changed = any(
+            unit_name(spec.name) in w or watchdog_unit(spec.name) in w or "@." in w for w in written
+        )
+        return spec_changed, units_changed, written
+
+    def add(self, name: str, opts: InstanceOptions) -> Outcome:
+        validate_name(name)
+        existing = load_spec(self.paths.config, name)
+        spec = self._merge(name, existing, opts).validate()
+        if existing is not None and spec != existing:
+            raise InstanceError(
+                f"instance {name} already exists with other settings",
+                f"change it with `nativellm instance edit {name}`, or remove it first",
+            )
+        self._check_port(spec, existing)
+        warning = self._check_fit(spec, opts.force)
+        files = self._files(spec)
+        sd = self._require_systemd()
+        spec_changed, _, written = self._apply(spec, files)
+        changed = spec_changed or bool(written)
+        if sd is not None:
+            if changed:
+                sd.daemon_reload()
+            if spec.enable:
+                sd.enable([unit_name(name), "llama.target"])
+        msg = (
+            f"instance {name} added: {unit_name(name)} on port {spec.port}"
+            if changed
+            else f"instance {name} unchanged"
+        )
+        if warning:
+            msg += f" (warning: {warning})"
+        return Outcome(name, changed, msg, spec, tuple(written))
+
+    def edit(self, name: str, opts: InstanceOptions) -> Outcome:
+        existing = self.get(name)
+        spec = self._merge(name, existing, opts).validate()
+        self._check_port(spec, existing)
+        warning = self._check_fit(spec, opts.force)
+        files = self._files(spec)
+        sd = self._require_systemd()
+        spec_changed, units_changed, written = self._apply(spec, files)
+        changed = spec_changed or bool(written)
+        restarted = False
+        if sd is not None and changed:
+            sd.daemon_reload()
+            if spec.enable != existing.enable:
+                (sd.enable if spec.enable else sd.disable)([unit_name(name)])
+            if units_changed and sd.state(unit_name(name)).active_state in (
+                "active",
+                "activating",
+                "reloading",
+            ):
+                self._start(sd, spec, restart=True)
+                restarted = True
+        msg = (
+            f"instance {name} updated" + (" and restarted" if restarted else "")
+            if changed
+            else f"instance {name} unchanged"
+        )
+        if warning:
+            msg += f" (warning: {warning})"
+        return Outcome(name, changed, msg, spec, tuple(written), restarted)
+
+    def remove(self, name: str) -> Outcome:
+        spec = self.get(name)
+        sd = self._require_systemd()
+        if sd is not None:
+            for unit in (f"llama-watchdog@{name}.timer", unit_name(name)):
+                sd.stop(unit)
+            sd.wait_settled(unit_name(name), timeout=60)
+            sd.disable([unit_name(name)])
+        removed = []
+        for unit in (unit_name(name), watchdog_unit(name)):
+            dropin_dir = self.paths.units / f"{unit}.d"
+            if (dropin_dir / DROPIN_NAME).exists():
+                (dropin_dir / DROPIN_NAME).unlink()
+                removed.append(str(dropin_dir / DROPIN_NAME))
+            if dropin_dir.is_dir() and not any(dropin_dir.iterdir()):
+                dropin_dir.rmdir()
+        spec_path(self.paths.config, name).unlink()
+        if not list_specs(self.paths.config):
+            # The last instance takes the shared templates with it: nothing stays behind.
+            for tmpl in template_files():
+                path = self.paths.units / tmpl
+                if path.exists():
+                    path.unlink()
+                    removed.append(str(path))
+            wants = self.paths.units / "default.target.wants" / "llama.target"
+            if sd is not None and wants.is_symlink():
+                sd.disable(["llama.target"])
+        if sd is not None:
+            sd.daemon_reload()
+            for unit in (unit_name(name), watchdog_unit(name)):
+                sd.reset_failed(unit)
+        return Outcome(name, True, f"instance {name} removed", spec, tuple(removed))
+
+    # -- reading -------------------------------------------------------------------------
+    def get(self, name: str) -> InstanceSpec:
+        spec = load_spec(self.paths.config, name)
+        if spec is None:
+            raise NotFoundError(f"no instance named {name!r}", "see `nativellm instance list`")
+        return spec
+
+    def specs(self) -> list[InstanceSpec]:
+        return list_specs(self.paths.config)
+
+    def rendered(self, name: str) -> dict[str, str]:
+        """Unit-dir-relative path -> text, as `instance show` prints it."""
+        spec = self.get(name)
+        return render_instance_files(spec, self._resolve(spec))
+
+    # -- lifecycle -----------------------------------------------------------------------
+    def _sd(self) -> Systemd:
+        sd = self._require_systemd()
+        if sd is None:
+            raise InstanceError("this command needs systemd", "use `nativellm run NAME` without systemd")
+        return sd
+
+    def _start(self, sd: Systemd, spec: InstanceSpec, *, restart: bool) -> UnitState:
+        unit = unit_name(spec.name)
+        sd.reset_failed(unit)
+        (sd.restart if restart else sd.start)(unit)
+        st = sd.wait_settled(unit, timeout=spec.start_timeout + 60)
+        if st.active_state != "active":
+            line = self.error_line(spec.name)
+            raise InstanceError(
+                f"{unit} failed to start ({st.active_state}/{st.sub_state}, result {st.result})"
+                + (f": {line}" if line else ""),
+                f"see the full log with `nativellm logs {spec.name}`",
+            )
+        return st
+
+    def start(self, name: str) -> Outcome:
+        spec = self.get(name)
+        sd = self._sd()
+        before = sd.state(unit_name(name))
+        if before.active_state == "active":
+            return Outcome(name, False, f"{unit_name(name)} is already running", spec)
+        self._start(sd, spec, restart=False)
+        return Outcome(name, True, f"{unit_name(name)} is ready at http://{spec.host}:{spec.port}", spec)
+
+    def restart(self, name: str) -> Outcome:
+        spec = self.get(name)
+        self._start(self._sd(), spec, restart=True)
+        return Outcome(name, True, f"{unit_name(name)} restarted and ready", spec, restarted=True)
+
+    def stop(self, name: str) -> Outcome:
+        spec = self.get(name)
+        sd = self._sd()
+        if sd.state(unit_name(name)).active_state in ("inactive", "failed"):
+            return Outcome(name, False, f"{unit_name(name)} is not running", spec)
+        sd.stop(unit_name(name))
+        sd.wait_settled(unit_name(name), timeout=120)
+        return Outcome(name, True, f"{unit_name(name)} stopped", spec)
+
+    def set_enabled(self, name: str, enabled: bool) -> Outcome:
+        spec = self.get(name)
+        sd = self._sd()
+        now = sd.state(unit_name(name)).unit_file_state == "enabled"
+        if now == enabled and spec.enable == enabled:
+            return Outcome(
+                name, False, f"{unit_name(name)} is already {'enabled' if enabled else 'disabled'}", spec
+            )
+        (sd.enable if enabled else sd.disable)([unit_name(name), *(["llama.target"] if enabled else [])])
+        spec = dataclasses.replace(spec, enable=enabled)
+        write_spec(self.paths.config, spec)
+        return Outcome(name, True, f"{unit_name(name)} {'enabled' if enabled else 'disabled'}", spec)
+
+    def status(self, name: str | None = None) -> list[InstanceStatus]:
+        specs = [self.get(name)] if name else self.specs()
+        sd = self.systemd if self.systemd is not None and self.systemd.available() else None
+        result = []
+        for spec in specs:
+            st = sd.state(unit_name(spec.name)) if sd is not None else None
+            base = f"http://{health_url(spec).split('//', 1)[1].rsplit('/', 1)[0]}"
+            h = server.health(base, timeout=2.0).status
+            metrics = read_metrics(base) if h == "ok" and spec.metrics else {}
+            err_line = self.error_line(spec.name) if st is not None and st.active_state != "active" else None
+            result.append(InstanceStatus(spec.name, spec, st, h, metrics, err_line))
+        return result
+
+    def journal_argv(self, name: str, *, follow: bool = False, lines: int = 50) -> list[str]:
+        unit = unit_name(validate_name(name))
+        match = ["--user-unit", unit] if self.paths.scope is Scope.USER else ["--unit", unit]
+        return ["journalctl", "--no-pager", *match, "-n", str(lines), *(["-f"] if follow else [])]
+
+    def error_line(self, name: str) -> str | None:
+        """llama-server's own error line from its latest journal entries, if any."""
+        res = run.probe([*self.journal_argv(name, lines=200), "-o", "cat"], timeout=10)
+        return find_error_line(res.stdout) if res is not None else None
+
+    def foreground_argv(self, name: str) -> list[str]:
+        """`nativellm run NAME`: the unit's argv, with the key file read directly."""
+        spec = self.get(name)
+        r = self._resolve(spec)
+        return server_argv(spec, r.server_binary, r.model_path, api_key_path=spec.api_key_file)
+
+
+_NOT_SERVER = re.compile(
+    r"Failed with result|Main process exited|Scheduled restart|Start request repeated|"
+    r"Failed to start|Consumed |did not become ready|Stopped |Control process"
+)
+_ERROR = re.compile(r"\berror\b|\bfailed\b|\bunable\b|\bcannot\b|\bcan't\b|invalid", re.IGNORECASE)
+
+
+def find_error_line(journal_text: str) -> str | None:
+    lines = [ln.strip() for ln in journal_text.splitlines() if ln.strip()]
+    hits = [ln for ln in lines if _ERROR.search(ln) and not _NOT_SERVER.search(ln)]
+    return hits[-1] if hits else None
+
+
+_METRICS = {
+    "llamacpp:predicted_tokens_seconds": "tokens_per_s",
+    "llamacpp:prompt_tokens_seconds": "prompt_tokens_per_s",
+    "llamacpp:requests_processing": "requests_processing",
+    "llamacpp:requests_deferred": "requests_deferred",
+    "llamacpp:kv_cache_usage_ratio": "kv_cache_usage_ratio",
+    "llamacpp:n_tokens_max": "n_tokens_max",
+}
+
+
+def parse_metrics(text: str) -> dict[str, float]:
+    """The few Prometheus gauges `status` shows, from llama-server's /metrics."""
+    found: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith("#") or " " not in line:
+            continue
+        key, _, value = line.partition(" ")
+        name = key.split("{", 1)[0]
+        if name in _METRICS:
+            try:
+                found[_METRICS[name]] = float(value.split()[0])
+            except ValueError:
+                continue
+    return found
+
+
+def read_metrics(base_url: str) -> dict[str, float]:
+    import httpx
+
+    try:
+        r = httpx.get(f"{base_url}/metrics", timeout=2.0)
+    except httpx.HTTPError:
+        return {}
+    return parse_metrics(r.text) if r.status_code == 200 else {}
+
+
+def linger_enabled(user: str | None = None) -> bool | None:
+    """Whether this user's units survive logout and start at boot; None when unknown."""
+    import getpass
+
+    res = run.probe(
+        ["loginctl", "show-user", user or getpass.getuser(), "--property=Linger", "--value"], timeout=5
+    )
+    if res is None or not res.ok:
+        return None
+    return res.stdout.strip() == "yes"
+
+
+def enable_linger(user: str | None = None) -> None:
+    import getpass
+
+    res = run.run(["loginctl", "enable-linger", user or getpass.getuser()], timeout=30)
+    if not res.ok:
+        raise InstanceError(
+            f"loginctl enable-linger failed: {res.stderr.strip()}",
+            "ask an administrator to run `loginctl enable-linger USER`",
+        )

@@ -1,0 +1,497 @@
+"""The model store: a versioned JSON index of validated GGUF models, and its use cases.
+
+Files live where they are (`add --link`, Ollama blobs, the Hugging Face
+cache) or under `<home>/models/files/<name>/` (URL pulls, copies, demos).
+The index is `<home>/models/index.json`; every change is a locked
+read-modify-write plus an atomic rename. Nothing reaches the index before
+its file passed validation (gguf_check).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import importlib
+import json
+import os
+import re
+import shutil
+import sys
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from nativellm.errors import ModelError, NotFoundError, ResourceError, UsageError
+from nativellm.fit import FitReport, estimate_fit
+from nativellm.fsutil import sha256_file, write_json_atomic
+from nativellm.gguf_check import SPLIT_RE, split_parts, validate_model
+from nativellm.paths import Paths
+
+__all__ = [
+    "FitReport",
+    "ModelRecord",
+    "ModelRegistry",
+    "estimate_fit",
+    "write_demo_model",
+]
+
+tomllib = importlib.import_module("tomllib" if sys.version_info >= (3, 11) else "tomli")
+INDEX_SCHEMA = "nativellm.models/1"
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+SOURCES = ("file", "hf", "url", "ollama", "demo")
+ProgressFn = Callable[[str, int, int], None]
+
+
+@dataclass(frozen=True)
+class ModelRecord:
+    """One registered model. `path` is what llama-server's -m gets (the first part when split)."""
+
+    name: str
+    path: Path
+    sha256: str  # of `path`; each part's hash is in metadata["part_sha256"] when split
+    size: int  # bytes on disk, all parts together
+    source: str  # file | hf | url | ollama | demo
+    facts: Mapping[str, Any]
+    added: str  # ISO 8601, UTC
+    parts: tuple[Path, ...] = ()
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def owned(self) -> bool:
+        """Whether the file lives inside the store (and `rm` may delete it)."""
+        return bool(self.metadata.get("owned"))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "path": str(self.path),
+            "sha256": self.sha256,
+            "size": self.size,
+            "source": self.source,
+            "facts": dict(self.facts),
+            "added": self.added,
+            "parts": [str(p) for p in self.parts],
+            "metadata": dict(self.metadata),
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> ModelRecord:
+        return cls(
+            name=str(d["name"]),
+            path=Path(d["path"]),
+            sha256=str(d["sha256"]),
+            size=int(d["size"]),
+            source=str(d["source"]),
+            facts=dict(d.get("facts", {})),
+            added=str(d.get("added", "")),
+            parts=tuple(Path(p) for p in d.get("parts", [])),
+            metadata=dict(d.get("metadata", {})),
+        )
+
+
+def validate_name(name: str) -> str:
+    if not NAME_RE.match(name):
+        raise UsageError(
+            f"invalid model name {name!r}",
+            "use 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit",
+        )
+    return name
+
+
+def name_from_file(path: Path) -> str:
+    """A safe default name from a file name: strip .gguf and the split suffix."""
+    m = SPLIT_RE.match(path.name)
+    stem = m["stem"] if m else path.name.removesuffix(".gguf")
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "-", stem).strip("-._")[:64]
+    return safe or "model"
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).replace(microsecond=0).isoformat()
+
+
+class ModelRegistry:
+    """The index of registered models. Reads are lock-free; writes hold the index lock."""
+
+    def __init__(self, paths: Paths) -> None:
+        self.paths = paths
+        self.root = paths.models
+        self.index = self.root / "index.json"
+
+    def _load(self) -> dict[str, ModelRecord]:
+        try:
+            doc = json.loads(self.index.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError) as exc:
+            raise ModelError(
+                f"the model index {self.index} is unreadable: {exc}", "restore or remove it"
+            ) from None
+        if doc.get("schema") != INDEX_SCHEMA:
+            raise ModelError(
+                f"the model index {self.index} has schema {doc.get('schema')!r}, expected {INDEX_SCHEMA!r}",
+                "upgrade nativellm",
+            )
+        return {n: ModelRecord.from_dict(d) for n, d in doc.get("models", {}).items()}
+
+    def _save(self, records: Mapping[str, ModelRecord]) -> None:
+        write_json_atomic(
+            self.index,
+            {"schema": INDEX_SCHEMA, "models": {n: r.to_dict() for n, r in sorted(records.items())}},
+        )
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[dict[str, ModelRecord]]:
+        """Read-modify-write under an exclusive lock; the dict is saved if the body returns."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        with (self.root / ".index.lock").open("a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            records = self._load()
+            before = dict(records)
+            yield records
+            if records != before:
+                self._save(records)
+
+    def find(self, name: str) -> ModelRecord | None:
+        return self._load().get(name)
+
+    def get(self, name: str) -> ModelRecord:
+        rec = self.find(name)
+        if rec is None:
+            raise NotFoundError(
+                f"no model named {name!r}", "see the registered models with `nativellm model list`"
+            )
+        return rec
+
+    def list(self) -> list[ModelRecord]:
+        return sorted(self._load().values(), key=lambda r: r.name)
+
+    def put(self, record: ModelRecord) -> bool:
+        """Register `record`. Same name and same file: no change. Same name, other file: refused."""
+        with self._locked() as records:
+            old = records.get(record.name)
+            if old is not None:
+                if old.sha256 == record.sha256 and old.path == record.path:
+                    return False
+                raise ModelError(
+                    f"a model named {record.name!r} is already registered ({old.path})",
+                    f"choose another --name, or remove it first with `nativellm model rm {record.name}`",
+                )
+            records[record.name] = record
+            return True
+
+    def delete(self, name: str) -> ModelRecord:
+        with self._locked() as records:
+            if name not in records:
+                raise NotFoundError(
+                    f"no model named {name!r}", "see the registered models with `nativellm model list`"
+                )
+            return records.pop(name)
+
+    def files_dir(self, name: str) -> Path:
+        return self.root / "files" / validate_name(name)
+
+    @contextlib.contextmanager
+    def model_lock(self, name: str, on_wait: Callable[[], None] | None = None) -> Iterator[None]:
+        """One writer per model name: a second concurrent pull waits, then finds the work done."""
+        locks = self.root / ".locks"
+        locks.mkdir(parents=True, exist_ok=True)
+        with (locks / f"{validate_name(name)}.lock").open("a") as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                if on_wait:
+                    on_wait()
+                fcntl.flock(f, fcntl.LOCK_EX)
+            yield
+
+
+def instances_using(paths: Paths, name: str) -> list[str]:
+    """Instance specs (`<config>/instances/*.toml`) whose `model` is `name`."""
+    users = []
+    for spec in sorted((paths.config / "instances").glob("*.toml")):
+        try:
+            data = tomllib.loads(spec.read_text(encoding="utf-8"))
+        except (OSError, ValueError):  # TOMLDecodeError is a ValueError
+            continue
+        if data.get("model") == name:
+            users.append(spec.stem)
+    return users
+
+
+# --------------------------------------------------------------------------- building records
+def make_record(
+    name: str,
+    parts: list[Path],
+    source: str,
+    *,
+    sha256: str | None = None,
+    metadata: Mapping[str, Any] | None = None,
+) -> ModelRecord:
+    """Validate the files and build their record; nothing is registered here."""
+    facts = validate_model(parts)
+    hashes = [sha256 if (sha256 and i == 0) else sha256_file(p) for i, p in enumerate(parts)]
+    meta = dict(metadata or {})
+    if len(parts) > 1:
+        meta["part_sha256"] = hashes
+    return ModelRecord(
+        name=name,
+        path=parts[0],
+        sha256=hashes[0],
+        size=sum(p.stat().st_size for p in parts),
+        source=source,
+        facts=facts,
+        added=_now(),
+        parts=tuple(parts) if len(parts) > 1 else (),
+        metadata=meta,
+    )
+
+
+def _parts_of(path: Path) -> list[Path]:
+    m = SPLIT_RE.match(path.name)
+    if m and int(m["no"]) != 1:
+        raise UsageError(f"{path.name} is not the first part of a split model", "name the -00001-of-N part")
+    parts = list(split_parts(path)) or [path]
+    missing = [p for p in parts if not p.is_file()]
+    if missing:
+        raise ModelError(
+            f"split model part {missing[0]} is missing ({len(missing)} of {len(parts)} parts absent)",
+            "keep all parts side by side in one directory",
+        )
+    return parts
+
+
+def add_model(
+    paths: Paths, file: Path, *, name: str | None = None, copy: bool = False
+) -> tuple[ModelRecord, bool]:
+    """Register an existing GGUF. By default the record references the file where it is."""
+    src = file.expanduser().resolve()
+    if not src.exists():
+        raise NotFoundError(f"{file} does not exist", "check the path")
+    reg = ModelRegistry(paths)
+    name = validate_name(name or name_from_file(src))
+    parts = _parts_of(src)
+    existing = reg.find(name)
+    if existing is not None and (existing.path == src or existing.metadata.get("origin") == str(src)):
+        return existing, False
+    if not copy:
+        return (rec := make_record(name, parts, "file", metadata={"origin": str(src)})), reg.put(rec)
+    validate_model(parts)  # refuse before copying gigabytes
+    with reg.model_lock(name):
+        dest_dir = reg.files_dir(name)
+        from nativellm.download import check_free_space
+
+        check_free_space(dest_dir, sum(p.stat().st_size for p in parts), str(src))
+        copies = []
+        for p in parts:
+            dest = dest_dir / p.name
+            tmp = dest.with_name(dest.name + ".part")
+            shutil.copyfile(p, tmp)
+            os.replace(tmp, dest)
+            copies.append(dest)
+        rec = make_record(name, copies, "file", metadata={"origin": str(src), "owned": True})
+        return rec, reg.put(rec)
+
+
+# --------------------------------------------------------------------------- ollama
+def import_ollama(
+    paths: Paths, ref: str, *, ollama_dir: Path | None = None, name: str | None = None
+) -> tuple[ModelRecord, bool]:
+    """Register an Ollama model's GGUF blob where it lies: no copy."""
+    from nativellm.ollama import OllamaRef, find_ollama_dir, read_model
+
+    root = _ollama_root(ollama_dir, find_ollama_dir)
+    om = read_model(root, OllamaRef.parse(ref))
+    reg = ModelRegistry(paths)
+    name = validate_name(name or om.ref.default_model_name)
+    existing = reg.find(name)
+    if existing is not None and existing.path == om.blob and existing.sha256 == om.digest:
+        return existing, False
+    rec = make_record(name, [om.blob], "ollama", metadata=om.metadata)
+    if rec.sha256 != om.digest:
+        raise ModelError(
+            f"the Ollama blob {om.blob} does not match its digest sha256:{om.digest}; nothing was registered",
+            f"re-pull it with `ollama pull {om.ref.display}`",
+        )
+    return rec, reg.put(rec)
+
+
+def import_ollama_all(paths: Paths, *, ollama_dir: Path | None = None) -> list[tuple[ModelRecord, bool]]:
+    from nativellm.ollama import find_ollama_dir, list_refs
+
+    root = _ollama_root(ollama_dir, find_ollama_dir)
+    return [import_ollama(paths, r.display, ollama_dir=root) for r in list_refs(root)]
+
+
+def _ollama_root(explicit: Path | None, finder: Callable[[Path | None], Path | None]) -> Path:
+    root = finder(explicit)
+    if root is None:
+        where = (
+            str(explicit)
+            if explicit
+            else "$OLLAMA_MODELS, ~/.ollama/models or /usr/share/ollama/.ollama/models"
+        )
+        raise NotFoundError(
+            f"no Ollama model store in {where}", "pass --ollama-dir DIR (it holds manifests/ and blobs/)"
+        )
+    return root
+
+
+# --------------------------------------------------------------------------- rm / verify / inspect
+def remove_model(paths: Paths, name: str, *, force: bool = False) -> ModelRecord:
+    """Unregister a model; delete its files only when they live in the store."""
+    reg = ModelRegistry(paths)
+    reg.get(name)
+    users = instances_using(paths, name)
+    if users and not force:
+        raise ModelError(
+            f"model {name!r} is used by instance(s) {', '.join(users)}",
+            "remove those instances first, or pass --force",
+        )
+    rec = reg.delete(name)
+    if rec.owned:
+        shutil.rmtree(reg.files_dir(name), ignore_errors=True)
+    return rec
+
+
+@dataclass(frozen=True)
+class VerifyResult:
+    name: str
+    ok: bool
+    expected: str
+    actual: str
+    path: Path
+
+
+def verify_model(paths: Paths, name: str) -> VerifyResult:
+    """Re-hash the file(s), compare with the record and re-validate the GGUF; ModelError on mismatch."""
+    rec = ModelRegistry(paths).get(name)
+    files = list(rec.parts) or [rec.path]
+    for p in files:
+        if not p.is_file():
+            raise ModelError(
+                f"model {name!r}: its file {p} is missing", f"`nativellm model rm {name}` and add it again"
+            )
+    expected = list(rec.metadata.get("part_sha256", [])) or [rec.sha256]
+    for p, want in zip(files, expected, strict=False):
+        got = sha256_file(p)
+        if got != want:
+            raise ModelError(
+                f"model {name!r}: {p} has sha256 {got}, but {want} was recorded; the file changed",
+                f"pull or add it again (`nativellm model rm {name}` first)",
+            )
+    validate_model(files)
+    return VerifyResult(name, True, rec.sha256, rec.sha256, rec.path)
+
+
+def inspect_model(paths: Paths, name_or_path: str) -> ModelRecord:
+    """Re-read the GGUF facts of a registered model, or of a file given by path (not registered)."""
+    rec = ModelRegistry(paths).find(name_or_path)
+    if rec is not None:
+        facts = validate_model(list(rec.parts) or [rec.path])
+        return replace(rec, facts=facts)
+    path = Path(name_or_path).expanduser()
+    if path.exists():
+        parts = _parts_of(path.resolve())
+        facts = validate_model(parts)
+        return ModelRecord(
+            name=path.name,
+            path=parts[0],
+            sha256="",
+            size=sum(p.stat().st_size for p in parts),
+            source="file",
+            facts=facts,
+            added="",
+            parts=tuple(parts) if len(parts) > 1 else (),
+        )
+    raise NotFoundError(
+        f"no model named {name_or_path!r}", "see the registered models with `nativellm model list`"
+    )
+
+
+# --------------------------------------------------------------------------- demo
+def find_demo_vocab(paths: Paths, vocab: Path | None) -> Path:
+    """The vocab GGUF: --vocab (a file, or a llama.cpp tree), else the one the current build ships."""
+    from nativellm.store import Store
+    from nativellm.synth import VOCAB_FILE, find_vocab
+
+    if vocab is not None:
+        vocab = vocab.expanduser()
+        if vocab.is_dir():
+            return find_vocab(vocab)
+        if vocab.is_file():
+            return vocab
+        raise NotFoundError(
+            f"{vocab} does not exist", "give a llama.cpp source tree or its models/" + VOCAB_FILE
+        )
+    current = Store(paths).current()
+    if current is not None:
+        shipped = current.path / "share" / "nativellm" / VOCAB_FILE
+        if shipped.is_file():
+            return shipped
+    raise NotFoundError(
+        "no tokenizer vocab to build the demo model from",
+        "build llama.cpp first (`nativellm build --auto`) or pass --vocab LLAMA_CPP_SOURCE_DIR",
+    )
+
+
+def write_demo_model(
+    paths: Paths, name: str = "demo", size: str = "tiny", vocab: Path | None = None
+) -> tuple[ModelRecord, bool]:
+    """Write a random-weight llama GGUF with a real tokenizer and register it. Its output is gibberish."""
+    from nativellm.synth import SynthSize, write_synthetic_llama
+
+    try:
+        synth = SynthSize(size)
+    except ValueError:
+        raise UsageError(f"unknown demo size {size!r}", "use tiny or small") from None
+    reg = ModelRegistry(paths)
+    name = validate_name(name)
+    with reg.model_lock(name):
+        existing = reg.find(name)
+        if existing is not None:
+            if (
+                existing.source == "demo"
+                and existing.metadata.get("size") == synth.value
+                and existing.path.is_file()
+            ):
+                return existing, False
+            raise ModelError(
+                f"a model named {name!r} is already registered ({existing.source})",
+                f"choose another --name, or `nativellm model rm {name}` first",
+            )
+        vocab_file = find_demo_vocab(paths, vocab)
+        dest = reg.files_dir(name) / f"{name}-{synth.value}-f16.gguf"
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            write_synthetic_llama(dest, vocab_file, synth, name=f"nativellm-{name}")
+        except OSError as exc:
+            raise ResourceError(f"cannot write {dest}: {exc.strerror}", "check free disk space") from None
+        meta = {
+            "size": synth.value,
+            "vocab": str(vocab_file),
+            "owned": True,
+            "note": "random weights: gibberish",
+        }
+        rec = make_record(name, [dest], "demo", metadata=meta)
+        return rec, reg.put(rec)
+
+
+def fit_model(
+    paths: Paths,
+    name: str,
+    profile: Any,
+    *,
+    ctx: int,
+    parallel: int = 1,
+    gpu_layers: int = 0,
+    cache_type_k: str = "f16",
+    cache_type_v: str = "f16",
+) -> FitReport:
+    rec = ModelRegistry(paths).get(name)
+    return estimate_fit(
+        rec, profile, ctx=ctx, parallel=parallel, gpu_layers=gpu_layers, cache_type_k=cache_type_k,
+        cache_type_v=cache_type_v,
+    )  # fmt: skip

@@ -1,0 +1,129 @@
+"""`nativellm model pull`: download from Hugging Face or a URL, validate, register.
+
+Downloads run under the model's lock, so concurrent pulls of one name
+serialise: the second finds the first one's record and changes nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from nativellm.errors import ModelError, UsageError
+from nativellm.fsutil import sha256_file
+from nativellm.gguf_check import validate_model
+from nativellm.models import (
+    ModelRecord,
+    ModelRegistry,
+    ProgressFn,
+    make_record,
+    name_from_file,
+    validate_name,
+)
+from nativellm.paths import Paths
+
+
+@dataclass(frozen=True)
+class PullOptions:
+    spec: str
+    name: str | None = None
+    sha256: str | None = None
+    attempts: int = 5
+
+
+def pull_model(
+    paths: Paths,
+    opts: PullOptions,
+    progress: ProgressFn | None = None,
+    on_wait: Callable[[], None] | None = None,
+) -> tuple[ModelRecord, bool]:
+    """Download a model from `hf:...` or an http(s) URL, validate it and register it."""
+    from nativellm.download import SHA256_RE, HfSpec
+
+    expected = opts.sha256.lower() if opts.sha256 else None
+    if expected and not SHA256_RE.match(expected):
+        raise UsageError(f"--sha256 {opts.sha256!r} is not a sha256", "give 64 hexadecimal digits")
+    if opts.spec.startswith("hf:"):
+        hf = HfSpec.parse(opts.spec)
+        default = name_from_file(Path(hf.filename)) if hf.filename else f"{hf.repo.split('/')[1]}-{hf.quant}"
+    elif opts.spec.startswith(("http://", "https://")):
+        hf = None
+        default = name_from_file(Path(opts.spec.split("?")[0].rpartition("/")[2] or "model.gguf"))
+    else:
+        raise UsageError(
+            f"cannot pull {opts.spec!r}",
+            "give hf:OWNER/REPO/FILE.gguf, hf:OWNER/REPO:QUANT or an https:// URL; local files: `model add`",
+        )
+    name = validate_name(opts.name or default)
+    reg = ModelRegistry(paths)
+    with reg.model_lock(name, on_wait):
+        existing = reg.find(name)
+        if existing is not None:
+            if existing.metadata.get("spec") == opts.spec and (expected in (None, existing.sha256)):
+                return existing, False
+            origin = existing.metadata.get("spec") or existing.path
+            raise ModelError(
+                f"a model named {name!r} is already registered from {origin}",
+                f"choose another --name, or remove it first with `nativellm model rm {name}`",
+            )
+        if hf is not None:
+            return _pull_hf(reg, name, hf, opts, expected)
+        return _pull_url(reg, name, opts, expected, progress)
+
+
+def _pull_url(
+    reg: ModelRegistry, name: str, opts: PullOptions, expected: str | None, progress: ProgressFn | None
+) -> tuple[ModelRecord, bool]:
+    from nativellm.download import download_url, split_urls
+
+    urls = split_urls(opts.spec)
+    if expected and len(urls) > 1:
+        raise UsageError("--sha256 checks a single file, and this model is split", "drop --sha256")
+    dest_dir = reg.files_dir(name)
+    finals: list[Path] = []
+    hashes: list[str] = []
+    for url in urls:
+        dest = dest_dir / url.split("?")[0].rpartition("/")[2]
+        fetched = download_url(url, dest, expected_sha256=expected, progress=progress, attempts=opts.attempts)
+        finals.append(dest)
+        hashes.append(fetched.sha256)
+        if fetched.path != dest:
+            try:
+                # Validate the lone file now; split parts are validated together below.
+                if len(urls) == 1:
+                    validate_model([fetched.path])
+            except ModelError:
+                fetched.path.unlink(missing_ok=True)  # complete but broken: resuming cannot fix it
+                raise
+            os.replace(fetched.path, dest)
+    try:
+        rec = make_record(name, finals, "url", sha256=hashes[0], metadata={"spec": opts.spec, "owned": True})
+    except ModelError:
+        shutil.rmtree(dest_dir, ignore_errors=True)
+        raise
+    return rec, reg.put(rec)
+
+
+def _pull_hf(
+    reg: ModelRegistry, name: str, hf: Any, opts: PullOptions, expected: str | None
+) -> tuple[ModelRecord, bool]:
+    from nativellm.download import hf_fetch, hf_list_files, select_hf_files
+
+    listing = hf_list_files(hf)
+    files = select_hf_files(listing, hf)
+    if expected and len(files) > 1:
+        raise UsageError("--sha256 checks a single file, and this model is split", "drop --sha256")
+    local = hf_fetch(hf, files, listing)
+    sha = sha256_file(local[0])
+    if expected and sha != expected:
+        raise ModelError(
+            f"sha256 mismatch for {hf.repo}/{files[0]}: expected {expected}, got {sha}; nothing registered",
+            "check --sha256 and the revision",
+        )
+    meta = {"spec": opts.spec, "hf_repo": hf.repo, "hf_files": files, "hf_revision": hf.revision}
+    rec = make_record(name, local, "hf", sha256=sha, metadata=meta)
+    return rec, reg.put(rec)

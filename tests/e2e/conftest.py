@@ -1,0 +1,106 @@
+"""E2E tier: a real systemd (PID 1 of fresh namespaces over an overlay of /), DESIGN.md §6.
+
+One sandbox per test session. The build (tests/integration's `auto_build`) and the demo model
+are made on the host first, under `session_home` in ~/.cache, which the sandbox sees through
+its overlay. nativellm itself then runs *inside* the sandbox (nsenter), exactly as a user
+would, against the real user manager of user@0.service.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.e2e.sandbox import Sandbox, find_unavailable_reason
+from tests.integration.conftest import (  # noqa: F401 - session fixtures re-exported for this tier
+    CACHE,
+    CliResult,
+    auto_build,
+    llama_source,
+    nativellm,
+    session_home,
+)
+
+USER_UNIT_DIR = "/root/.config/systemd/user"
+CHECKOUT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="session")
+def sandbox_reason() -> str | None:
+    return find_unavailable_reason()
+
+
+@pytest.fixture(scope="session")
+def sandbox(sandbox_reason: str | None) -> Iterator[Sandbox]:
+    if sandbox_reason:
+        pytest.skip(f"no systemd sandbox: {sandbox_reason}")
+    workdir = CACHE / "sandboxes" / uuid.uuid4().hex[:8]
+    sb = Sandbox.boot(workdir, binds=[CACHE])
+    try:
+        sb.start_user_manager()
+        yield sb
+    finally:
+        sb.kill()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+@dataclass
+class InnerCli:
+    """The nativellm CLI run inside the sandbox, with state under `home`."""
+
+    sb: Sandbox
+    home: Path
+
+    def __call__(self, *args: str, check: bool = False, timeout: float = 600) -> CliResult:
+        env = {"NATIVELLM_HOME": str(self.home), "NATIVELLM_UNIT_DIR": USER_UNIT_DIR, "PYTHONPATH": str(CHECKOUT / "src")}
+        res = self.sb.exec([sys.executable, "-m", "nativellm", *args], env=env, check=False, timeout=timeout, cwd=str(CHECKOUT))
+        out = CliResult(res.returncode, res.stdout, res.stderr, 0.0)
+        if check:
+            assert res.returncode == 0, f"nativellm {' '.join(args)} -> {res.returncode}\n{res.stdout}\n{res.stderr}"
+        return out
+
+    def json(self, *args: str, timeout: float = 600) -> dict[str, Any]:
+        res = self(*args, "--json", timeout=timeout)
+        assert res.returncode == 0, f"nativellm {' '.join(args)} -> {res.returncode}\n{res.stdout}\n{res.stderr}"
+        doc: dict[str, Any] = json.loads(res.stdout)
+        return doc
+
+
+def _borrow_build(source_home: Path, home: Path) -> None:
+    """Link an existing store's current build into `home` (no compile)."""
+    current = (source_home / "data" / "current").resolve()
+    builds = home / "data" / "builds"
+    builds.mkdir(parents=True, exist_ok=True)
+    (builds / current.name).symlink_to(current)
+    (home / "data" / "current").symlink_to(f"builds/{current.name}")
+
+
+@pytest.fixture(scope="session")
+def demo_home(request: pytest.FixtureRequest, session_home: Path) -> Path:
+    """session_home with a smoke-tested current build and the `demo` model registered.
+
+    NATIVELLM_E2E_BUILD_HOME=<a NATIVELLM_HOME with a current build> borrows that build
+    instead of running the session's auto build (for quick iterations on this tier).
+    """
+    borrowed = os.environ.get("NATIVELLM_E2E_BUILD_HOME")
+    if borrowed:
+        _borrow_build(Path(borrowed), session_home)
+    else:
+        request.getfixturevalue("auto_build")
+    res = nativellm("model", "demo", "--json", home=session_home, timeout=600)
+    assert res.returncode == 0, res.stderr
+    return session_home
+
+
+@pytest.fixture(scope="session")
+def cli(demo_home: Path, sandbox: Sandbox) -> InnerCli:
+    return InnerCli(sandbox, demo_home)

@@ -1,0 +1,296 @@
+"""Instances under a real systemd: the acceptance points of the instances issue.
+
+The tests share one sandbox and one store and run in file order: q4 is added and started
+first, later tests reuse it. Timings are printed (run with -s) and kept in
+~/.cache/nativellm-test/e2e-timings.json.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.e2e.conftest import CACHE, USER_UNIT_DIR, InnerCli
+from tests.e2e.sandbox import Sandbox
+
+TIMINGS: dict[str, float] = {}
+
+
+def _record(key: str, seconds: float) -> None:
+    TIMINGS[key] = round(seconds, 2)
+    print(f"\n[timing] {key}: {seconds:.2f}s")
+    path = CACHE / "e2e-timings.json"
+    try:
+        old = json.loads(path.read_text())
+    except (OSError, ValueError):
+        old = {}
+    path.write_text(json.dumps({**old, **TIMINGS}, indent=2, sort_keys=True))
+
+
+def wait_until(pred: Callable[[], Any], timeout: float, interval: float = 0.2) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = pred()
+        if value:
+            return value
+        time.sleep(interval)
+    return pred()
+
+
+def healthy(port: int) -> bool:
+    try:
+        return httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def unit(sb: Sandbox, name: str) -> dict[str, str]:
+    return sb.show(f"llama@{name}.service", "MainPID", "NRestarts", "ActiveState", "SubState", "Result", "LoadState")
+
+
+def port_of(cli: InnerCli, name: str) -> int:
+    doc = cli.json("instance", "show", name)
+    return int(doc["spec"]["port"])
+
+
+def chat(port: int, api_key: str = "none", max_tokens: int = 8) -> str:
+    from openai import OpenAI
+
+    client = OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=api_key, timeout=60, max_retries=0)
+    resp = client.chat.completions.create(
+        model="q4", messages=[{"role": "user", "content": "Say hello"}], max_tokens=max_tokens, temperature=0
+    )
+    assert resp.usage is not None and resp.usage.completion_tokens > 0
+    return resp.choices[0].message.content or ""
+
+
+def ensure_started(cli: InnerCli, name: str) -> None:
+    if unit(cli.sb, name)["ActiveState"] != "active":
+        cli("start", name, check=True)
+
+
+# -- 1. end to end ------------------------------------------------------------------------------
+def test_add_then_systemctl_start_serves_chat_completions(cli: InnerCli, sandbox: Sandbox) -> None:
+    doc = cli.json("instance", "add", "q4", "--model", "demo", "--ctx", "1024")
+    assert doc["changed"] is True
+    port = doc["data"]["spec"]["port"]
+    assert doc["data"]["spec"]["build"] == "current"
+    # `systemctl cat` shows exactly what runs: template + drop-in with the ExecStart argv.
+    cat = sandbox.systemctl("--user", "cat", "llama@q4.service").stdout
+    assert "50-nativellm.conf" in cat and f"--port {port}" in cat and "ProtectSystem=strict" in cat
+
+    t0 = time.monotonic()
+    sandbox.systemctl("--user", "start", "llama@q4")  # returns only once /health is 200
+    t_ready = time.monotonic() - t0
+    assert healthy(port), "systemctl start returned before /health answered 200"
+    text = chat(port)
+    t_first = time.monotonic() - t0
+    _record("systemctl_start_to_ready_s", t_ready)
+    _record("systemctl_start_to_first_completion_s", t_first)
+    assert isinstance(text, str)
+
+    status = cli.json("status", "q4")["instances"][0]
+    assert status["active_state"] == "active" and status["sub_state"] == "running"
+    assert status["health"] == "ok" and status["healthy"] is True
+    assert status["pid"] and status["memory_bytes"] is not None or status["pid"]
+    assert status["model"] == "demo"
+
+
+def test_nativellm_start_waits_for_readiness(cli: InnerCli, sandbox: Sandbox) -> None:
+    port = port_of(cli, "q4")
+    cli("stop", "q4", check=True)
+    assert not healthy(port)
+    t0 = time.monotonic()
+    res = cli("start", "q4", check=True)
+    t_ready = time.monotonic() - t0
+    assert healthy(port), res.stdout
+    chat(port)
+    _record("nativellm_start_to_ready_s", t_ready)
+    _record("nativellm_start_to_first_completion_s", time.monotonic() - t0)
+
+
+def test_readding_unchanged_reports_unchanged(cli: InnerCli) -> None:
+    doc = cli.json("instance", "add", "q4", "--model", "demo", "--ctx", "1024")
+    assert doc["changed"] is False
+    again = cli("instance", "add", "q4", "--model", "demo", "--ctx", "2048")
+    assert again.returncode == 10 and "already exists" in again.stderr
+
+
+# -- 3. supervision -----------------------------------------------------------------------------
+def test_kill_9_restarts_within_10s_and_counts(cli: InnerCli, sandbox: Sandbox) -> None:
+    ensure_started(cli, "q4")
+    port = port_of(cli, "q4")
+    before = unit(sandbox, "q4")
+    pid = int(before["MainPID"])
+    sandbox.exec(["kill", "-9", str(pid)])
+    t0 = time.monotonic()
+    back = wait_until(lambda: int(unit(sandbox, "q4")["MainPID"]) not in (0, pid) and healthy(port), 10)
+    elapsed = time.monotonic() - t0
+    assert back, f"not healthy 10 s after kill -9: {unit(sandbox, 'q4')}"
+    _record("kill9_to_healthy_s", elapsed)
+    assert int(unit(sandbox, "q4")["NRestarts"]) == int(before["NRestarts"]) + 1
+
+
+def test_sigstop_hang_is_detected_and_restarted_within_60s(cli: InnerCli, sandbox: Sandbox) -> None:
+    ensure_started(cli, "q4")
+    port = port_of(cli, "q4")
+    pid = int(unit(sandbox, "q4")["MainPID"])
+    sandbox.exec(["kill", "-STOP", str(pid)])
+    t0 = time.monotonic()
+    back = wait_until(lambda: int(unit(sandbox, "q4")["MainPID"]) not in (0, pid) and healthy(port), 60, 0.5)
+    elapsed = time.monotonic() - t0
+    if not back:
+        sandbox.exec(["kill", "-CONT", str(pid)], check=False)
+    assert back, sandbox.journal("--user-unit", "llama-watchdog@q4.service", "-n", "30")
+    _record("sigstop_to_healthy_s", elapsed)
+    log = sandbox.journal("--user-unit", "llama-watchdog@q4.service", "-n", "50", "-o", "cat")
+    assert "hung" in log
+
+
+# -- 2. two instances and llama.target ----------------------------------------------------------
+def test_two_instances_side_by_side_and_target_restarts_both(cli: InnerCli, sandbox: Sandbox) -> None:
+    ensure_started(cli, "q4")
+    doc = cli.json("instance", "add", "q8", "--model", "demo", "--ctx", "512")
+    assert doc["changed"] is True
+    cli("start", "q8", check=True)
+    p4, p8 = port_of(cli, "q4"), port_of(cli, "q8")
+    assert p4 != p8 and healthy(p4) and healthy(p8)
+    pids = {n: int(unit(sandbox, n)["MainPID"]) for n in ("q4", "q8")}
+    t0 = time.monotonic()
+    sandbox.systemctl("--user", "restart", "llama.target")
+    _record("llama_target_restart_two_instances_s", time.monotonic() - t0)
+    for n in ("q4", "q8"):
+        st = unit(sandbox, n)
+        assert st["ActiveState"] == "active" and int(st["MainPID"]) != pids[n], (n, st)
+    assert healthy(p4) and healthy(p8)
+    rows = {r["name"]: r for r in cli.json("status")["instances"]}
+    assert rows["q4"]["healthy"] and rows["q8"]["healthy"]
+
+
+# -- 6. changes and removal ---------------------------------------------------------------------
+def test_edit_restarts_only_the_edited_instance(cli: InnerCli, sandbox: Sandbox) -> None:
+    ensure_started(cli, "q4")
+    ensure_started(cli, "q8")
+    pids = {n: int(unit(sandbox, n)["MainPID"]) for n in ("q4", "q8")}
+    doc = cli.json("instance", "edit", "q4", "--ctx", "8192")
+    assert doc["changed"] is True and doc["data"]["restarted"] is True
+    assert "--ctx-size 8192" in sandbox.systemctl("--user", "cat", "llama@q4.service").stdout
+    assert int(unit(sandbox, "q4")["MainPID"]) != pids["q4"]
+    assert int(unit(sandbox, "q8")["MainPID"]) == pids["q8"]
+    assert healthy(port_of(cli, "q4"))
+    same = cli.json("instance", "edit", "q4", "--ctx", "8192")
+    assert same["changed"] is False and same["data"]["restarted"] is False
+    assert int(unit(sandbox, "q8")["MainPID"]) == pids["q8"]
+
+
+def test_rm_leaves_nothing_behind(cli: InnerCli, sandbox: Sandbox) -> None:
+    ensure_started(cli, "q8")
+    port = port_of(cli, "q8")
+    pid = int(unit(sandbox, "q8")["MainPID"])
+    doc = cli.json("instance", "rm", "q8")
+    assert doc["changed"] is True
+    units = sandbox.host_path(USER_UNIT_DIR)
+    assert not (units / "llama@q8.service.d").exists()
+    assert not (units / "llama-watchdog@q8.service.d").exists()
+    assert not (cli.home / "config" / "instances" / "q8.toml").exists()
+    assert not Path(f"/proc/{pid}").exists() or "llama-server" not in Path(f"/proc/{pid}/cmdline").read_text()
+    assert not healthy(port)
+    st = unit(sandbox, "q8")
+    assert st["ActiveState"] == "inactive", st
+    ps = sandbox.exec(["ps", "-eo", "args"]).stdout
+    assert "--alias q8" not in ps
+    assert cli("instance", "show", "q8").returncode == 3
+
+
+# -- 3. crash loop and load failure -------------------------------------------------------------
+def _fake_build(home: Path, build_id: str, script: str) -> None:
+    bdir = home / "data" / "builds" / build_id
+    (bdir / "bin").mkdir(parents=True, exist_ok=True)
+    exe = bdir / "bin" / "llama-server"
+    exe.write_text(script)
+    exe.chmod(0o755)
+    manifest = {"schema": "nativellm.build/1", "id": build_id, "created": "2000-01-01T00:00:00Z",
+                "plan": {"backend": "cpu"}, "smoke_test": {"passed": True}}  # fmt: skip
+    (bdir / "manifest.json").write_text(json.dumps(manifest))
+
+
+def test_binary_that_exits_at_once_stops_at_the_start_limit(cli: InnerCli, sandbox: Sandbox) -> None:
+    _fake_build(cli.home, "cpu-exits-at-once", "#!/bin/sh\necho 'fake llama-server: exiting at once' >&2\nexit 1\n")
+    cli.json("instance", "add", "crash", "--model", "demo", "--build", "cpu-exits-at-once")
+    t0 = time.monotonic()
+    res = cli("start", "crash")
+    elapsed = time.monotonic() - t0
+    assert res.returncode == 10, res.stdout + res.stderr
+    st = unit(sandbox, "crash")
+    assert st["ActiveState"] == "failed" and st["Result"] == "start-limit-hit", st
+    assert "start-limit-hit" in res.stderr
+    _record("crash_loop_to_start_limit_s", elapsed)
+    status = cli.json("status", "crash")["instances"][0]
+    assert status["active_state"] == "failed" and status["result"] == "start-limit-hit"
+    cli.json("instance", "rm", "crash")
+
+
+def test_model_that_cannot_load_fails_start_with_its_error(cli: InnerCli, sandbox: Sandbox) -> None:
+    bad = cli.home / "bad-model.gguf"
+    bad.write_bytes(b"GGUF" + os.urandom(4096))
+    cli.json("instance", "add", "badmodel", "--model", str(bad))
+    res = cli("start", "badmodel")
+    assert res.returncode == 10
+    assert "failed to start" in res.stderr
+    err = res.stderr.lower()
+    assert "gguf" in err or "model" in err, res.stderr
+    status = cli.json("status", "badmodel")["instances"][0]
+    assert status["active_state"] == "failed" and status["error"]
+    print(f"\n[error line] {status['error']}")
+    cli.json("instance", "rm", "badmodel")
+
+
+# -- 4. API key ---------------------------------------------------------------------------------
+def test_api_key_reaches_only_llama_server_and_is_enforced(cli: InnerCli, sandbox: Sandbox) -> None:
+    secret = "nllm-" + os.urandom(12).hex()
+    keyfile = cli.home / "keyed.key"
+    keyfile.write_text(secret + "\n")
+    keyfile.chmod(0o600)
+    doc = cli.json("instance", "add", "keyed", "--model", "demo", "--api-key-file", str(keyfile))
+    port = doc["data"]["spec"]["port"]
+    cli("start", "keyed", check=True)
+    pid = int(unit(sandbox, "keyed")["MainPID"])
+
+    r = httpx.post(f"http://127.0.0.1:{port}/v1/chat/completions",
+                   json={"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}, timeout=30)  # fmt: skip
+    assert r.status_code == 401
+    assert chat(port, api_key=secret)
+
+    cmdline = sandbox.host_path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+    environ = sandbox.host_path(f"/proc/{pid}/environ").read_bytes().decode(errors="replace")
+    units = sandbox.host_path(USER_UNIT_DIR)
+    unit_texts = "".join(p.read_text() for p in units.rglob("*") if p.is_file())
+    shown = sandbox.systemctl("--user", "show", "llama@keyed.service").stdout
+    shown += sandbox.systemctl("--user", "cat", "llama@keyed.service").stdout
+    ps = sandbox.exec(["ps", "-eww", "-o", "args"]).stdout + sandbox.exec(["ps", "eww", "-e"]).stdout
+    spec = (cli.home / "config" / "instances" / "keyed.toml").read_text()
+    for where, text in (("cmdline", cmdline), ("environ", environ), ("unit files", unit_texts),
+                        ("systemctl show/cat", shown), ("ps", ps), ("spec", spec)):  # fmt: skip
+        assert secret not in text, f"the API key leaked into {where}"
+    assert "--api-key-file" in cmdline and "credentials" in cmdline
+    cli.json("instance", "rm", "keyed")
+
+
+def test_status_human_output(cli: InnerCli) -> None:
+    res = cli("status", check=True)
+    assert "q4" in res.stdout and "ok" in res.stdout
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _cleanup(cli: InnerCli) -> Any:
+    yield
+    for spec in cli.json("instance", "list")["instances"]:
+        cli("instance", "rm", spec["name"])
