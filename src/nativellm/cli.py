@@ -59,7 +59,9 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _root(
-    debug: Annotated[bool, typer.Option("--debug", help="Verbose logs and full tracebacks on errors.")] = False,
+    debug: Annotated[
+        bool, typer.Option("--debug", help="Verbose logs and full tracebacks on errors.")
+    ] = False,
     version: Annotated[
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version and exit.")
     ] = False,
@@ -88,9 +90,7 @@ def detect(json_out: JsonOpt = False) -> None:
     show_profile(profile)
 
 
-def _plan_options(
-    backend: str | None, portable: bool, native: bool, baseline: bool, rpc: bool
-) -> Any:
+def _plan_options(backend: str | None, portable: bool, native: bool, baseline: bool, rpc: bool) -> Any:
     from nativellm.plan import Backend, PlanOptions
 
     chosen: Backend | None = None
@@ -160,7 +160,9 @@ def build(
     native: NativeOpt = False,
     baseline: BaselineOpt = False,
     rpc: RpcOpt = False,
-    source: Annotated[Optional[Path], typer.Option("--source", help="Build from a local llama.cpp tree.")] = None,
+    source: Annotated[
+        Optional[Path], typer.Option("--source", help="Build from a local llama.cpp tree.")
+    ] = None,
     tarball: Annotated[
         Optional[str], typer.Option("--tarball", help="Build from a llama.cpp tarball (path or URL).")
     ] = None,
@@ -185,7 +187,9 @@ def build(
         auto=auto,
         profile=profile,
         plan=_plan_options(backend, portable, native, baseline, rpc),
-        source=SourceRequest(directory=source, tarball=tarball, sha256=sha256, ref=ref, repo=repo or DEFAULT_REPO),
+        source=SourceRequest(
+            directory=source, tarball=tarball, sha256=sha256, ref=ref, repo=repo or DEFAULT_REPO
+        ),
         jobs=jobs,
         dry_run=dry_run,
     )
@@ -342,7 +346,9 @@ def model_add(
 
 @model_app.command("pull")
 def model_pull(
-    spec: Annotated[str, typer.Argument(help="hf:OWNER/REPO/FILE.gguf[@REV], hf:OWNER/REPO:QUANT or https://...")],
+    spec: Annotated[
+        str, typer.Argument(help="hf:OWNER/REPO/FILE.gguf[@REV], hf:OWNER/REPO:QUANT or https://...")
+    ],
     name: NameOpt = None,
     sha256: Annotated[str | None, typer.Option("--sha256", help="Expected sha256 of the file.")] = None,
     system: SystemOpt = False,
@@ -505,12 +511,16 @@ def model_fit(
     from nativellm.models_view import show_fit
 
     show_fit(report)
+
+
 # --------------------------------------------------------------------------- end model commands
 
 
 # --------------------------------------------------------------------------- instance commands (issue 4)
 # (section owned by the instances/systemd work; keep additions between these markers)
-instance_app = typer.Typer(help="Instances: named llama-server configurations run by systemd.", no_args_is_help=True)
+instance_app = typer.Typer(
+    help="Instances: named llama-server configurations run by systemd.", no_args_is_help=True
+)
 app.add_typer(instance_app, name="instance")
 
 _I = "Instance options"
@@ -526,18 +536,30 @@ IFlash = Annotated[Optional[str], typer.Option("--flash-attn", help="on, off or 
 ICacheK = Annotated[Optional[str], typer.Option("--cache-type-k", help="KV cache type for K (f16, q8_0...).")]
 ICacheV = Annotated[Optional[str], typer.Option("--cache-type-v", help="KV cache type for V.")]
 IMlock = Annotated[Optional[bool], typer.Option("--mlock/--no-mlock", help="Lock the model in RAM.")]
-IMetrics = Annotated[Optional[bool], typer.Option("--metrics/--no-metrics", help="Serve /metrics (default on).")]
-IKey = Annotated[Optional[Path], typer.Option("--api-key-file", help="File with the API key (LoadCredential=).")]
-IInsecure = Annotated[Optional[bool], typer.Option("--insecure-no-api-key", help="Allow a non-loopback bind without a key.")]
+IMetrics = Annotated[
+    Optional[bool], typer.Option("--metrics/--no-metrics", help="Serve /metrics (default on).")
+]
+IKey = Annotated[
+    Optional[Path], typer.Option("--api-key-file", help="File with the API key (LoadCredential=).")
+]
+IInsecure = Annotated[
+    Optional[bool], typer.Option("--insecure-no-api-key", help="Allow a non-loopback bind without a key.")
+]
 IMem = Annotated[Optional[str], typer.Option("--memory-max", help="systemd MemoryMax= (e.g. 8G).")]
-ICpus = Annotated[Optional[str], typer.Option("--cpus", help="A CPU count (CPUQuota=) or a CPU list (AllowedCPUs=).")]
+ICpus = Annotated[
+    Optional[str], typer.Option("--cpus", help="A CPU count (CPUQuota=) or a CPU list (AllowedCPUs=).")
+]
 INuma = Annotated[Optional[int], typer.Option("--numa-node", help="Bind memory to NUMA node N.")]
 IGpus = Annotated[Optional[str], typer.Option("--gpus", help="GPU indices, e.g. 0,1 (CUDA_VISIBLE_DEVICES).")]
 IBuild = Annotated[Optional[str], typer.Option("--build", help="Pin a build id (default: follow current).")]
 IEnable = Annotated[Optional[bool], typer.Option("--enable/--no-enable", help="Start at boot.")]
-ITimeout = Annotated[Optional[int], typer.Option("--start-timeout", help="Seconds a start may take (default 900).")]
+ITimeout = Annotated[
+    Optional[int], typer.Option("--start-timeout", help="Seconds a start may take (default 900).")
+]
 IForce = Annotated[bool, typer.Option("--force", help="Add even if the model does not fit in memory.")]
-INoSystemd = Annotated[bool, typer.Option("--no-systemd", help="Only write the spec and units; don't talk to systemd.")]
+INoSystemd = Annotated[
+    bool, typer.Option("--no-systemd", help="Only write the spec and units; don't talk to systemd.")
+]
 ILinger = Annotated[bool, typer.Option("--linger", help="Enable lingering so user units start at boot.")]
 IExtra = Annotated[Optional[list[str]], typer.Argument(help="Extra llama-server arguments, after --.")]
 INameArg = Annotated[str, typer.Argument(help="Instance name, e.g. q4.")]
@@ -663,7 +685,10 @@ def instance_list(system: SystemOpt = False, json_out: JsonOpt = False) -> None:
     if not specs:
         out.print("no instances; add one with `nativellm instance add NAME --model MODEL`")
     for s in specs:
-        out.print(f"{s.name}\t{s.model}\thttp://{s.host}:{s.port}\tbuild {s.build}" + ("\tenabled" if s.enable else ""))
+        out.print(
+            f"{s.name}\t{s.model}\thttp://{s.host}:{s.port}\tbuild {s.build}"
+            + ("\tenabled" if s.enable else "")
+        )
 
 
 @instance_app.command("show")
@@ -760,6 +785,8 @@ def instance_run(name: INameArg, system: SystemOpt = False) -> None:
 
     _begin("run", False)
     runner.exec_replace(_instances(system, True).foreground_argv(name))
+
+
 # --------------------------------------------------------------------------- end instance commands
 
 
@@ -783,6 +810,8 @@ def main(argv: list[str] | None = None) -> None:
         err.print(f"[red]error:[/red] internal error: {type(exc).__name__}: {escape(str(exc))}")
         err.print("  hint: rerun with --debug and report the traceback")
         sys.exit(1)
+    if rv == Interrupted.exit_code:  # typer turns Ctrl-C into a silent "return 130"; commands return None
+        _fail(Interrupted("interrupted; nothing was changed", "run the command again"))
     sys.exit(rv if isinstance(rv, int) else 0)
 
 

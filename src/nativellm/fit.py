@@ -49,6 +49,7 @@ class FitReport:
     available_vram_bytes: tuple[int, ...]
     message: str
     host_bytes: int = 0  # what lands in RAM: host weights, host KV, host compute
+    repack_bytes: int = 0  # part of weights_host_bytes: the CPU backend's repacked copy
     gpu_bytes: tuple[int, ...] = ()  # what lands on each GPU
 
     def to_dict(self) -> dict[str, Any]:
@@ -60,6 +61,7 @@ class FitReport:
             "compute_bytes": self.compute_bytes,
             "total_bytes": self.total_bytes,
             "host_bytes": self.host_bytes,
+            "repack_bytes": self.repack_bytes,
             "gpu_bytes": list(self.gpu_bytes),
             "available_ram_bytes": self.available_ram_bytes,
             "available_vram_bytes": list(self.available_vram_bytes),
@@ -93,23 +95,42 @@ def kv_cache_bytes(
 
 
 def compute_buffer_bytes(facts: Mapping[str, Any], ctx: int, parallel: int = 1) -> int:
-    """The graph allocator's reserve for one worst-case micro-batch of N_UBATCH tokens.
+    """The graph allocator's reserve for one worst-case micro-batch, plus the logits output buffer.
 
-    The peak is the logits (n_vocab floats per token) plus the widest layer
-    activations (the FFN's gate and up outputs, the attention inputs), with
-    flash attention (llama.cpp's default where supported) so no n_ctx x n_ctx
-    score matrix. Calibrated against llama-server's own "compute buffer size".
+    Calibrated on llama-server's own "compute buffer size" lines: the peak
+    holds the FFN activations of one micro-batch (about 4 x n_ff + n_embd
+    floats per token) and the f16 attention mask (n_ubatch x the context of
+    one slot: llama-server splits --ctx-size across slots). Flash attention
+    is llama.cpp's default where supported, so there is no n_ctx x n_ctx
+    score matrix.
     """
-    n_ubatch = min(N_UBATCH, max(ctx, 1))
-    n_vocab = int(facts.get("vocab_size") or 32000)
     n_embd = _req(facts, "embedding_length")
     n_ff = int(facts.get("feed_forward_length") or 4 * n_embd)
-    n_head = _req(facts, "head_count")
-    per_token = 4 * (n_vocab + 2 * n_ff + 4 * n_embd)
-    # The f16 attention mask is n_ctx x n_ubatch; per-slot bookkeeping is small.
-    mask = 2 * n_ubatch * (-(-ctx // CTX_PAD) * CTX_PAD)
-    del n_head
-    return int(n_ubatch * per_token + mask + parallel * MIB)
+    n_vocab = int(facts.get("vocab_size") or 32000)
+    ctx_slot = -(-max(ctx // parallel, 1) // CTX_PAD) * CTX_PAD
+    n_ubatch = min(N_UBATCH, ctx_slot)
+    activations = 4 * n_ubatch * (4 * n_ff + n_embd)
+    mask = 2 * n_ubatch * ctx_slot
+    logits = 4 * n_vocab * parallel
+    return activations + mask + logits
+
+
+# Weight types the CPU backend repacks into an interleaved copy at load (ggml-cpu/repack.cpp),
+# by the ISA feature that enables it. The copy is a second buffer: resident memory holds both.
+_REPACK_X86 = (("avx2", frozenset({"Q4_0", "Q4_K", "IQ4_NL", "MXFP4"})), ("avx512f", frozenset({"Q2_K"})))
+_REPACK_ARM = (
+    ("asimddp", frozenset({"Q4_0", "Q4_K", "IQ4_NL", "MXFP4", "Q5_K", "Q6_K", "Q8_0"})),
+    ("i8mm", frozenset({"Q4_0", "Q4_K", "IQ4_NL", "MXFP4", "Q5_K", "Q6_K", "Q8_0"})),
+)
+
+
+def repacked_types(profile: HostProfile) -> frozenset[str]:
+    table = _REPACK_X86 if profile.arch == "x86_64" else _REPACK_ARM
+    types: frozenset[str] = frozenset()
+    for flag, kinds in table:
+        if profile.cpu.has(flag):
+            types |= kinds
+    return types
 
 
 def _fmt(n: int) -> str:
@@ -156,7 +177,10 @@ def estimate_fit(
     gpu_weights = sum(layer_bytes[len(layer_bytes) - offloaded :]) if offloaded else 0
     if ngl > n_layer:
         gpu_weights += int(facts.get("output_bytes", 0))  # token_embd stays on the host
-    host_weights = sum(layer_bytes) + other - gpu_weights
+    host_share = (n_layer - offloaded) / n_layer
+    matrices = facts.get("matrix_bytes") or {}
+    repack = int(sum(int(n) for t, n in matrices.items() if t in repacked_types(profile)) * host_share)
+    host_weights = sum(layer_bytes) + other - gpu_weights + repack
     kv = kv_cache_bytes(facts, ctx, cache_type_k, cache_type_v)
     kv_gpu = kv * offloaded // n_layer
     compute = compute_buffer_bytes(facts, ctx, parallel)
@@ -173,6 +197,8 @@ def estimate_fit(
     verdict = ("fits", "tight", "does_not_fit")[level]
     total = host_weights + gpu_weights + kv + compute
     parts = f"weights {_fmt(host_weights + gpu_weights)}, KV cache {_fmt(kv)}, compute {_fmt(compute)}"
+    if repack:
+        parts = parts.replace(", KV", f" (incl. a {_fmt(repack)} CPU repack copy), KV", 1)
     where = f"{_fmt(host)} of {_fmt(profile.memory_bytes)} RAM"
     if any(per_gpu):
         where += "; " + ", ".join(
@@ -196,4 +222,5 @@ def estimate_fit(
         message=message,
         host_bytes=host,
         gpu_bytes=per_gpu,
+        repack_bytes=repack,
     )

@@ -344,6 +344,7 @@ def facts_of(headers: Sequence[GGUFHeader]) -> dict[str, Any]:
     layer_bytes: dict[int, int] = {}
     other_bytes = output_bytes = 0
     type_counts: dict[str, int] = {}
+    matrix_bytes: dict[str, int] = {}
     for t in tensors:
         m = re.match(r"blk\.(\d+)\.", t.name)
         if m:
@@ -354,6 +355,9 @@ def facts_of(headers: Sequence[GGUFHeader]) -> dict[str, Any]:
                 output_bytes += t.nbytes
         tname = gguf.GGMLQuantizationType(t.type_id).name
         type_counts[tname] = type_counts.get(tname, 0) + 1
+        # Weight matrices the CPU backend may repack into an interleaved copy at load time.
+        if len(t.shape) == 2 and t.shape[1] % 8 == 0 and not t.name.startswith("token_embd"):
+            matrix_bytes[tname] = matrix_bytes.get(tname, 0) + t.nbytes
     file_type_id = _int(kv.get("general.file_type"))
     file_type: str | None = None
     if file_type_id is not None:
@@ -390,6 +394,7 @@ def facts_of(headers: Sequence[GGUFHeader]) -> dict[str, Any]:
         "layer_bytes": [layer_bytes.get(i, 0) for i in range(max(layer_bytes, default=-1) + 1)],
         "other_bytes": other_bytes,
         "output_bytes": output_bytes,
+        "matrix_bytes": dict(sorted(matrix_bytes.items())),
         "has_chat_template": isinstance(kv.get("tokenizer.chat_template"), str),
         "split_count": len(headers),
         "gguf_version": first.version,

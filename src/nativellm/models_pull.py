@@ -7,11 +7,13 @@ serialise: the second finds the first one's record and changes nothing.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 from nativellm.errors import ModelError, UsageError
 from nativellm.fsutil import sha256_file
@@ -87,7 +89,7 @@ def _pull_url(
     finals: list[Path] = []
     hashes: list[str] = []
     for url in urls:
-        dest = dest_dir / url.split("?")[0].rpartition("/")[2]
+        dest = dest_dir / _file_name(url)
         fetched = download_url(url, dest, expected_sha256=expected, progress=progress, attempts=opts.attempts)
         finals.append(dest)
         hashes.append(fetched.sha256)
@@ -106,6 +108,14 @@ def _pull_url(
         shutil.rmtree(dest_dir, ignore_errors=True)
         raise
     return rec, reg.put(rec)
+
+
+def _file_name(url: str) -> str:
+    """The URL's file name if it is a plain, safe one; never a path outside the model's directory."""
+    name = unquote(url.split("?")[0].rpartition("/")[2])
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,200}", name):
+        return "model.gguf"
+    return name if name.endswith(".gguf") else f"{name}.gguf"
 
 
 def _pull_hf(

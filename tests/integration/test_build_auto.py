@@ -67,7 +67,9 @@ def test_auto_build_is_current_and_serves_quantized_models(
     ldd = subprocess.run(
         ["ldd", str(current / "bin" / "llama-server")], capture_output=True, text=True
     ).stdout
-    assert "not found" not in ldd and str(current / "lib") in ldd
+    assert "not found" not in ldd
+    ours = [line.split("=>")[1].split("(")[0].strip() for line in ldd.splitlines() if "libggml" in line]
+    assert ours and all(Path(p).resolve().parent == current / "lib" for p in ours), ldd
 
     # Independently of the smoke test: the current llama-server serves Q4_0 and Q8_0.
     f16 = write_synthetic_llama(tmp_path / "f16.gguf", find_vocab(llama_source), SynthSize.TINY, seed=7)

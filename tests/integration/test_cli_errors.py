@@ -101,14 +101,15 @@ def test_ctrl_c_during_compile_leaves_the_store_untouched(tmp_path: Path, llama_
     env = {**os.environ, "NATIVELLM_HOME": str(tmp_path)}
     proc = subprocess.Popen(
         [sys.executable, "-m", "nativellm", "build", "--baseline", "--source", str(llama_source)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env,
     )  # fmt: skip
     assert proc.stderr is not None
     for line in proc.stderr:  # readiness: wait until the compile step has started
         if "> compile" in line:
             break
     proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=60)
+    proc.wait(timeout=60)
+    err = proc.stderr.read()  # the same buffered reader: communicate() would skip its buffer
     assert proc.returncode == 130, err
     assert "interrupted" in err and "Traceback" not in err
     store = Store(resolve_paths_for(tmp_path))
@@ -116,3 +117,24 @@ def test_ctrl_c_during_compile_leaves_the_store_untouched(tmp_path: Path, llama_
     # The compiler processes are gone with it.
     ps = subprocess.run(["pgrep", "-f", str(tmp_path / "data" / "work")], capture_output=True, text=True)
     assert ps.stdout.strip() == ""
+
+
+def test_full_disk_is_refused_before_compiling(
+    tmp_path: Path, llama_source: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import shutil as real_shutil
+
+    from nativellm.build import BuildOptions, build_llama
+    from nativellm.errors import ResourceError
+    from nativellm.source import SourceRequest
+
+    usage = real_shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(
+        "nativellm.build.shutil.disk_usage",
+        lambda p: type(usage)(usage.total, usage.total - (100 << 20), 100 << 20),
+    )
+    paths = resolve_paths_for(tmp_path)
+    with pytest.raises(ResourceError, match="MiB free") as exc:
+        build_llama(paths, BuildOptions(source=SourceRequest(directory=llama_source)))
+    assert exc.value.exit_code == 12 and "gc" in exc.value.hint
+    assert not paths.work.exists() and Store(paths).list_builds() == []

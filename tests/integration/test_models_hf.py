@@ -28,6 +28,7 @@ REPO = "acme/tiny-GGUF"
 class Hub:
     files: dict[str, bytes] = field(default_factory=dict)
     cut_first: int = 0
+    sizes: dict[str, int] = field(default_factory=dict)  # what the tree API claims, if not the real size
     log: list[tuple[str, str, str | None, str | None]] = field(
         default_factory=list
     )  # method, path, Range, auth
@@ -61,7 +62,12 @@ class HubHandler(BaseHTTPRequestHandler):
                     404, b'{"error":"Revision Not Found"}', {"X-Error-Code": "RevisionNotFound"}
                 )
             listing = [
-                {"type": "file", "oid": hashlib.sha1(d).hexdigest(), "size": len(d), "path": p}
+                {
+                    "type": "file",
+                    "oid": hashlib.sha1(d).hexdigest(),
+                    "size": self.hub.sizes.get(p, len(d)),
+                    "path": p,
+                }
                 for p, d in sorted(self.hub.files.items())
             ]
             return self._send(200, json.dumps(listing).encode(), {"Content-Type": "application/json"})
@@ -203,3 +209,11 @@ def test_sha_mismatch_and_missing_repo(hub: HubServer, tmp_path: Path) -> None:
     assert res.returncode == 3 and "was not found" in res.stderr, res.stderr
     res = _pull(hub, tmp_path, "hf:just-a-name")
     assert res.returncode == 2
+
+
+def test_disk_space_is_checked_before_an_hf_download(hub: HubServer, tmp_path: Path) -> None:
+    hub.hub.sizes["tiny-Q8_0.gguf"] = 10**17  # 100 PB
+    res = _pull(hub, tmp_path, f"hf:{REPO}:Q8_0")
+    assert res.returncode == 12, res.stderr
+    assert "not enough disk space" in res.stderr
+    assert not [p for m, p, _, _ in hub.hub.log if "/resolve/" in p]  # refused before any download

@@ -125,3 +125,22 @@ def test_report_to_dict_is_json_ready() -> None:
     d = estimate_fit(Rec(), host(64 * GiB, 24 * GiB), ctx=4096, gpu_layers=10).to_dict()
     assert d["verdict"] in ("fits", "tight", "does_not_fit")
     assert isinstance(d["available_vram_bytes"], list) and isinstance(d["gpu_bytes"], list)
+
+
+def test_cpu_repack_copy_counts_on_avx2_hosts() -> None:
+    facts = {**LLAMA8B, "matrix_bytes": {"Q4_K": 3000 * MiB, "Q6_K": 900 * MiB}}
+    with_avx2 = estimate_fit(Rec(facts=facts), host(64 * GiB), ctx=4096)
+    assert with_avx2.repack_bytes == 3000 * MiB  # Q4_K is repacked with AVX2, Q6_K is not
+    assert with_avx2.weights_host_bytes == 32 * 140 * MiB + 1000 * MiB + 3000 * MiB
+    assert "repack" in with_avx2.message
+    plain = HostProfile("linux", "x86_64", CpuInfo("GenuineIntel", "Xeon", ("avx",), 8, 16), 64 * GiB)
+    assert estimate_fit(Rec(facts=facts), plain, ctx=4096).repack_bytes == 0
+    # Offloaded layers are not repacked on the host.
+    half = estimate_fit(Rec(facts=facts), host(64 * GiB, 24 * GiB), ctx=4096, gpu_layers=16)
+    assert half.repack_bytes == 1500 * MiB
+
+
+def test_parallel_slots_split_the_context_for_the_mask() -> None:
+    one = compute_buffer_bytes(LLAMA8B, 8192, 1)
+    four = compute_buffer_bytes(LLAMA8B, 8192, 4)
+    assert one - four == 2 * 512 * (8192 - 2048) - 3 * 4 * 128256

@@ -295,3 +295,13 @@ def test_demo_without_vocab_says_what_to_do(paths: Paths) -> None:
     assert "--vocab" in exc.value.hint
     with pytest.raises(UsageError):
         write_demo_model(paths, size="huge", vocab=Path("/nonexistent"))
+
+
+def test_url_file_names_stay_inside_the_store() -> None:
+    from nativellm.models_pull import _file_name
+
+    assert _file_name("https://h/x/Model-Q4_K_M.gguf?download=true") == "Model-Q4_K_M.gguf"
+    assert _file_name("https://h/x/my%20model.gguf") == "model.gguf"
+    assert _file_name("https://h/x/..") == "model.gguf"
+    assert _file_name("https://h/x/.hidden.gguf") == "model.gguf"
+    assert _file_name("https://h/x/weights") == "weights.gguf"

@@ -97,3 +97,26 @@ def test_troubleshoot_recognises_known_failures(log: str, expected: str | None) 
         assert hint is None
     else:
         assert hint is not None and expected in hint
+
+
+def test_old_cmake_and_missing_compiler_are_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    from nativellm import toolchain
+    from nativellm.errors import ToolchainError
+
+    lines = {
+        "cmake": "cmake version 3.16.3",
+        "cc": "cc (Debian 12.2.0) 12.2.0",
+        "c++": "c++ (Debian 12.2.0) 12.2.0",
+    }
+    monkeypatch.setattr(toolchain, "_pip_tool", lambda module, exe: exe)
+    monkeypatch.setattr(toolchain, "_first_line", lambda argv: lines.get(Path(argv[0]).name))
+    with pytest.raises(ToolchainError, match=r"cmake 3\.16\.3 is too old") as exc:
+        toolchain.find_toolchain()
+    assert "pip install -U cmake" in exc.value.hint
+    lines["cmake"] = "cmake version 3.28.1"
+    del lines["c++"]
+    with pytest.raises(ToolchainError, match="no C/C\\+\\+ compiler"):
+        toolchain.find_toolchain()
+    lines["c++"] = "c++ 12"
+    tools = toolchain.find_toolchain()
+    assert tools.cmake_version == "3.28.1" and tools.identity()["cxx"] == "c++ 12"
