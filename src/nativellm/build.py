@@ -66,6 +66,7 @@ class BuildOptions:
     jobs: int | None = None
     dry_run: bool = False
     activate: bool = True
+    from_index: str | None = None  # artifact index (URL or dir): install a match instead of compiling
 
 
 @dataclass(frozen=True)
@@ -201,6 +202,13 @@ class _Builder:
         here = detect_host()
         target = load_profile(opts.profile) if opts.profile else here
         plan = plan_build(target, opts.plan)
+        if opts.from_index:  # issue 5: a matching artifact replaces the compile (no toolchain needed)
+            from nativellm.artifacts import build_from_index
+
+            from_index, why_not = build_from_index(self.paths, opts, plan, target, here, self.rep)
+            if from_index is not None:
+                return from_index
+            self.rep.warn(why_not)
         backend = plan.backend
         jobs = opts.jobs or default_jobs(here, backend)
         tools = find_toolchain(need_nvcc=backend is Backend.CUDA)

@@ -171,6 +171,10 @@ def build(
     repo: Annotated[Optional[str], typer.Option("--repo", help="Git URL to clone --ref from.")] = None,
     jobs: Annotated[Optional[int], typer.Option("--jobs", "-j", min=1, help="Parallel compile jobs.")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Plan and check the toolchain only.")] = False,
+    from_index: Annotated[
+        str | None,
+        typer.Option("--from-index", help="Install a matching artifact from an index (URL or dir) instead."),
+    ] = None,
     system: SystemOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
@@ -192,6 +196,7 @@ def build(
         ),
         jobs=jobs,
         dry_run=dry_run,
+        from_index=from_index,
     )
     outcome = build_llama(resolve_paths(_scope(system)), opts, ConsoleReporter(quiet=json_out))
     if json_out:
@@ -788,6 +793,117 @@ def instance_run(name: INameArg, system: SystemOpt = False) -> None:
 
 
 # --------------------------------------------------------------------------- end instance commands
+
+
+# ---- artifact commands (issue 5)
+artifacts_app = typer.Typer(help="Artifact indexes for fleets: build once, install everywhere.",
+                            no_args_is_help=True)  # fmt: skip
+app.add_typer(artifacts_app, name="artifacts")
+
+
+@app.command("pack")
+def pack_cmd(
+    build_id: Annotated[str | None, typer.Argument(help="Build to pack (default: current).")] = None,
+    output: Annotated[
+        Path | None,
+        typer.Option("--output", "-o", help="Artifact file, or a directory for the default name."),
+    ] = None,
+    compression: Annotated[
+        str, typer.Option("--compression", help="auto (zst if zstandard is installed, else gz), zst or gz.")
+    ] = "auto",
+    system: SystemOpt = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Pack an installed build into nativellm-<id>-<variant>.tar.zst and print its sha256."""
+    from nativellm.artifacts import PackOptions, pack
+
+    _begin("pack", json_out)
+    res = pack(resolve_paths(_scope(system)), PackOptions(build_id, output, compression))
+    data = {"build_id": res.build_id, "file": str(res.path), "sha256": res.sha256, "size": res.size,
+            "variant": res.meta["variant"], "fingerprint": res.meta["fingerprint"],
+            "requirements": res.meta["requirements"], "duration_s": round(res.duration_s, 2)}  # fmt: skip
+    if json_out:
+        emit_json(envelope("pack", res.changed, data))
+        return
+    verb = "packed" if res.changed else "unchanged"
+    out.print(f"{verb} {res.build_id} -> {res.path} ({res.size / 1e6:.1f} MB)")
+    out.print(f"needs: {res.meta['requirements_text']}")
+    out.print(f"sha256 {res.sha256}  {res.path.name}")
+
+
+@app.command("install-artifact")
+def install_artifact_cmd(
+    location: Annotated[str, typer.Argument(help="Artifact file or http(s) URL.", metavar="FILE_OR_URL")],
+    sha256: Annotated[
+        str | None, typer.Option("--sha256", help="Expected sha256 (default: FILE_OR_URL.sha256).")
+    ] = None,
+    profile: Annotated[
+        Path | None,
+        typer.Option("--profile", help="Check requirements against this HostProfile instead of this host."),
+    ] = None,
+    activate: Annotated[
+        bool, typer.Option("--activate/--no-activate", help="Make it current after the smoke test.")
+    ] = True,
+    system: SystemOpt = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Verify, check the requirements, unpack, smoke-test and install a packed build."""
+    from nativellm.artifacts import InstallOptions, install_artifact
+
+    _begin("install-artifact", json_out)
+    res = install_artifact(
+        resolve_paths(_scope(system)),
+        InstallOptions(location, sha256, profile, activate),
+        ConsoleReporter(quiet=json_out),
+    )
+    data = {"build_id": res.build_id, "installed": res.installed, "activated": res.activated,
+            "sha256": res.sha256, "requirements": res.requirements.to_dict(), "smoke_test": res.smoke_test,
+            "path": str(res.record.path), "duration_s": round(res.duration_s, 2),
+            "notes": list(res.notes)}  # fmt: skip
+    if json_out:
+        emit_json(envelope("install-artifact", res.changed, data))
+        return
+    for note in res.notes:
+        out.print(note)
+    if res.activated:
+        out.print(f"current -> {res.build_id}")
+
+
+@app.command("fingerprint")
+def fingerprint_cmd(profile: ProfileOpt = None, json_out: JsonOpt = False) -> None:
+    """Print this host's hardware-class key: hosts with equal keys can share an artifact."""
+    from nativellm.fingerprint import fingerprint
+    from nativellm.hardware import detect_host
+    from nativellm.hardware.profile import load_profile
+
+    _begin("fingerprint", json_out)
+    fp = fingerprint(load_profile(profile) if profile else detect_host())
+    if json_out:
+        emit_json(fp.to_dict())
+        return
+    out.print(fp.key)
+
+
+@artifacts_app.command("index")
+def artifacts_index(
+    directory: Annotated[Path, typer.Argument(help="Directory holding nativellm-*.tar.zst/.tar.gz files.")],
+    json_out: JsonOpt = False,
+) -> None:
+    """Write DIR/index.json: {fingerprint, version} -> {file, sha256, size}, for a fleet to read."""
+    from nativellm.artifacts import write_index
+
+    _begin("artifacts index", json_out)
+    res = write_index(directory)
+    data = {"index": str(res.path), "artifacts": [dict(e) for e in res.entries]}
+    if json_out:
+        emit_json(envelope("artifacts index", res.changed, data))
+        return
+    out.print(f"{'wrote' if res.changed else 'unchanged'} {res.path} ({len(res.entries)} artifact(s))")
+    for e in res.entries:
+        out.print(f"  {e['fingerprint']}  {e['version']}  {e['file']}")
+
+
+# ---- end artifact commands
 
 
 # --------------------------------------------------------------------------- entry point

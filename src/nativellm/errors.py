@@ -93,6 +93,13 @@ class DownloadError(NativeLLMError):
     kind = "download"
 
 
+class ArtifactError(NativeLLMError):
+    """A build artifact is corrupt, unverifiable, or needs hardware this host lacks."""
+
+    exit_code = 14
+    kind = "artifact"
+
+
 class Interrupted(NativeLLMError):
     exit_code = 130
     kind = "interrupted"

@@ -31,10 +31,27 @@ def _status(url: str, timeout: float) -> int | None:
         return None
 
 
-def wait_ready(url: str, timeout: float, interval: float = 0.2) -> int:
+def _alive(pid: int | None) -> bool:
+    if pid is None:
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def wait_ready(url: str, timeout: float, interval: float = 0.2, main_pid: int | None = None) -> int:
+    """Poll url until 200. systemd keeps a start-post job running even after the main process
+    died, so stop as soon as $MAINPID is gone: the start then fails at once."""
     deadline = time.monotonic() + timeout
     last: int | None = None
     while time.monotonic() < deadline:
+        if not _alive(main_pid):
+            print(f"llama-server (pid {main_pid}) exited before it was ready", file=sys.stderr)
+            return 1
         last = _status(url, timeout=5)
         if last == 200:
             return 0
@@ -77,7 +94,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("then", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
     if args.cmd == "ready":
-        return wait_ready(args.url, args.timeout)
+        main_pid = os.environ.get("MAINPID", "")
+        return wait_ready(args.url, args.timeout, main_pid=int(main_pid) if main_pid.isdigit() else None)
     then = list(args.then[1:] if args.then[:1] == ["--"] else args.then)
     return probe(args.url, args.tries, args.timeout, args.pause, then)
 

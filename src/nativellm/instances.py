@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import re
 import sys
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -100,6 +101,7 @@ class InstanceStatus:
             "pid": u.main_pid or None if u else None,
             "uptime_s": round(u.uptime_s, 1) if u and u.uptime_s is not None else None,
             "restarts": u.n_restarts if u else None,
+            "start_limit_hit": u.start_limit_hit if u else None,
             "memory_bytes": u.memory_bytes if u else None,
             "cpu_s": round(u.cpu_ns / 1e9, 3) if u and u.cpu_ns is not None else None,
             "host": self.spec.host,
@@ -375,15 +377,27 @@ class Instances:
         return sd
 
     def _start(self, sd: Systemd, spec: InstanceSpec, *, restart: bool) -> UnitState:
+        """Start (or restart) and wait for the outcome: ready, or failed for good.
+
+        A start job ends at the first failed attempt, while Restart=on-failure tries again;
+        so a failing server is followed until it is active or systemd gives up at the
+        start limit, and the caller sees that final state.
+        """
         unit = unit_name(spec.name)
         sd.reset_failed(unit)
         (sd.restart if restart else sd.start)(unit)
+        deadline = time.monotonic() + spec.start_timeout + 60
         st = sd.wait_settled(unit, timeout=spec.start_timeout + 60)
+        while st.active_state == "activating" and time.monotonic() < deadline:
+            time.sleep(0.2)
+            st = sd.wait_settled(unit, timeout=max(1.0, deadline - time.monotonic()))
         if st.active_state != "active":
             line = self.error_line(spec.name)
+            why = f"result {st.result}"
+            if st.start_limit_hit:
+                why = f"stopped at the start limit after {st.n_restarts} restarts, last result {st.result}"
             raise InstanceError(
-                f"{unit} failed to start ({st.active_state}/{st.sub_state}, result {st.result})"
-                + (f": {line}" if line else ""),
+                f"{unit} failed to start ({st.active_state}/{st.sub_state}, {why})" + (f": {line}" if line else ""),
                 f"see the full log with `nativellm logs {spec.name}`",
             )
         return st
@@ -444,7 +458,8 @@ class Instances:
 
     def error_line(self, name: str) -> str | None:
         """llama-server's own error line from its latest journal entries, if any."""
-        res = run.probe([*self.journal_argv(name, lines=200), "-o", "cat"], timeout=10)
+        argv = [*self.journal_argv(name, lines=200), "--identifier", f"llama@{name}", "-o", "cat"]
+        res = run.probe(argv, timeout=10)
         return find_error_line(res.stdout) if res is not None else None
 
     def foreground_argv(self, name: str) -> list[str]:
@@ -454,17 +469,16 @@ class Instances:
         return server_argv(spec, r.server_binary, r.model_path, api_key_path=spec.api_key_file)
 
 
-_NOT_SERVER = re.compile(
-    r"Failed with result|Main process exited|Scheduled restart|Start request repeated|"
-    r"Failed to start|Consumed |did not become ready|Stopped |Control process"
-)
+_NOT_SERVER = re.compile(r"did not become ready|exited before it was ready|gave no answer at")
 _ERROR = re.compile(r"\berror\b|\bfailed\b|\bunable\b|\bcannot\b|\bcan't\b|invalid", re.IGNORECASE)
 
 
 def find_error_line(journal_text: str) -> str | None:
-    lines = [ln.strip() for ln in journal_text.splitlines() if ln.strip()]
-    hits = [ln for ln in lines if _ERROR.search(ln) and not _NOT_SERVER.search(ln)]
-    return hits[-1] if hits else None
+    """llama-server's error line in its own journal output (not nativellm's probe lines):
+    the last line that reads like an error, else its last line."""
+    lines = [ln.strip() for ln in journal_text.splitlines() if ln.strip() and not _NOT_SERVER.search(ln)]
+    hits = [ln for ln in lines if _ERROR.search(ln)]
+    return hits[-1] if hits else (lines[-1] if lines else None)
 
 
 _METRICS = {

@@ -108,9 +108,18 @@ def _safe_extract(archive: Path, into: Path) -> Path:
     """Extract a tarball refusing paths that escape; return the single top directory."""
     try:
         with tarfile.open(archive) as tar:
+            root = into.resolve()
             for member in tar.getmembers():
                 target = (into / member.name).resolve()
-                if not str(target).startswith(str(into.resolve())) or (
+                # A link must stay inside too: a relative symlink can point out of the tree.
+                link = (
+                    (target.parent / member.linkname).resolve()
+                    if member.issym()
+                    else (into / member.linkname).resolve()
+                    if member.islnk()
+                    else root
+                )
+                if not (target.is_relative_to(root) and link.is_relative_to(root)) or (
                     member.issym() and member.linkname.startswith("/")
                 ):
                     raise SourceError(

@@ -39,6 +39,20 @@ class UnitState:
     active_since_us: int  # CLOCK_REALTIME microseconds; 0 when never active
     job_pending: bool
     unit_file_state: str
+    start_limit_burst: int = 0
+
+    @property
+    def start_limit_hit(self) -> bool:
+        """Failed after as many automatic restarts as the start limit allows.
+
+        systemd 252 keeps the last attempt's Result (exit-code, signal...) rather than
+        reporting start-limit-hit when an automatic restart hits the limit.
+        """
+        if self.active_state != "failed":
+            return False
+        return self.result == "start-limit-hit" or (
+            self.start_limit_burst > 0 and self.n_restarts >= self.start_limit_burst
+        )
 
     @property
     def uptime_s(self) -> float | None:
@@ -170,6 +184,7 @@ class Systemd:
                 active_since_us=int(props.ActiveEnterTimestamp),
                 job_pending=bool(job and int(job[0]) != 0),
                 unit_file_state=_s(props.UnitFileState),
+                start_limit_burst=int(props.StartLimitBurst),
             )
 
     def wait_settled(self, unit: str, timeout: float, interval: float = 0.1) -> UnitState:

@@ -64,6 +64,9 @@ R="$B/root"
 mount -t proc proc "$R/proc"
 mount --rbind /sys "$R/sys"
 mount --rbind /dev "$R/dev"
+# A fresh /dev/shm: systemd stages LoadCredential= files on a ramfs it mounts there and
+# moves into place; over the host's (here doubly mounted) /dev/shm that move is lost.
+mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs "$R/dev/shm"
 mount -t tmpfs -o mode=755 tmpfs "$R/run"
 mount -t tmpfs -o mode=1777 tmpfs "$R/tmp"
 for u in "$@"; do ln -sf /dev/null "$R/etc/systemd/system/$u"; done
@@ -76,6 +79,10 @@ cd "$R"
 pivot_root . .oldroot
 umount -l /.oldroot
 rmdir /.oldroot
+# systemd makes / shared only when it is not in a container; services' mount namespaces
+# (LoadCredential= staging, PrivateTmp=...) rely on it. New peer groups: nothing reaches the
+# host, whose propagation was cut by --make-rprivate above.
+mount --make-rshared /
 exec env -i container=other PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
     /lib/systemd/systemd --system --log-level=warning --show-status=false
 """

@@ -89,3 +89,15 @@ def test_bad_names_and_usage(tmp_path: Path) -> None:
     assert res.returncode == 3
     res = nativellm("model", "fit", "nope", home=home)
     assert res.returncode == 3 and "nativellm model list" in res.stderr
+
+
+def test_demo_falls_back_to_a_source_tree_vocab(llama_source: Path, tmp_path: Path) -> None:
+    home = tmp_path / "home"  # no build here: the tokenizer must come from --vocab
+    missing = nativellm("model", "demo", home=home)
+    assert missing.returncode == 3 and "--vocab" in missing.stderr
+    res = nativellm("model", "demo", "--vocab", str(llama_source), "--json", home=home)
+    assert res.returncode == 0, res.stderr
+    rec = res.json()["data"]["model"]
+    assert rec["metadata"]["vocab"] == str(llama_source / "models" / "ggml-vocab-llama-spm.gguf")
+    assert rec["facts"]["vocab_size"] == 32000 and rec["facts"]["architecture"] == "llama"
+    assert nativellm("model", "verify", "demo", home=home).returncode == 0
