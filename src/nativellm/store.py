@@ -214,4 +214,18 @@ class Store:
         protected = {self.current_id(), *self.pinned()}
         candidates = [r for r in self.list_builds() if r.id not in protected]
         doomed = candidates[: max(0, len(candidates) - keep)]
-        return [self.remove(r.id) for r in doomed]
+        removed = [self.remove(r.id) for r in doomed]
+        self._clean_work()
+        return removed
+
+    def _clean_work(self) -> None:
+        """Drop work dirs that failed or interrupted builds left behind (kept for their logs)."""
+        if not self.paths.work.is_dir():
+            return
+        try:
+            with self.lock():
+                for entry in self.paths.work.iterdir():
+                    if entry.is_dir() and entry.name != "smoke-cache":
+                        shutil.rmtree(entry, ignore_errors=True)
+        except ResourceError:
+            pass  # a build is running and owns its work dir

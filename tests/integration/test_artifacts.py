@@ -24,20 +24,26 @@ def packed(
 ) -> dict[str, Any]:
     """The session's auto build, packed once into a directory with its index."""
     out = tmp_path_factory.mktemp("artifacts")
-    res = nativellm("pack", "-o", str(out), "--json", home=session_home)
+    build_id = auto_build.json()["data"]["build_id"]  # by id: other tests may move `current`
+    res = nativellm("pack", build_id, "-o", str(out), "--json", home=session_home)
     assert res.returncode == 0, res.stderr
     doc = res.json()
-    assert doc["ok"] and doc["data"]["build_id"] == auto_build.json()["data"]["build_id"]
+    assert doc["ok"] and doc["data"]["build_id"] == build_id
     idx = nativellm("artifacts", "index", str(out), "--json", home=session_home)
     assert idx.returncode == 0, idx.stderr
     print(f"\npack: {res.seconds:.1f}s for {doc['data']['size'] / 1e6:.1f} MB")
     return {**doc["data"], "dir": out, "pack_seconds": res.seconds}
 
 
+class _QuietHandler(SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
 @pytest.fixture(scope="module")
 def http_dir(packed: dict[str, Any]) -> Iterator[str]:
     """The artifact directory served by a plain HTTP server on loopback."""
-    handler = functools.partial(SimpleHTTPRequestHandler, directory=str(packed["dir"]))
+    handler = functools.partial(_QuietHandler, directory=str(packed["dir"]))
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()

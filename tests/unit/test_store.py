@@ -81,8 +81,11 @@ def test_rm_and_gc_never_remove_current_or_pinned(paths: Paths, tmp_path: Path) 
         store.remove("cpu-1")
     with pytest.raises(NotFoundError):
         store.remove("cpu-nope")
+    (paths.work / "cpu-failed" / "build").mkdir(parents=True)
+    (paths.work / "smoke-cache").mkdir()
     removed = store.gc(keep=1)
     assert removed == ["cpu-2", "cpu-3"]
+    assert [p.name for p in paths.work.iterdir()] == ["smoke-cache"]
     assert {r.id for r in store.list_builds()} == {"cpu-0", "cpu-1", "cpu-4"}
 
 
