@@ -217,6 +217,7 @@ class _Builder:
         can_smoke = _is_this_host(target, here)
 
         with self.store.lock():
+            self.rep.stage("fetching llama.cpp source")
             source = resolve_source(
                 opts.source, self.paths.sources, lambda d, t: self.rep.progress(d, t or 0)
             )

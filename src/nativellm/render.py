@@ -45,9 +45,11 @@ class ConsoleReporter:
         self._progress: Progress | None = None
         self._task: Any = None
         self._last_pct = -1
+        self._label = "working"
 
     def stage(self, message: str) -> None:
         self._close()
+        self._label = message.split(" ", 1)[0]
         if not self.quiet:
             err.print(f"[bold]>[/bold] {message}")
 
@@ -70,7 +72,7 @@ class ConsoleReporter:
         pct = done * 100 // total
         if pct // 10 != self._last_pct // 10 or done == total:
             self._last_pct = pct
-            err.print(f"  [{done}/{total}] {pct}%")
+            err.print(f"  {self._label} [{done}/{total}] {pct}%")
 
     def warn(self, message: str) -> None:
         self._close()
