@@ -1,0 +1,143 @@
+"""Benchmarks: `bench builds` runs each build's llama-bench, interleaved, on one model.
+
+Interleaving (A B A B ...) spreads a noisy machine's drift over every build
+alike, so the ratios compare like with like.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import statistics
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from nativellm import run
+from nativellm.errors import UsageError
+from nativellm.store import BuildRecord
+
+
+@dataclass(frozen=True)
+class Spread:
+    """min / median / max of repeated measurements (tokens per second)."""
+
+    min: float
+    median: float
+    max: float
+    samples: tuple[float, ...]
+
+    @classmethod
+    def of(cls, samples: Sequence[float]) -> Spread:
+        if not samples:
+            return cls(0.0, 0.0, 0.0, ())
+        return cls(min(samples), statistics.median(samples), max(samples), tuple(samples))
+
+
+@dataclass(frozen=True)
+class BuildBench:
+    build_id: str
+    pp: Spread
+    tg: Spread
+    pp_ratio: float | None  # median over the first build's median
+    tg_ratio: float | None
+    crashed: str | None = None  # "SIGILL", "exit 1", ... when llama-bench failed
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "build_id": self.build_id,
+            "pp": {
+                "min": self.pp.min,
+                "median": self.pp.median,
+                "max": self.pp.max,
+                "samples": list(self.pp.samples),
+            },
+            "tg": {
+                "min": self.tg.min,
+                "median": self.tg.median,
+                "max": self.tg.max,
+                "samples": list(self.tg.samples),
+            },
+            "pp_ratio": self.pp_ratio,
+            "tg_ratio": self.tg_ratio,
+            "crashed": self.crashed,
+        }
+
+
+def parse_llama_bench_json(text: str) -> tuple[float | None, float | None]:
+    """(pp t/s, tg t/s) from `llama-bench -o json` output."""
+    try:
+        rows = json.loads(text)
+    except json.JSONDecodeError:
+        return None, None
+    pp = tg = None
+    for row in rows if isinstance(rows, list) else []:
+        if row.get("n_prompt", 0) > 0 and row.get("n_gen", 0) == 0:
+            pp = float(row["avg_ts"])
+        elif row.get("n_gen", 0) > 0 and row.get("n_prompt", 0) == 0:
+            tg = float(row["avg_ts"])
+    return pp, tg
+
+
+def _failure(rc: int) -> str:
+    if rc < 0:
+        try:
+            return signal.Signals(-rc).name
+        except ValueError:
+            return f"signal {-rc}"
+    return f"exit {rc}"
+
+
+def bench_builds(
+    records: Sequence[BuildRecord],
+    model: Path,
+    *,
+    repetitions: int = 3,
+    n_prompt: int = 256,
+    n_gen: int = 64,
+    threads: int | None = None,
+    on_round: Callable[[int, str], None] | None = None,
+) -> list[BuildBench]:
+    """Run llama-bench of every build on `model`, interleaved over `repetitions` rounds."""
+    if not records:
+        raise UsageError("no builds to compare", "pass build ids, or build something first")
+    if repetitions < 1:
+        raise UsageError("--repetitions must be at least 1", "pass --repetitions 3")
+    pp: dict[str, list[float]] = {r.id: [] for r in records}
+    tg: dict[str, list[float]] = {r.id: [] for r in records}
+    crashed: dict[str, str] = {}
+    for round_no in range(repetitions):
+        for rec in records:
+            if rec.id in crashed:
+                continue
+            if on_round:
+                on_round(round_no + 1, rec.id)
+            argv = [str(rec.binary("llama-bench")), "-m", str(model), "-p", str(n_prompt), "-n", str(n_gen),
+                    "-r", "1", "-o", "json"]  # fmt: skip
+            if threads:
+                argv += ["-t", str(threads)]
+            res = run.run(argv, timeout=1800)
+            p, t = parse_llama_bench_json(res.stdout) if res.ok else (None, None)
+            if p is None or t is None:
+                crashed[rec.id] = _failure(res.returncode) if not res.ok else "no result"
+                continue
+            pp[rec.id].append(p)
+            tg[rec.id].append(t)
+    base = records[0].id
+    base_pp, base_tg = Spread.of(pp[base]).median, Spread.of(tg[base]).median
+    out = []
+    for rec in records:
+        p_s, t_s = Spread.of(pp[rec.id]), Spread.of(tg[rec.id])
+        ok = rec.id not in crashed and base_pp > 0 and base_tg > 0
+        out.append(
+            BuildBench(
+                rec.id,
+                p_s,
+                t_s,
+                p_s.median / base_pp if ok else None,
+                t_s.median / base_tg if ok else None,
+                crashed.get(rec.id),
+            )
+        )
+    return out
