@@ -1,0 +1,128 @@
+"""`nativellm doctor`: checks what breaks deployments in practice, each finding with its fix."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from nativellm.errors import NativeLLMError
+from nativellm.fsutil import sha256_file
+from nativellm.hardware import HostProfile
+from nativellm.paths import Paths
+from nativellm.plan import BuildPlan
+from nativellm.store import Store
+
+MIN_FREE_BYTES = 5 << 30  # room for one more build and a model download
+
+
+@dataclass(frozen=True)
+class Finding:
+    check: str
+    ok: bool
+    message: str
+    fix: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class DoctorFoundProblems(NativeLLMError):
+    exit_code = 14
+    kind = "doctor"
+
+
+def check_store(store: Store) -> list[Finding]:
+    out: list[Finding] = []
+    current = store.current_id()
+    if store.paths.current.is_symlink() and store.current() is None:
+        out.append(Finding("store", False, f"`current` points at a missing build ({current})",
+                           "run `nativellm builds rollback` or `nativellm builds use ID`"))  # fmt: skip
+    for rec in store.list_builds():
+        for rel, digest in sorted(rec.manifest.get("binaries", {}).items()):
+            path = rec.path / rel
+            if not path.is_file():
+                out.append(Finding("store", False, f"build {rec.id}: {rel} is missing",
+                                   f"rebuild, or `nativellm builds rm {rec.id}`"))  # fmt: skip
+            elif sha256_file(path) != digest:
+                out.append(Finding("store", False, f"build {rec.id}: {rel} does not match its manifest sha256",
+                                   f"the file was modified; rebuild, or `nativellm builds rm {rec.id}`"))  # fmt: skip
+    if not out:
+        n = len(store.list_builds())
+        out.append(Finding("store", True, f"{n} build(s) intact; current is {current or 'not set'}"))
+    return out
+
+
+def check_flags(store: Store, host: HostProfile) -> list[Finding]:
+    """A build planned for flags this CPU no longer has (moved disk, VM migration) will SIGILL."""
+    rec = store.current()
+    if rec is None:
+        return []
+    try:
+        plan = BuildPlan.from_dict(rec.manifest["plan"])
+    except (KeyError, NativeLLMError):
+        return [
+            Finding(
+                "cpu", False, f"build {rec.id} has no readable plan", "rebuild with `nativellm build --auto`"
+            )
+        ]
+    flag_of = {"avx": "avx", "avx2": "avx2", "fma": "fma", "f16c": "f16c", "bmi2": "bmi2", "avx512": "avx512f",
+               "avx512_vnni": "avx512_vnni", "avx512_bf16": "avx512_bf16", "avx512_vbmi": "avx512vbmi",
+               "avx_vnni": "avx_vnni", "amx": "amx_int8"}  # fmt: skip
+    missing = sorted(flag_of[f] for f in plan.features() if f in flag_of and flag_of[f] not in host.cpu.flags)
+    if missing:
+        return [Finding("cpu", False, f"current build {rec.id} needs {', '.join(missing)}, which this CPU lacks",
+                        "rebuild for this machine: `nativellm build --auto`")]  # fmt: skip
+    return [Finding("cpu", True, f"this CPU has every ISA extension build {rec.id} uses")]
+
+
+def check_gpu(store: Store, host: HostProfile, dev: Path = Path("/dev")) -> list[Finding]:
+    rec = store.current()
+    if rec is None or rec.backend != "cuda":
+        return []
+    out: list[Finding] = []
+    if not (dev / "nvidiactl").exists():
+        out.append(Finding("gpu", False, "the current build uses CUDA but /dev/nvidiactl is missing",
+                           "load the NVIDIA driver (modprobe nvidia) or rebuild with --backend cpu"))  # fmt: skip
+    built = {g["arch"] for g in rec.manifest.get("built_for", {}).get("gpus", [])}
+    present = {g.arch for g in host.gpus_of("nvidia")}
+    if present and built and not present <= built:
+        out.append(Finding("gpu", False, f"GPUs {sorted(present)} are not all in the build's archs {sorted(built)}",
+                           "rebuild with `nativellm build --auto`"))  # fmt: skip
+    return out or [Finding("gpu", True, f"NVIDIA devices present for build {rec.id}")]
+
+
+def check_disk(paths: Paths, minimum: int = MIN_FREE_BYTES) -> list[Finding]:
+    probe = paths.home if paths.home.exists() else paths.home.parent
+    while not probe.exists():
+        probe = probe.parent
+    free = shutil.disk_usage(probe).free
+    if free < minimum:
+        return [Finding("disk", False, f"only {free >> 20} MiB free under {paths.home}",
+                        "free space, or run `nativellm builds gc`")]  # fmt: skip
+    return [Finding("disk", True, f"{free >> 30} GiB free under {paths.home}")]
+
+
+def check_models(paths: Paths) -> list[Finding]:
+    from nativellm.models import ModelRegistry, verify_model
+
+    out: list[Finding] = []
+    for rec in ModelRegistry(paths).list():
+        try:
+            verify_model(paths, rec.name)
+        except NativeLLMError as exc:
+            out.append(Finding("models", False, f"model {rec.name}: {exc.message}", exc.hint))
+    return out or [Finding("models", True, "every registered model verifies")]
+
+
+def run_doctor(
+    paths: Paths, host: HostProfile, extra: list[Callable[[], list[Finding]]] | None = None
+) -> list[Finding]:
+    store = Store(paths)
+    findings = [*check_store(store), *check_flags(store, host), *check_gpu(store, host), *check_disk(paths),
+                *check_models(paths)]  # fmt: skip
+    for check in extra or []:
+        findings += check()
+    return findings
