@@ -5,9 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from rich.markup import escape
 from rich.table import Table
 
 from nativellm.bench import bench_builds
+from nativellm.doctor import Finding, run_doctor
 from nativellm.errors import NotFoundError, UsageError
 from nativellm.loadgen import is_loopback, run_load
 from nativellm.paths import Paths
@@ -120,3 +122,17 @@ def run_bench_instance(
                           f"{lv.aggregate_tps:.1f}", f"{lv.prompt_tps:.1f}")  # fmt: skip
         out.print(table)
     return {"schema": "nativellm.bench/1", **report.to_dict()}
+
+
+def run_doctor_checks(paths: Paths) -> list[Finding]:
+    from nativellm.hardware import detect_host
+
+    return run_doctor(paths, detect_host())
+
+
+def show_findings(findings: list[Finding]) -> None:
+    for f in findings:
+        mark = "[green]ok[/green]  " if f.ok else "[red]FAIL[/red]"
+        out.print(f"{mark} {f.check:8} {escape(f.message)}")
+        if not f.ok and f.fix:
+            out.print(f"              fix: {escape(f.fix)}")

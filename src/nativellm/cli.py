@@ -528,45 +528,40 @@ instance_app = typer.Typer(
 )
 app.add_typer(instance_app, name="instance")
 
-_I = "Instance options"
-IModel = Annotated[Optional[str], typer.Option("--model", help="Registered model name.", rich_help_panel=_I)]
-IPort = Annotated[Optional[int], typer.Option("--port", help="Port (default: first free from 8080).")]
-IHost = Annotated[Optional[str], typer.Option("--host", help="Bind address (default 127.0.0.1).")]
-ICtx = Annotated[Optional[int], typer.Option("--ctx", help="Context size (llama-server --ctx-size).")]
-IGpuLayers = Annotated[Optional[int], typer.Option("--gpu-layers", help="Layers to offload to the GPU.")]
-IThreads = Annotated[Optional[int], typer.Option("--threads", help="CPU threads (default: physical cores).")]
-IParallel = Annotated[Optional[int], typer.Option("--parallel", help="Parallel sequences (slots).")]
-IBatch = Annotated[Optional[int], typer.Option("--batch", help="Logical batch size.")]
-IFlash = Annotated[Optional[str], typer.Option("--flash-attn", help="on, off or auto.")]
-ICacheK = Annotated[Optional[str], typer.Option("--cache-type-k", help="KV cache type for K (f16, q8_0...).")]
-ICacheV = Annotated[Optional[str], typer.Option("--cache-type-v", help="KV cache type for V.")]
-IMlock = Annotated[Optional[bool], typer.Option("--mlock/--no-mlock", help="Lock the model in RAM.")]
-IMetrics = Annotated[
-    Optional[bool], typer.Option("--metrics/--no-metrics", help="Serve /metrics (default on).")
-]
-IKey = Annotated[
-    Optional[Path], typer.Option("--api-key-file", help="File with the API key (LoadCredential=).")
-]
+IModel = Annotated[str | None, typer.Option("--model", help="Registered model name (or a GGUF path).")]
+IPort = Annotated[int | None, typer.Option("--port", help="Port (default: first free from 8080).")]
+IHost = Annotated[str | None, typer.Option("--host", help="Bind address (default 127.0.0.1).")]
+ICtx = Annotated[int | None, typer.Option("--ctx", help="Context size (llama-server --ctx-size).")]
+IGpuLayers = Annotated[int | None, typer.Option("--gpu-layers", help="Layers to offload to the GPU.")]
+IThreads = Annotated[int | None, typer.Option("--threads", help="CPU threads (default: physical cores).")]
+IParallel = Annotated[int | None, typer.Option("--parallel", help="Parallel sequences (slots).")]
+IBatch = Annotated[int | None, typer.Option("--batch", help="Logical batch size.")]
+IFlash = Annotated[str | None, typer.Option("--flash-attn", help="on, off or auto.")]
+ICacheK = Annotated[str | None, typer.Option("--cache-type-k", help="KV cache type for K (f16, q8_0...).")]
+ICacheV = Annotated[str | None, typer.Option("--cache-type-v", help="KV cache type for V.")]
+IMlock = Annotated[bool | None, typer.Option("--mlock/--no-mlock", help="Lock the model in RAM.")]
+IMetrics = Annotated[bool | None, typer.Option("--metrics/--no-metrics", help="Serve /metrics (default on).")]
+IKey = Annotated[Path | None, typer.Option("--api-key-file", help="File with the API key (LoadCredential=).")]
 IInsecure = Annotated[
-    Optional[bool], typer.Option("--insecure-no-api-key", help="Allow a non-loopback bind without a key.")
+    bool | None, typer.Option("--insecure-no-api-key", help="Allow a non-loopback bind without a key.")
 ]
-IMem = Annotated[Optional[str], typer.Option("--memory-max", help="systemd MemoryMax= (e.g. 8G).")]
+IMem = Annotated[str | None, typer.Option("--memory-max", help="systemd MemoryMax= (e.g. 8G).")]
 ICpus = Annotated[
-    Optional[str], typer.Option("--cpus", help="A CPU count (CPUQuota=) or a CPU list (AllowedCPUs=).")
+    str | None, typer.Option("--cpus", help="A CPU count (CPUQuota=) or a CPU list (AllowedCPUs=).")
 ]
-INuma = Annotated[Optional[int], typer.Option("--numa-node", help="Bind memory to NUMA node N.")]
-IGpus = Annotated[Optional[str], typer.Option("--gpus", help="GPU indices, e.g. 0,1 (CUDA_VISIBLE_DEVICES).")]
-IBuild = Annotated[Optional[str], typer.Option("--build", help="Pin a build id (default: follow current).")]
-IEnable = Annotated[Optional[bool], typer.Option("--enable/--no-enable", help="Start at boot.")]
+INuma = Annotated[int | None, typer.Option("--numa-node", help="Bind memory to NUMA node N.")]
+IGpus = Annotated[str | None, typer.Option("--gpus", help="GPU indices, e.g. 0,1 (CUDA_VISIBLE_DEVICES).")]
+IBuild = Annotated[str | None, typer.Option("--build", help="Pin a build id (default: follow current).")]
+IEnable = Annotated[bool | None, typer.Option("--enable/--no-enable", help="Start at boot.")]
 ITimeout = Annotated[
-    Optional[int], typer.Option("--start-timeout", help="Seconds a start may take (default 900).")
+    int | None, typer.Option("--start-timeout", help="Seconds a start may take (default 900).")
 ]
 IForce = Annotated[bool, typer.Option("--force", help="Add even if the model does not fit in memory.")]
 INoSystemd = Annotated[
     bool, typer.Option("--no-systemd", help="Only write the spec and units; don't talk to systemd.")
 ]
 ILinger = Annotated[bool, typer.Option("--linger", help="Enable lingering so user units start at boot.")]
-IExtra = Annotated[Optional[list[str]], typer.Argument(help="Extra llama-server arguments, after --.")]
+IExtra = Annotated[list[str] | None, typer.Argument(help="Extra llama-server arguments, after --.")]
 INameArg = Annotated[str, typer.Argument(help="Instance name, e.g. q4.")]
 
 
@@ -754,7 +749,7 @@ def instance_disable(name: INameArg, system: SystemOpt = False, json_out: JsonOp
 
 @app.command("status")
 def instance_status(
-    name: Annotated[Optional[str], typer.Argument(help="One instance (default: all).")] = None,
+    name: Annotated[str | None, typer.Argument(help="One instance (default: all).")] = None,
     system: SystemOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
@@ -890,7 +885,7 @@ def artifacts_index(
     json_out: JsonOpt = False,
 ) -> None:
     """Write DIR/index.json: {fingerprint, version} -> {file, sha256, size}, for a fleet to read."""
-    from nativellm.artifacts import write_index
+    from nativellm.artifact_index import write_index
 
     _begin("artifacts index", json_out)
     res = write_index(directory)
@@ -904,6 +899,64 @@ def artifacts_index(
 
 
 # ---- end artifact commands
+
+
+# --------------------------------------------------------------------------- bench commands (issue 6)
+@app.command("bench")
+def bench(
+    target: Annotated[str, typer.Argument(help="An instance name, or `builds` to compare builds.")],
+    build_ids: Annotated[list[str] | None, typer.Argument(help="With `builds`: build ids (default: all).")] = None,
+    model: Annotated[str | None, typer.Option("--model", help="With `builds`: model name or GGUF path.")] = None,
+    repetitions: Annotated[int, typer.Option("--repetitions", "-r", min=1, help="Interleaved rounds.")] = 3,
+    n_prompt: Annotated[int, typer.Option("--pp", min=1, help="With `builds`: prompt tokens.")] = 256,
+    n_gen: Annotated[int, typer.Option("--tg", min=1, help="With `builds`: generated tokens.")] = 64,
+    url: Annotated[str | None, typer.Option("--url", help="Benchmark this llama-server URL instead.")] = None,
+    concurrency: Annotated[str, typer.Option("--concurrency", help="Comma-separated levels.")] = "1,4,8",
+    prompt_tokens: Annotated[int, typer.Option("--prompt-tokens", min=1)] = 128,
+    max_tokens: Annotated[int, typer.Option("--max-tokens", min=1)] = 64,
+    requests: Annotated[int, typer.Option("--requests", min=1, help="Requests per level.")] = 16,
+    duration: Annotated[float, typer.Option("--duration", min=1, help="Seconds per level, at most.")] = 120,
+    system: SystemOpt = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Measure throughput: `bench builds` compares builds with llama-bench; `bench NAME` loads an instance."""
+    from nativellm import benchview
+
+    _begin("bench", json_out)
+    paths = resolve_paths(_scope(system))
+    if target == "builds":
+        report = benchview.run_bench_builds(paths, build_ids or [], model, repetitions, n_prompt, n_gen, json_out)
+    else:
+        try:
+            levels = [int(x) for x in concurrency.split(",") if x.strip()]
+        except ValueError:
+            raise UsageError(f"--concurrency {concurrency!r} is not a list of integers", "pass e.g. 1,4,8") from None
+        report = benchview.run_bench_instance(
+            paths, target, url, levels, prompt_tokens, max_tokens, requests, duration, json_out
+        )
+    if json_out:
+        emit_json(report)
+
+
+@app.command("doctor")
+def doctor(system: SystemOpt = False, json_out: JsonOpt = False) -> None:
+    """Check the store, builds, instances, models, disk and hardware; say how to fix each finding."""
+    from nativellm import benchview
+
+    _begin("doctor", json_out)
+    findings = benchview.run_doctor_checks(resolve_paths(_scope(system)))
+    problems = [f for f in findings if not f.ok]
+    if json_out:
+        emit_json({"schema": "nativellm.doctor/1", "ok": not problems, "findings": [f.to_dict() for f in findings]})
+    else:
+        benchview.show_findings(findings)
+    if problems:
+        from nativellm.doctor import DoctorFoundProblems
+
+        raise DoctorFoundProblems(f"{len(problems)} problem(s) found", "apply the fixes listed above")
+
+
+# --------------------------------------------------------------------------- end bench commands
 
 
 # --------------------------------------------------------------------------- entry point
