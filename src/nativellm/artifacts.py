@@ -6,13 +6,11 @@ share/. The tarball is reproducible (sorted members, fixed owner and mtime), so 
 build twice gives the same sha256. `install_artifact` verifies the sha256, checks the
 requirements against this host before unpacking anything, unpacks into a temp dir inside the
 store, smoke-tests with the build's own binaries and only then renames it into builds/<id>.
-`write_index` describes a directory of artifacts in `index.json`; `build_from_index` is the
-`build --from-index` step that installs a matching artifact instead of compiling.
+Indexes and `build --from-index` live in artifact_index.py.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 import gzip
 import io
@@ -23,12 +21,11 @@ import shutil
 import tarfile
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
-from urllib.parse import urljoin
 
 from nativellm import __version__
 from nativellm.errors import ArtifactError, NativeLLMError, NotFoundError, SmokeTestError, UsageError
@@ -37,23 +34,21 @@ from nativellm.fsutil import sha256_file, write_atomic
 from nativellm.hardware import HostProfile, detect_host
 from nativellm.hardware.profile import load_profile
 from nativellm.paths import Paths
-from nativellm.plan import BuildPlan, plan_build
 from nativellm.smoke import base_model, smoke_test
-from nativellm.source import DEFAULT_REF, SourceRequest, _safe_extract, resolve_local
+from nativellm.source import _safe_extract
 from nativellm.store import BuildRecord, Store
 from nativellm.synth import VOCAB_FILE
 
 if TYPE_CHECKING:
-    from nativellm.build import BuildOptions, BuildOutcome, Reporter
+    from nativellm.build import Reporter
 
 ARTIFACT_SCHEMA = "nativellm.artifact/1"
-INDEX_SCHEMA = "nativellm.artifact-index/1"
 META_FILE = "artifact.json"
 _PACKED_DIRS = ("bin", "lib", "share")
 _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 _SHA_RE = re.compile(r"^[0-9a-f]{64}$")
-_NAME_RE = re.compile(r"^nativellm-.+\.tar\.(zst|gz)$")
-_URL_RE = re.compile(r"^https?://")
+NAME_RE = re.compile(r"^nativellm-.+\.tar\.(zst|gz)$")
+URL_RE = re.compile(r"^https?://")
 
 
 def _zstd() -> Any | None:
@@ -92,7 +87,7 @@ def source_version(identity: Mapping[str, Any]) -> str:
     return f"tree-{str(identity.get('tree_sha256', ''))[:12]}"
 
 
-def _plan_key(plan: Mapping[str, Any]) -> dict[str, Any]:
+def plan_key(plan: Mapping[str, Any]) -> dict[str, Any]:
     """The parts of a plan that change the binaries (reasons and warnings don't)."""
     return {
         "backend": plan.get("backend"),
@@ -117,7 +112,7 @@ def artifact_meta(manifest: Mapping[str, Any]) -> dict[str, Any]:
         "requirements_text": req.describe(),
         "version": source_version(source),
         "source": source,
-        "plan": _plan_key(manifest.get("plan", {})),
+        "plan": plan_key(manifest.get("plan", {})),
         "dropped": sorted({str(f["dropped"]) for f in manifest.get("fallbacks", []) if "dropped" in f}),
         "nativellm_version": manifest.get("nativellm_version", __version__),
     }
@@ -317,6 +312,7 @@ class InstallOptions:
     sha256: str | None = None  # None: FILE.sha256 beside it
     profile: Path | None = None  # check the requirements against this profile instead of this host
     activate: bool = True
+    build_id: str | None = None  # known from an index entry: an installed build is seen without a download
 
 
 @dataclass(frozen=True)
@@ -333,7 +329,7 @@ class InstallOutcome:
     notes: tuple[str, ...] = ()
 
 
-def _get_text(url: str) -> str | None:
+def get_text(url: str) -> str | None:
     import httpx
 
     try:
@@ -349,8 +345,8 @@ def _get_text(url: str) -> str | None:
 
 def _sidecar_sha(location: str) -> str | None:
     sidecar = location + ".sha256"
-    if _URL_RE.match(location):
-        text = _get_text(sidecar)
+    if URL_RE.match(location):
+        text = get_text(sidecar)
     else:
         p = Path(sidecar).expanduser()
         text = p.read_text() if p.is_file() else None
@@ -369,8 +365,8 @@ def _expected_sha(location: str, given: str | None) -> str:
     return sha
 
 
-def _fetch(paths: Paths, location: str, sha: str, downloads: Path) -> Path:
-    if _URL_RE.match(location):
+def _fetch(location: str, sha: str, downloads: Path) -> Path:
+    if URL_RE.match(location):
         from nativellm.download import download_url
         from nativellm.errors import DownloadError
 
@@ -436,11 +432,14 @@ def install_locked(
     if seen is not None:
         req = Requirements.from_dict(seen.manifest["artifact"]["requirements"])
         return _already(store, seen, sha, req, opts.activate, t0)
+    known = store.find(opts.build_id) if opts.build_id else None
+    if known is not None and known.id == opts.build_id and known.smoke_passed:
+        return _already(store, known, sha, requirements_of(known.manifest), opts.activate, t0)
     paths.work.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=paths.work, prefix=".artifact-"))
     try:
         reporter.stage(f"fetching and verifying {opts.location}")
-        archive = _fetch(paths, opts.location, sha, tmp)
+        archive = _fetch(opts.location, sha, tmp)
         meta = read_meta(archive)
         req = Requirements.from_dict(meta["requirements"])
         unmet = req.unmet(host)
@@ -512,222 +511,3 @@ def install_artifact(paths: Paths, opts: InstallOptions, reporter: Reporter | No
     host = load_profile(opts.profile) if opts.profile else here
     with Store(paths).lock():
         return install_locked(paths, opts, host, here, reporter or SilentReporter())
-
-
-# --------------------------------------------------------------------------- index
-@dataclass(frozen=True)
-class IndexOutcome:
-    path: Path
-    changed: bool
-    entries: tuple[Mapping[str, Any], ...]
-
-
-def write_index(directory: Path) -> IndexOutcome:
-    """Describe every artifact in `directory` in its index.json (rewritten only when it changes)."""
-    directory = directory.expanduser()
-    if not directory.is_dir():
-        raise NotFoundError(f"{directory} is not a directory", "pass the directory that holds the artifacts")
-    entries: list[dict[str, Any]] = []
-    for f in sorted(p for p in directory.iterdir() if p.is_file() and _NAME_RE.match(p.name)):
-        digest = sha256_file(f)
-        sidecar = f.with_name(f.name + ".sha256")
-        if sidecar.is_file() and sidecar.read_text().split()[:1] != [digest]:
-            raise ArtifactError(
-                f"{f.name} does not match {sidecar.name}", f"pack it again or remove {f.name}"
-            )
-        meta = read_meta(f)
-        keep = ("build_id", "variant", "backend", "fingerprint", "requirements", "requirements_text")
-        entry = {k: meta.get(k) for k in keep}
-        entry.update(
-            file=f.name,
-            sha256=digest,
-            size=f.stat().st_size,
-            version=meta.get("version"),
-            source=meta.get("source"),
-            plan=meta.get("plan"),
-            dropped=meta.get("dropped", []),
-        )
-        entries.append(entry)
-    by_fp: dict[str, dict[str, list[dict[str, Any]]]] = {}
-    for e in entries:
-        slot = by_fp.setdefault(str(e["fingerprint"]), {}).setdefault(str(e["version"]), [])
-        slot.append({k: e[k] for k in ("file", "sha256", "size", "build_id", "variant")})
-    doc = {"schema": INDEX_SCHEMA, "artifacts": entries, "fingerprints": by_fp}
-    text = json.dumps(doc, indent=2, sort_keys=True) + "\n"
-    path = directory / "index.json"
-    changed = not (path.is_file() and path.read_text() == text)
-    if changed:
-        write_atomic(path, text)
-    return IndexOutcome(path, changed, tuple(entries))
-
-
-@dataclass(frozen=True)
-class ArtifactIndex:
-    location: str  # where index.json was read
-    entries: tuple[Mapping[str, Any], ...]
-
-    def resolve(self, entry: Mapping[str, Any]) -> str:
-        """Where an entry's file is: beside index.json, on disk or over HTTP."""
-        if _URL_RE.match(self.location):
-            return urljoin(self.location, str(entry["file"]))
-        return str(Path(self.location).parent / str(entry["file"]))
-
-
-def load_index(url_or_dir: str) -> ArtifactIndex:
-    """An index from a directory, a path to index.json, or an http(s) URL of either."""
-    if _URL_RE.match(url_or_dir):
-        location = url_or_dir if url_or_dir.endswith(".json") else url_or_dir.rstrip("/") + "/index.json"
-        text = _get_text(location)
-        if text is None:
-            raise NotFoundError(
-                f"no artifact index at {location}", "run `nativellm artifacts index DIR` there"
-            )
-    else:
-        p = Path(url_or_dir).expanduser()
-        p = p / "index.json" if p.is_dir() else p
-        location = str(p)
-        if not p.is_file():
-            raise NotFoundError(f"no artifact index at {p}", "run `nativellm artifacts index DIR` first")
-        text = p.read_text()
-    try:
-        doc = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ArtifactError(f"{location} is not JSON: {exc.msg}", "regenerate it") from exc
-    if not isinstance(doc, dict) or doc.get("schema") != INDEX_SCHEMA:
-        raise ArtifactError(f"{location} is not a {INDEX_SCHEMA} index", "regenerate it")
-    return ArtifactIndex(location, tuple(e for e in doc.get("artifacts", []) if isinstance(e, dict)))
-
-
-@dataclass(frozen=True)
-class Selection:
-    entry: Mapping[str, Any] | None
-    rejected: tuple[str, ...]  # why each other entry did not match
-
-
-def select_artifact(
-    entries: tuple[Mapping[str, Any], ...],
-    host: HostProfile,
-    wanted_plan: Callable[[frozenset[str]], Mapping[str, Any] | None],
-    version_ok: Callable[[Mapping[str, Any]], bool],
-) -> Selection:
-    """Pure: the entry this host should install instead of compiling, or None with the reasons.
-
-    An entry matches when its llama.cpp version is the requested one, this host meets its
-    requirements, and its plan is the plan this host would build, allowing for the ISA families
-    its build host dropped after a smoke-test crash. Same-fingerprint entries are preferred.
-    """
-    fp = fingerprint(host).key
-    matches: list[Mapping[str, Any]] = []
-    rejected: list[str] = []
-    for e in entries:
-        name = str(e.get("file"))
-        if not version_ok(e.get("source") or {}):
-            rejected.append(f"{name}: llama.cpp {e.get('version')} is not the requested version")
-            continue
-        try:
-            unmet = Requirements.from_dict(e["requirements"]).unmet(host)
-        except (KeyError, TypeError):
-            rejected.append(f"{name}: no requirements")
-            continue
-        if unmet:
-            rejected.append(f"{name}: {'; '.join(unmet)}")
-            continue
-        plan = wanted_plan(frozenset(e.get("dropped") or ()))
-        if plan is None or _plan_key(plan) != _plan_key(e.get("plan") or {}):
-            rejected.append(f"{name}: its plan differs from the plan for this host")
-            continue
-        matches.append(e)
-    matches.sort(key=lambda e: (e.get("fingerprint") != fp, str(e.get("file"))))
-    return Selection(matches[0] if matches else None, tuple(rejected))
-
-
-def source_matcher(req: SourceRequest) -> Callable[[Mapping[str, Any]], bool]:
-    """Does an artifact's source identity satisfy what `build` was asked to compile?"""
-    if req.directory is not None:
-        local = resolve_local(req.directory).identity
-
-        def same_tree(src: Mapping[str, Any]) -> bool:
-            if src.get("tree_sha256") and src.get("tree_sha256") == local.get("tree_sha256"):
-                return True
-            return bool(local.get("commit")) and src.get("commit") == local.get("commit")
-
-        return same_tree
-    if req.tarball is not None:
-        if req.sha256:
-            want: str | None = req.sha256.lower()
-        elif not _URL_RE.match(req.tarball):
-            want = sha256_file(Path(req.tarball).expanduser())
-        else:
-            want = None  # a URL without --sha256: its content is unknown until it is downloaded
-        return lambda src: want is not None and src.get("kind") == "tarball" and src.get("sha256") == want
-    ref = req.ref or DEFAULT_REF
-
-    def same_ref(src: Mapping[str, Any]) -> bool:
-        if src.get("kind") != "git" or src.get("repo", req.repo) != req.repo:
-            return False
-        return src.get("ref") == ref or str(src.get("commit", "")).startswith(ref)
-
-    return same_ref
-
-
-def build_from_index(
-    paths: Paths,
-    opts: BuildOptions,
-    plan: BuildPlan,
-    target: HostProfile,
-    here: HostProfile,
-    reporter: Reporter,
-) -> tuple[BuildOutcome | None, str]:
-    """The `build --from-index` step: (outcome, "") after installing a match, else (None, why not)."""
-    from nativellm.build import BuildOutcome, _is_this_host
-
-    assert opts.from_index is not None
-    t0 = time.monotonic()
-    if opts.profile is not None and not _is_this_host(target, here):
-        return None, "--from-index is ignored when building for another host (--profile); compiling"
-    reporter.stage(f"looking for a matching artifact in {opts.from_index}")
-    index = load_index(opts.from_index)
-
-    def wanted(dropped: frozenset[str]) -> Mapping[str, Any] | None:
-        if not dropped:
-            return plan.to_dict()
-        try:
-            disable = opts.plan.disable | dropped
-            return plan_build(target, dataclasses.replace(opts.plan, disable=disable)).to_dict()
-        except NativeLLMError:
-            return None
-
-    sel = select_artifact(index.entries, target, wanted, source_matcher(opts.source))
-    if sel.entry is None:
-        why = "; ".join(sel.rejected) or "the index is empty"
-        return None, f"no artifact in {index.location} matches this host ({why}); compiling"
-    entry = sel.entry
-    location = index.resolve(entry)
-    chosen = BuildPlan.from_dict({"schema": "nativellm.plan/1", "reasons": {}, **dict(entry["plan"])})
-    if opts.dry_run:
-        note = f"dry run: would install artifact {entry['file']} (build {entry['build_id']}) instead of compiling"
-        return BuildOutcome(chosen, str(entry["build_id"]), notes=(note,)), ""
-    install = InstallOptions(location, str(entry["sha256"]), activate=opts.activate)
-    try:
-        with Store(paths).lock():
-            got = install_locked(paths, install, target, here, reporter)
-    except SmokeTestError as exc:
-        return None, f"{exc.message}; compiling instead"
-    note = (
-        f"installed artifact {entry['file']} from {index.location} instead of compiling"
-        if got.installed
-        else got.notes[0]
-    )
-    return (
-        BuildOutcome(
-            chosen,
-            got.build_id,
-            cached=not got.installed,
-            changed=got.changed,
-            activated=got.activated,
-            record=got.record,
-            duration_s=time.monotonic() - t0,
-            notes=(note,),
-        ),
-        "",
-    )

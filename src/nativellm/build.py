@@ -203,7 +203,7 @@ class _Builder:
         target = load_profile(opts.profile) if opts.profile else here
         plan = plan_build(target, opts.plan)
         if opts.from_index:  # issue 5: a matching artifact replaces the compile (no toolchain needed)
-            from nativellm.artifacts import build_from_index
+            from nativellm.artifact_index import build_from_index
 
             from_index, why_not = build_from_index(self.paths, opts, plan, target, here, self.rep)
             if from_index is not None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import json
+import shutil
 import threading
 from collections.abc import Iterator
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
@@ -12,6 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from nativellm.fsutil import sha256_file
 
 from .conftest import CliResult, nativellm
 
@@ -67,6 +70,11 @@ def test_pack_prints_sha256_and_is_reproducible(packed: dict[str, Any], session_
     assert again.returncode == 0, again.stderr
     assert f"sha256 {packed['sha256']}  {path.name}" in again.stdout
     assert again.stdout.startswith("unchanged")
+    # The auto build was planned for this host, so the artifact carries this host's fingerprint.
+    fp = nativellm("fingerprint", home=session_home)
+    assert fp.returncode == 0 and fp.stdout.strip() == packed["fingerprint"]
+    index = json.loads((path.parent / "index.json").read_text())
+    assert index["fingerprints"][packed["fingerprint"]]  # {fingerprint: {version: [{file, sha256, size}]}}
 
 
 def test_install_artifact_into_another_store(packed: dict[str, Any], tmp_path: Path) -> None:
@@ -158,3 +166,28 @@ def test_build_from_index_falls_back_when_nothing_matches(
     assert matching.returncode == 0, matching.stderr
     assert "would install artifact" in matching.json()["data"]["notes"][0]
     assert not (home / "data" / "builds").exists()
+
+
+def test_an_artifact_that_fails_its_smoke_test_here_is_not_installed(
+    packed: dict[str, Any], session_home: Path, trap_binary: Path, tmp_path: Path
+) -> None:
+    # A consistent artifact (manifest sha256s match) whose llama-server dies with SIGILL on this host.
+    builder = fresh_home(tmp_path, "builder")
+    src = session_home / "data" / "builds" / packed["build_id"]
+    dst = builder / "data" / "builds" / packed["build_id"]
+    shutil.copytree(src, dst, symlinks=True)
+    shutil.copy(trap_binary, dst / "bin" / "llama-server")
+    manifest = json.loads((dst / "manifest.json").read_text())
+    manifest["binaries"]["bin/llama-server"] = sha256_file(dst / "bin" / "llama-server")
+    (dst / "manifest.json").write_text(json.dumps(manifest))
+    out = tmp_path / "out"
+    out.mkdir()
+    res = nativellm("pack", packed["build_id"], "-o", str(out), "--json", home=builder)
+    assert res.returncode == 0, res.stderr
+
+    home = fresh_home(tmp_path, "victim")
+    bad = nativellm("install-artifact", res.json()["data"]["file"], home=home)
+    assert bad.returncode == 7, bad.stderr
+    assert "failed its smoke test on this host" in bad.stderr and "SIGILL" in bad.stderr
+    assert not (home / "data" / "builds").exists() or not list((home / "data" / "builds").iterdir())
+    assert not (home / "data" / "current").exists()

@@ -12,17 +12,9 @@ from typing import Any
 
 import pytest
 
-from nativellm import artifacts
-from nativellm.artifacts import (
-    ARTIFACT_SCHEMA,
-    InstallOptions,
-    PackOptions,
-    load_index,
-    pack,
-    read_meta,
-    select_artifact,
-    write_index,
-)
+from nativellm import artifact_index, artifacts
+from nativellm.artifact_index import load_index, select_artifact, write_index
+from nativellm.artifacts import ARTIFACT_SCHEMA, InstallOptions, PackOptions, pack, read_meta
 from nativellm.build import SilentReporter
 from nativellm.errors import ArtifactError, NotFoundError
 from nativellm.fingerprint import Requirements, fingerprint, requirements_of
@@ -30,6 +22,7 @@ from nativellm.fsutil import sha256_file
 from nativellm.hardware.profile import GpuInfo, HostProfile
 from nativellm.paths import Paths, Scope
 from nativellm.plan import PlanOptions, plan_build
+from nativellm.source import SourceRequest
 from nativellm.store import Store
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "profiles"
@@ -382,18 +375,50 @@ def test_select_accepts_a_build_whose_host_dropped_a_family_after_a_crash() -> N
 
 
 def test_source_matcher_compares_versions() -> None:
-    from nativellm.source import SourceRequest
-
     git = {
         "kind": "git",
         "repo": "https://github.com/ggml-org/llama.cpp",
         "ref": "b7000",
         "commit": "ab" * 20,
     }
-    assert artifacts.source_matcher(SourceRequest(ref="b7000"))(git)
-    assert artifacts.source_matcher(SourceRequest())(git)  # the pinned default tag
-    assert not artifacts.source_matcher(SourceRequest(ref="b7100"))(git)
-    assert artifacts.source_matcher(SourceRequest(ref="abab"))(git)  # a commit prefix
+    assert artifact_index.source_matcher(SourceRequest(ref="b7000"))(git)
+    assert artifact_index.source_matcher(SourceRequest())(git)  # the pinned default tag
+    assert not artifact_index.source_matcher(SourceRequest(ref="b7100"))(git)
+    assert artifact_index.source_matcher(SourceRequest(ref="abab"))(git)  # a commit prefix
     tar = {"kind": "tarball", "sha256": "c" * 64}
-    assert artifacts.source_matcher(SourceRequest(tarball="https://x/y.tgz", sha256="C" * 64))(tar)
-    assert not artifacts.source_matcher(SourceRequest(tarball="https://x/y.tgz"))(tar)
+    assert artifact_index.source_matcher(SourceRequest(tarball="https://x/y.tgz", sha256="C" * 64))(tar)
+    assert not artifact_index.source_matcher(SourceRequest(tarball="https://x/y.tgz"))(tar)
+
+
+# --------------------------------------------------------------------------- build --from-index (no compile, no process)
+def test_from_index_on_a_host_that_has_the_build_needs_no_download(
+    packed: tuple[Paths, Path, HostProfile],
+) -> None:
+    from nativellm.build import BuildOptions
+
+    paths, path, zen4 = packed
+    write_index(path.parent)
+    path.unlink()  # a download would fail: the build is recognised by its id
+    opts = BuildOptions(from_index=str(path.parent))
+    got, why = artifact_index.build_from_index(paths, opts, plan_build(zen4), zen4, zen4, SilentReporter())
+    assert why == "" and got is not None
+    assert got.build_id == "cpu-0123456789ab" and got.cached and got.changed is False
+
+
+def test_from_index_dry_run_and_fallback(packed: tuple[Paths, Path, HostProfile], tmp_path: Path) -> None:
+    from nativellm.build import BuildOptions
+
+    _, path, zen4 = packed
+    write_index(path.parent)
+    other = other_home(tmp_path)
+    dry = BuildOptions(from_index=str(path.parent), dry_run=True)
+    got, _ = artifact_index.build_from_index(other, dry, plan_build(zen4), zen4, zen4, SilentReporter())
+    assert got is not None and "would install artifact" in got.notes[0]
+    assert not (tmp_path / "other" / "builds").exists()
+    baseline = plan_build(zen4, PlanOptions(baseline=True))
+    opts = BuildOptions(from_index=str(path.parent), plan=PlanOptions(baseline=True))
+    got, why = artifact_index.build_from_index(other, opts, baseline, zen4, zen4, SilentReporter())
+    assert got is None and "plan differs" in why and why.endswith("compiling")
+    newer = BuildOptions(from_index=str(path.parent), source=SourceRequest(ref="b7100"))
+    got, why = artifact_index.build_from_index(other, newer, plan_build(zen4), zen4, zen4, SilentReporter())
+    assert got is None and "not the requested version" in why
