@@ -30,7 +30,9 @@ class Finding:
 
 
 class DoctorFoundProblems(NativeLLMError):
-    exit_code = 14
+    """doctor found at least one problem (each finding names its fix)."""
+
+    exit_code = 15
     kind = "doctor"
 
 
