@@ -76,6 +76,9 @@ class Resolved:
     healthcheck: Path
     systemctl: str
     spec_path: Path
+    # How this build spells "lock the model in RAM": `--mlock`, or `--load-mode mmap+mlock`
+    # in llama.cpp versions that replaced it.
+    mlock_args: tuple[str, ...] = ("--mlock",)
 
 
 def unit_name(name: str) -> str:
@@ -95,11 +98,23 @@ def probe_host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
 
+def base_url(spec: InstanceSpec) -> str:
+    """Where nativellm itself reaches the server (loopback for a wildcard bind)."""
+    return f"http://{probe_host(spec.host)}:{spec.port}"
+
+
 def health_url(spec: InstanceSpec) -> str:
-    return f"http://{probe_host(spec.host)}:{spec.port}/health"
+    return f"{base_url(spec)}/health"
 
 
-def server_argv(spec: InstanceSpec, binary: Path, model: Path, *, api_key_path: str | None) -> list[str]:
+def server_argv(
+    spec: InstanceSpec,
+    binary: Path,
+    model: Path,
+    *,
+    api_key_path: str | None,
+    mlock_args: tuple[str, ...] = ("--mlock",),
+) -> list[str]:
     """The exact llama-server argv; `nativellm run` uses it as is, the unit through quoting."""
     argv = [
         str(binary),
@@ -129,7 +144,7 @@ def server_argv(spec: InstanceSpec, binary: Path, model: Path, *, api_key_path: 
     if spec.cache_type_v is not None:
         argv += ["--cache-type-v", spec.cache_type_v]
     if spec.mlock:
-        argv.append("--mlock")
+        argv += list(mlock_args)
     if spec.numa_node is not None:
         argv += ["--numa", "numactl"]
     if spec.metrics:
@@ -151,8 +166,12 @@ def _cpu_limits(cpus: str) -> tuple[str, str]:
 def render_dropin(spec: InstanceSpec, r: Resolved) -> str:
     devices = DeviceClass.for_backend(r.backend)
     key_path = "${CREDENTIALS_DIRECTORY}/" + CREDENTIAL if spec.api_key_file else None
-    argv = server_argv(spec, r.server_binary, r.model_path, api_key_path=key_path)
+    argv = server_argv(spec, r.server_binary, r.model_path, api_key_path=key_path, mlock_args=r.mlock_args)
     expand = [len(argv) - len(spec.extra_args) - 1] if key_path else []
+    # In system scope the helpers run with "+" (outside the sandbox, as root): the interpreter
+    # nativellm was installed with (pyenv, a venv under /root) may be unreadable to the
+    # dynamic user. They only poll /health on loopback.
+    privileged = "+" if r.scope is Scope.SYSTEM else ""
     ready = [
         r.python,
         "-I",
@@ -175,7 +194,7 @@ def render_dropin(spec: InstanceSpec, r: Resolved) -> str:
     service: list[tuple[str, str]] = [
         ("ExecStart", ""),
         ("ExecStart", exec_line(argv, expand=expand)),
-        ("ExecStartPost", exec_line(ready)),
+        ("ExecStartPost", privileged + exec_line(ready)),
         ("TimeoutStartSec", f"{spec.start_timeout}s"),
     ]
     for key, value in sorted(_environment(spec, devices).items()):

@@ -19,11 +19,19 @@ from typing import Any
 from nativellm import healthcheck, run, server
 from nativellm.errors import InstanceError, ModelError, NotFoundError, UsageError
 from nativellm.hardware.profile import HostProfile
-from nativellm.instance_spec import InstanceSpec, list_specs, load_spec, spec_path, validate_name, write_spec
+from nativellm.instance_spec import (
+    InstanceSpec,
+    is_loopback,
+    list_specs,
+    load_spec,
+    spec_path,
+    validate_name,
+    write_spec,
+)
 from nativellm.instance_units import (
     DROPIN_NAME,
     Resolved,
-    health_url,
+    base_url,
     render_instance_files,
     server_argv,
     template_files,
@@ -116,6 +124,12 @@ class InstanceStatus:
         }
 
 
+def _insecure_warning(spec: InstanceSpec) -> str | None:
+    if spec.insecure_no_api_key and not spec.api_key_file and not is_loopback(spec.host):
+        return f"{spec.name} listens on {spec.host} without an API key: anyone who can reach it can use it"
+    return None
+
+
 def _default_profile() -> HostProfile:
     from nativellm.hardware import detect_host
 
@@ -181,6 +195,7 @@ class Instances:
             healthcheck=Path(healthcheck.__file__).resolve(),
             systemctl=run.which("systemctl") or "/usr/bin/systemctl",
             spec_path=spec_path(self.paths.config, spec.name),
+            mlock_args=find_mlock_args(binary) if spec.mlock else ("--mlock",),
         )
 
     def _other_ports(self, name: str) -> dict[int, str]:
@@ -237,13 +252,15 @@ class Instances:
             given["threads"] = self._profile().cpu.physical_cores
         return InstanceSpec(name=name, **given)
 
-    def _require_systemd(self) -> Systemd | None:
+    def _require_systemd(self, *, writing: bool = True) -> Systemd | None:
         if self.systemd is not None and not self.systemd.available():
-            raise InstanceError(
-                f"systemd is not reachable on {self.systemd.address}",
+            hint = (
                 "nothing was written; on a machine without systemd use `instance add --no-systemd` "
-                "and `nativellm run NAME`",
+                "and `nativellm run NAME`"
+                if writing
+                else "run the instance in the foreground instead: `nativellm run NAME`"
             )
+            raise InstanceError(f"systemd is not reachable on {self.systemd.address}", hint)
         return self.systemd
 
     # -- writing -------------------------------------------------------------------------
@@ -272,7 +289,7 @@ class Instances:
                 f"change it with `nativellm instance edit {name}`, or remove it first",
             )
         self._check_port(spec, existing)
-        warning = self._check_fit(spec, opts.force)
+        warning = self._check_fit(spec, opts.force) or _insecure_warning(spec)
         files = self._files(spec)
         sd = self._require_systemd()
         spec_changed, _, written = self._apply(spec, files)
@@ -295,7 +312,7 @@ class Instances:
         existing = self.get(name)
         spec = self._merge(name, existing, opts).validate()
         self._check_port(spec, existing)
-        warning = self._check_fit(spec, opts.force)
+        warning = self._check_fit(spec, opts.force) or _insecure_warning(spec)
         files = self._files(spec)
         sd = self._require_systemd()
         spec_changed, units_changed, written = self._apply(spec, files)
@@ -371,7 +388,7 @@ class Instances:
 
     # -- lifecycle -----------------------------------------------------------------------
     def _sd(self) -> Systemd:
-        sd = self._require_systemd()
+        sd = self._require_systemd(writing=False)
         if sd is None:
             raise InstanceError("this command needs systemd", "use `nativellm run NAME` without systemd")
         return sd
@@ -397,7 +414,8 @@ class Instances:
             if st.start_limit_hit:
                 why = f"stopped at the start limit after {st.n_restarts} restarts, last result {st.result}"
             raise InstanceError(
-                f"{unit} failed to start ({st.active_state}/{st.sub_state}, {why})" + (f": {line}" if line else ""),
+                f"{unit} failed to start ({st.active_state}/{st.sub_state}, {why})"
+                + (f": {line}" if line else ""),
                 f"see the full log with `nativellm logs {spec.name}`",
             )
         return st
@@ -444,7 +462,7 @@ class Instances:
         result = []
         for spec in specs:
             st = sd.state(unit_name(spec.name)) if sd is not None else None
-            base = f"http://{health_url(spec).split('//', 1)[1].rsplit('/', 1)[0]}"
+            base = base_url(spec)
             h = server.health(base, timeout=2.0).status
             metrics = read_metrics(base) if h == "ok" and spec.metrics else {}
             err_line = self.error_line(spec.name) if st is not None and st.active_state != "active" else None
@@ -466,17 +484,30 @@ class Instances:
         """`nativellm run NAME`: the unit's argv, with the key file read directly."""
         spec = self.get(name)
         r = self._resolve(spec)
-        return server_argv(spec, r.server_binary, r.model_path, api_key_path=spec.api_key_file)
+        return server_argv(
+            spec, r.server_binary, r.model_path, api_key_path=spec.api_key_file, mlock_args=r.mlock_args
+        )
 
 
 _NOT_SERVER = re.compile(r"did not become ready|exited before it was ready|gave no answer at")
 _ERROR = re.compile(r"\berror\b|\bfailed\b|\bunable\b|\bcannot\b|\bcan't\b|invalid", re.IGNORECASE)
 
 
+_LLAMA_PREFIX = re.compile(r"^\d+\.\d+\.\d+\.\d+ [EWIDT] ")
+# The most telling llama.cpp lines first: the root cause, not "exiting due to ...".
+_TELLING = (re.compile(r"error loading model"), re.compile(r"error while handling argument"),
+            re.compile(r"couldn't bind|failed to (open|bind|read|allocate)", re.IGNORECASE))  # fmt: skip
+
+
 def find_error_line(journal_text: str) -> str | None:
     """llama-server's error line in its own journal output (not nativellm's probe lines):
-    the last line that reads like an error, else its last line."""
-    lines = [ln.strip() for ln in journal_text.splitlines() if ln.strip() and not _NOT_SERVER.search(ln)]
+    the most telling error, else the last line that reads like one, else its last line."""
+    lines = [_LLAMA_PREFIX.sub("", ln.strip()) for ln in journal_text.splitlines()]
+    lines = [ln for ln in lines if ln and not _NOT_SERVER.search(ln)]
+    for pattern in _TELLING:
+        hits = [ln for ln in lines if pattern.search(ln)]
+        if hits:
+            return hits[-1]
     hits = [ln for ln in lines if _ERROR.search(ln)]
     return hits[-1] if hits else (lines[-1] if lines else None)
 
@@ -517,16 +548,27 @@ def read_metrics(base_url: str) -> dict[str, float]:
     return parse_metrics(r.text) if r.status_code == 200 else {}
 
 
+def find_mlock_args(binary: Path) -> tuple[str, ...]:
+    """Newer llama.cpp replaced `--mlock` with `--load-mode mmap+mlock`: ask the binary."""
+    res = run.probe([str(binary), "--help"], timeout=30)
+    text = (res.stdout + res.stderr) if res is not None else ""
+    if "--load-mode" in text and "--mlock" not in text.replace("mmap+mlock", ""):
+        return ("--load-mode", "mmap+mlock")
+    return ("--mlock",)
+
+
 def linger_enabled(user: str | None = None) -> bool | None:
-    """Whether this user's units survive logout and start at boot; None when unknown."""
+    """Whether this user's units survive logout and start at boot; None when unknown.
+
+    logind keeps the setting as a flag file, which also answers for users without a session
+    (`loginctl show-user` only knows logged-in or lingering users).
+    """
     import getpass
 
-    res = run.probe(
-        ["loginctl", "show-user", user or getpass.getuser(), "--property=Linger", "--value"], timeout=5
-    )
-    if res is None or not res.ok:
+    linger_dir = Path("/var/lib/systemd/linger")
+    if not linger_dir.parent.is_dir():
         return None
-    return res.stdout.strip() == "yes"
+    return (linger_dir / (user or getpass.getuser())).exists()
 
 
 def enable_linger(user: str | None = None) -> None:

@@ -154,12 +154,15 @@ class Systemd:
                 pass
 
     def enable(self, unit_files: Sequence[str]) -> None:
+        """Enable (symlinks per [Install]) and reload, so the new wants take effect."""
         with self._manager() as m:
             m.Manager.EnableUnitFiles([u.encode() for u in unit_files], False, True)
+            m.Manager.Reload()
 
     def disable(self, unit_files: Sequence[str]) -> None:
         with self._manager() as m:
             m.Manager.DisableUnitFiles([u.encode() for u in unit_files], False)
+            m.Manager.Reload()
 
     def state(self, unit: str) -> UnitState:
         from pystemd.systemd1 import Unit

@@ -21,14 +21,15 @@ from typing import Any
 import pytest
 
 from tests.e2e.sandbox import Sandbox, find_unavailable_reason
-from tests.integration.conftest import (  # noqa: F401 - session fixtures re-exported for this tier
-    CACHE,
-    CliResult,
-    auto_build,
-    llama_source,
-    nativellm,
-    session_home,
-)
+from tests.integration import conftest as integration
+from tests.integration.conftest import CACHE, CliResult, nativellm
+
+# The integration tier's session fixtures, re-exported. In a run of both tiers each tier gets
+# its own instance (ccache makes the second build cheap); registering that conftest as a
+# plugin instead clashes with pytest's own conftest registration.
+llama_source = integration.llama_source
+session_home = integration.session_home
+auto_build = integration.auto_build
 
 USER_UNIT_DIR = "/root/.config/systemd/user"
 CHECKOUT = Path(__file__).resolve().parents[2]
@@ -44,12 +45,14 @@ def sandbox(sandbox_reason: str | None) -> Iterator[Sandbox]:
     if sandbox_reason:
         pytest.skip(f"no systemd sandbox: {sandbox_reason}")
     workdir = CACHE / "sandboxes" / uuid.uuid4().hex[:8]
-    sb = Sandbox.boot(workdir, binds=[CACHE])
     try:
-        sb.start_user_manager()
-        yield sb
+        sb = Sandbox.boot(workdir, binds=[CACHE])
+        try:
+            sb.start_user_manager()
+            yield sb
+        finally:
+            sb.kill()
     finally:
-        sb.kill()
         shutil.rmtree(workdir, ignore_errors=True)
 
 
@@ -60,17 +63,36 @@ class InnerCli:
     sb: Sandbox
     home: Path
 
-    def __call__(self, *args: str, check: bool = False, timeout: float = 600) -> CliResult:
-        env = {"NATIVELLM_HOME": str(self.home), "NATIVELLM_UNIT_DIR": USER_UNIT_DIR, "PYTHONPATH": str(CHECKOUT / "src")}
-        res = self.sb.exec([sys.executable, "-m", "nativellm", *args], env=env, check=False, timeout=timeout, cwd=str(CHECKOUT))
+    def __call__(
+        self, *args: str, check: bool = False, timeout: float = 600, extra_env: dict[str, str] | None = None
+    ) -> CliResult:
+        env = {
+            "NATIVELLM_HOME": str(self.home),
+            "NATIVELLM_UNIT_DIR": USER_UNIT_DIR,
+            "PYTHONPATH": str(CHECKOUT / "src"),
+            **(extra_env or {}),
+        }
+        res = self.sb.exec(
+            [sys.executable, "-m", "nativellm", *args],
+            env=env,
+            check=False,
+            timeout=timeout,
+            cwd=str(CHECKOUT),
+        )
         out = CliResult(res.returncode, res.stdout, res.stderr, 0.0)
         if check:
-            assert res.returncode == 0, f"nativellm {' '.join(args)} -> {res.returncode}\n{res.stdout}\n{res.stderr}"
+            assert res.returncode == 0, (
+                f"nativellm {' '.join(args)} -> {res.returncode}\n{res.stdout}\n{res.stderr}"
+            )
         return out
 
-    def json(self, *args: str, timeout: float = 600) -> dict[str, Any]:
-        res = self(*args, "--json", timeout=timeout)
-        assert res.returncode == 0, f"nativellm {' '.join(args)} -> {res.returncode}\n{res.stdout}\n{res.stderr}"
+    def json(
+        self, *args: str, timeout: float = 600, extra_env: dict[str, str] | None = None
+    ) -> dict[str, Any]:
+        res = self(*args, "--json", timeout=timeout, extra_env=extra_env)
+        assert res.returncode == 0, (
+            f"nativellm {' '.join(args)} -> {res.returncode}\n{res.stdout}\n{res.stderr}"
+        )
         doc: dict[str, Any] = json.loads(res.stdout)
         return doc
 

@@ -157,9 +157,18 @@ class Sandbox:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
-        pid = _wait_child_systemd(launcher.pid, log_path, timeout)
+        try:
+            pid = _wait_child_systemd(launcher, log_path, timeout)
+        except BaseException:
+            launcher.kill()  # --kill-child takes the namespace with it
+            launcher.wait()
+            raise
         sb = cls(pid=pid, workdir=workdir, launcher=launcher, log_path=log_path)
-        sb.wait_running(timeout)
+        try:
+            sb.wait_running(timeout)
+        except BaseException:
+            sb.kill()
+            raise
         return sb
 
     def wait_running(self, timeout: float = 60) -> str:
@@ -272,14 +281,14 @@ class Sandbox:
         return self.exec(["journalctl", "--no-pager", *args], check=False).stdout
 
 
-def _wait_child_systemd(launcher_pid: int, log_path: Path, timeout: float) -> int:
-    """unshare --fork's child execs systemd: find it among the launcher's descendants."""
+def _wait_child_systemd(launcher: subprocess.Popen[bytes], log_path: Path, timeout: float) -> int:
+    """unshare --fork's child execs systemd: find it among the launcher's children."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        for child in _children(launcher_pid):
+        for child in _children(launcher.pid):
             if _comm(child) == "systemd":
                 return child
-        if not Path(f"/proc/{launcher_pid}").exists():
+        if launcher.poll() is not None:
             break
         time.sleep(0.05)
     raise RuntimeError(f"sandbox systemd did not start:\n{log_path.read_text(errors='replace')[-2000:]}")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -16,8 +17,9 @@ from typing import Any
 
 import httpx
 import pytest
+from openai import OpenAI  # imported up front: its import time is not start-up time
 
-from tests.e2e.conftest import CACHE, USER_UNIT_DIR, InnerCli
+from tests.e2e.conftest import CACHE, CHECKOUT, USER_UNIT_DIR, InnerCli
 from tests.e2e.sandbox import Sandbox
 
 TIMINGS: dict[str, float] = {}
@@ -52,7 +54,9 @@ def healthy(port: int) -> bool:
 
 
 def unit(sb: Sandbox, name: str) -> dict[str, str]:
-    return sb.show(f"llama@{name}.service", "MainPID", "NRestarts", "ActiveState", "SubState", "Result", "LoadState")
+    return sb.show(
+        f"llama@{name}.service", "MainPID", "NRestarts", "ActiveState", "SubState", "Result", "LoadState"
+    )
 
 
 def port_of(cli: InnerCli, name: str) -> int:
@@ -61,8 +65,6 @@ def port_of(cli: InnerCli, name: str) -> int:
 
 
 def chat(port: int, api_key: str = "none", max_tokens: int = 8) -> str:
-    from openai import OpenAI
-
     client = OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=api_key, timeout=60, max_retries=0)
     resp = client.chat.completions.create(
         model="q4", messages=[{"role": "user", "content": "Say hello"}], max_tokens=max_tokens, temperature=0
@@ -83,6 +85,7 @@ def ensure_started(cli: InnerCli, name: str) -> None:
 def test_add_then_systemctl_start_serves_chat_completions(cli: InnerCli, sandbox: Sandbox) -> None:
     doc = cli.json("instance", "add", "q4", "--model", "demo", "--ctx", "1024")
     assert doc["changed"] is True
+    assert any("lingering is off" in w for w in doc["data"]["warnings"]), doc["data"]["warnings"]
     port = doc["data"]["spec"]["port"]
     assert doc["data"]["spec"]["build"] == "current"
     # `systemctl cat` shows exactly what runs: template + drop-in with the ExecStart argv.
@@ -102,7 +105,7 @@ def test_add_then_systemctl_start_serves_chat_completions(cli: InnerCli, sandbox
     status = cli.json("status", "q4")["instances"][0]
     assert status["active_state"] == "active" and status["sub_state"] == "running"
     assert status["health"] == "ok" and status["healthy"] is True
-    assert status["pid"] and status["memory_bytes"] is not None or status["pid"]
+    assert (status["pid"] and status["memory_bytes"] is not None) or status["pid"]
     assert status["model"] == "demo"
 
 
@@ -119,9 +122,11 @@ def test_nativellm_start_waits_for_readiness(cli: InnerCli, sandbox: Sandbox) ->
     _record("nativellm_start_to_first_completion_s", time.monotonic() - t0)
 
 
-def test_readding_unchanged_reports_unchanged(cli: InnerCli) -> None:
-    doc = cli.json("instance", "add", "q4", "--model", "demo", "--ctx", "1024")
-    assert doc["changed"] is False
+def test_readding_unchanged_reports_unchanged(cli: InnerCli, sandbox: Sandbox) -> None:
+    doc = cli.json("instance", "add", "q4", "--model", "demo", "--ctx", "1024", "--linger")
+    assert doc["changed"] is False and doc["data"]["warnings"] == []
+    linger = sandbox.exec(["loginctl", "show-user", "root", "--property=Linger", "--value"]).stdout.strip()
+    assert linger == "yes"
     again = cli("instance", "add", "q4", "--model", "demo", "--ctx", "2048")
     assert again.returncode == 10 and "already exists" in again.stderr
 
@@ -225,7 +230,9 @@ def _fake_build(home: Path, build_id: str, script: str) -> None:
 
 
 def test_binary_that_exits_at_once_stops_at_the_start_limit(cli: InnerCli, sandbox: Sandbox) -> None:
-    _fake_build(cli.home, "cpu-exits-at-once", "#!/bin/sh\necho 'fake llama-server: exiting at once' >&2\nexit 1\n")
+    _fake_build(
+        cli.home, "cpu-exits-at-once", "#!/bin/sh\necho 'fake llama-server: exiting at once' >&2\nexit 1\n"
+    )
     cli.json("instance", "add", "crash", "--model", "demo", "--build", "cpu-exits-at-once")
     t0 = time.monotonic()
     res = cli("start", "crash")
@@ -289,9 +296,96 @@ def test_api_key_reaches_only_llama_server_and_is_enforced(cli: InnerCli, sandbo
     cli.json("instance", "rm", "keyed")
 
 
-def test_status_human_output(cli: InnerCli) -> None:
+def _can_raise_rlimits() -> bool:
+    status = Path("/proc/self/status").read_text()
+    cap_eff = int(next(ln.split()[1] for ln in status.splitlines() if ln.startswith("CapEff:")), 16)
+    return bool(cap_eff & (1 << 24))  # CAP_SYS_RESOURCE
+
+
+# -- hardening does not get in llama-server's way -----------------------------------------------
+def test_hardened_server_runs_with_threads_mlock_numa_limits_and_metrics(
+    cli: InnerCli, sandbox: Sandbox
+) -> None:
+    doc = cli.json("instance", "add", "tuned", "--model", "demo", "--ctx", "1024", "--threads", "2",
+                   "--parallel", "2", "--mlock", "--numa-node", "0", "--memory-max", "2G", "--cpus", "1.5")  # fmt: skip
+    port = doc["data"]["spec"]["port"]
+    cli("start", "tuned", check=True)
+    chat(port, max_tokens=16)
+    shown = sandbox.show("llama@tuned.service", "LimitMEMLOCK", "NUMAPolicy", "MemoryMax", "CPUQuotaPerSecUSec",
+                         "ProtectSystem", "PrivateDevices", "NoNewPrivileges", "SystemCallFilter")  # fmt: skip
+    assert shown["LimitMEMLOCK"] == "infinity" and shown["NUMAPolicy"] == "bind"
+    assert shown["MemoryMax"] == str(2 * 2**30) and shown["CPUQuotaPerSecUSec"] == "1.500000s"
+    assert (
+        shown["ProtectSystem"] == "strict"
+        and shown["PrivateDevices"] == "yes"
+        and shown["NoNewPrivileges"] == "yes"
+    )
+    log = sandbox.journal("--user-unit", "llama@tuned.service", "-o", "cat")
+    assert "SIGSYS" not in log and "Operation not permitted" not in log  # nothing blocked by seccomp
+    if _can_raise_rlimits():
+        assert "failed to mlock" not in log
+    else:
+        # Root here lacks CAP_SYS_RESOURCE, so no manager can raise RLIMIT_MEMLOCK above 8 MiB:
+        # mlock is reached (the syscall filter allows it) and refused only by the rlimit.
+        assert "failed to mlock" not in log or "Cannot allocate memory" in log
+    row = cli.json("status", "tuned")["instances"][0]
+    assert row["healthy"] and row["metrics"].get("tokens_per_s", 0) > 0, row
+    cli.json("instance", "rm", "tuned")
+
+
+def test_system_scope_runs_as_an_unprivileged_dynamic_user(cli: InnerCli, sandbox: Sandbox) -> None:
+    # The store lives under /root/.cache here; let the dynamic user traverse /root (in the
+    # sandbox's overlay only). A real system-scope store is /var/lib/nativellm.
+    sandbox.exec(["chmod", "711", "/root"])
+    env_unit_dir = {"NATIVELLM_UNIT_DIR": "/etc/systemd/system"}
+    doc = cli.json(
+        "instance", "add", "sys", "--model", "demo", "--ctx", "512", "--system", extra_env=env_unit_dir
+    )
+    port = doc["data"]["spec"]["port"]
+    res = cli("start", "sys", "--system", extra_env=env_unit_dir)
+    assert res.returncode == 0, res.stderr + sandbox.journal(
+        "-u", "llama@sys.service", "-n", "40", "-o", "cat"
+    )
+    assert chat(port) is not None
+    pid = int(sandbox.show("llama@sys.service", "MainPID", user=False)["MainPID"])
+    uid_line = [
+        ln
+        for ln in sandbox.host_path(f"/proc/{pid}/status").read_text().splitlines()
+        if ln.startswith("Uid:")
+    ]
+    assert uid_line and uid_line[0].split()[1] != "0", uid_line
+    assert sandbox.show("llama@sys.service", "DynamicUser", user=False)["DynamicUser"] == "yes"
+    cli.json("instance", "rm", "sys", "--system", extra_env=env_unit_dir)
+    assert not sandbox.host_path("/etc/systemd/system/llama@sys.service.d").exists()
+
+
+def test_status_human_output_and_logs(cli: InnerCli) -> None:
+    ensure_started(cli, "q4")
     res = cli("status", check=True)
     assert "q4" in res.stdout and "ok" in res.stdout
+    logs = cli("logs", "q4", "-n", "200", check=True)
+    assert "Started llama@q4.service" in logs.stdout and "llama@q4[" in logs.stdout
+
+
+def test_run_uses_the_same_argv_in_the_foreground(cli: InnerCli, sandbox: Sandbox) -> None:
+    """`nativellm run` without systemd: exec()s llama-server itself, with the unit's argv."""
+    from nativellm.run import Process
+
+    ensure_started(cli, "q4")
+    unit_argv = (
+        sandbox.host_path(f"/proc/{unit(sandbox, 'q4')['MainPID']}/cmdline").read_bytes().split(b"\0")[:-1]
+    )
+    cli("stop", "q4", check=True)
+    port = port_of(cli, "q4")
+    log = cli.home / "run-q4.log"
+    proc = Process([sys.executable, "-m", "nativellm", "run", "q4"], log_file=log,
+                   env={"NATIVELLM_HOME": str(cli.home), "PYTHONPATH": str(CHECKOUT / "src")})  # fmt: skip
+    try:
+        assert wait_until(lambda: healthy(port), 60), proc.output()
+        fg_argv = Path(f"/proc/{proc.pid}/cmdline").read_bytes().split(b"\0")[:-1]
+        assert fg_argv == unit_argv  # exec() replaced python: the pid is llama-server's
+    finally:
+        proc.stop()
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -299,3 +393,16 @@ def _cleanup(cli: InnerCli) -> Any:
     yield
     for spec in cli.json("instance", "list")["instances"]:
         cli("instance", "rm", spec["name"])
+
+
+def test_enable_and_disable_through_llama_target(cli: InnerCli, sandbox: Sandbox) -> None:
+    ensure_started(cli, "q4")
+    doc = cli.json("enable", "q4")
+    assert doc["changed"] is True
+    assert sandbox.systemctl("--user", "is-enabled", "llama@q4.service").stdout.strip() == "enabled"
+    assert sandbox.systemctl("--user", "is-enabled", "llama.target").stdout.strip() == "enabled"
+    assert cli.json("enable", "q4")["changed"] is False
+    assert cli.json("instance", "show", "q4")["spec"]["enable"] is True
+    assert cli.json("disable", "q4")["changed"] is True
+    res = sandbox.systemctl("--user", "is-enabled", "llama@q4.service", check=False)
+    assert res.stdout.strip() == "disabled"

@@ -4,6 +4,7 @@ exactly the argv we rendered, for every awkward character."""
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 import uuid
 
@@ -15,7 +16,7 @@ NASTY = [
     "plain",
     "with space",
     "",
-    "double\"quote",
+    'double"quote',
     "single'quote",
     "back\\slash",
     "trailing\\",
@@ -49,7 +50,11 @@ def test_systemd_receives_exact_argv(sandbox: Sandbox) -> None:
             Section("Unit", (("Description", "quoting check"),)),
             Section(
                 "Service",
-                (("Type", "oneshot"), ("ExecStart", exec_line(argv)), ("Environment", quote_env("NASTY", env_value))),
+                (
+                    ("Type", "oneshot"),
+                    ("ExecStart", exec_line(argv)),
+                    ("Environment", quote_env("NASTY", env_value)),
+                ),
             ),
         )
     )
@@ -58,5 +63,6 @@ def test_systemd_receives_exact_argv(sandbox: Sandbox) -> None:
     res = sandbox.systemctl("start", "nativellm-quoting.service", check=False)
     assert res.returncode == 0, sandbox.journal("-u", "nativellm-quoting.service") + res.stderr
     got = json.loads(out_file.read_text())
+    shutil.rmtree(out_dir)
     assert got["argv"] == NASTY
     assert got["env"] == env_value

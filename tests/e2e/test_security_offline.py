@@ -47,7 +47,9 @@ def _exposure(root: Path, unit: str) -> tuple[float, str]:
     ("cuda", InstanceSpec(name="gpu", model="demo", port=8081, gpu_layers=99, gpus=(0,),
                           host="0.0.0.0", api_key_file="/etc/nativellm/keys/gpu.key")),
 ])  # fmt: skip
-def test_rendered_system_units_meet_the_exposure_target(tmp_path: Path, backend: str, spec: InstanceSpec) -> None:
+def test_rendered_system_units_meet_the_exposure_target(
+    tmp_path: Path, backend: str, spec: InstanceSpec
+) -> None:
     unit_dir = tmp_path / "etc" / "systemd" / "system"
     files = {**template_files(), **render_instance_files(spec, _resolved(backend))}
     for rel, text in files.items():

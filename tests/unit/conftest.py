@@ -21,3 +21,4 @@ def _no_subprocess(monkeypatch: pytest.MonkeyPatch) -> None:
     except ImportError:
         return
     monkeypatch.setattr(pystemd.dbuslib, "DBus", _forbidden)
+    monkeypatch.setattr(pystemd.dbuslib, "DBusAddress", _forbidden)

@@ -15,7 +15,16 @@ from nativellm.errors import InstanceError
 from nativellm.instance_spec import InstanceSpec
 from nativellm.instance_units import Resolved, render_dropin, render_watchdog_dropin, server_argv
 from nativellm.paths import Scope
-from nativellm.units import Section, UnitFile, exec_line, plain_value, quote_env, quote_exec_arg, render, write_unit
+from nativellm.units import (
+    Section,
+    UnitFile,
+    exec_line,
+    plain_value,
+    quote_env,
+    quote_exec_arg,
+    render,
+    write_unit,
+)
 
 GOLDEN = Path(__file__).parents[1] / "fixtures" / "units"
 
@@ -25,7 +34,9 @@ def _golden(name: str, text: str) -> None:
     if os.environ.get("NATIVELLM_UPDATE_GOLDEN"):
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text)
-    assert text == path.read_text(), f"{name} differs from its golden file (NATIVELLM_UPDATE_GOLDEN=1 to update)"
+    assert text == path.read_text(), (
+        f"{name} differs from its golden file (NATIVELLM_UPDATE_GOLDEN=1 to update)"
+    )
 
 
 @pytest.mark.parametrize(
@@ -55,7 +66,10 @@ def test_quote_exec_arg(arg: str, quoted: str) -> None:
 
 
 def test_expand_env_keeps_variable_references_but_escapes_specifiers() -> None:
-    assert quote_exec_arg("${CREDENTIALS_DIRECTORY}/api-key", expand_env=True) == '"${CREDENTIALS_DIRECTORY}/api-key"'
+    assert (
+        quote_exec_arg("${CREDENTIALS_DIRECTORY}/api-key", expand_env=True)
+        == '"${CREDENTIALS_DIRECTORY}/api-key"'
+    )
     assert quote_exec_arg("%d/key", expand_env=True) == '"%%d/key"'
 
 
@@ -81,7 +95,10 @@ def test_render_keeps_order_and_repeated_keys() -> None:
     unit = UnitFile(
         (
             Section("Unit", (("Description", "x"),)),
-            Section("Service", (("ExecStart", ""), ("ExecStart", "/bin/true"), ("DeviceAllow", "a"), ("DeviceAllow", "b"))),
+            Section(
+                "Service",
+                (("ExecStart", ""), ("ExecStart", "/bin/true"), ("DeviceAllow", "a"), ("DeviceAllow", "b")),
+            ),
         ),
         header="hello",
     )
