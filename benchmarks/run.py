@@ -53,7 +53,7 @@ def cli(*args: str, check: bool = True) -> dict[str, Any]:
 
 def default_source() -> Path:
     sys.path.insert(0, str(HERE.parent))
-    from tests.integration.conftest import _fetch_sdist
+    from tests.helpers import _fetch_sdist
 
     return _fetch_sdist()
 

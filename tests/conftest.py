@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import shutil
+import subprocess
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from tests.helpers import CACHE, CliResult, _fetch_sdist, nativellm
 
 TESTS = Path(__file__).parent
 
@@ -14,3 +20,39 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         tier = Path(str(item.fspath)).relative_to(TESTS).parts[0]
         if tier in ("unit", "integration", "e2e"):
             item.add_marker(getattr(pytest.mark, tier))
+
+
+@pytest.fixture(scope="session")
+def llama_source() -> Path:
+    """The llama.cpp tree vendored in the llama-cpp-python sdist (downloaded once, cached)."""
+    return _fetch_sdist()
+
+
+@pytest.fixture(scope="session")
+def session_home() -> Iterator[Path]:
+    """A fresh NATIVELLM_HOME for this test session, shared by the integration and e2e tiers.
+
+    Outside /tmp on purpose: the systemd sandbox gets a fresh /tmp and must see the store.
+    Every session's home sits at the same depth, so ccache hits across sessions.
+    """
+    home = CACHE / "sessions" / uuid.uuid4().hex[:12]
+    home.mkdir(parents=True)
+    yield home
+    shutil.rmtree(home, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def auto_build(llama_source: Path, session_home: Path) -> CliResult:
+    """`nativellm build --auto --source <sdist tree>`, once per test session."""
+    res = nativellm("build", "--auto", "--source", str(llama_source), "--json", home=session_home)
+    assert res.returncode == 0, f"auto build failed:\n{res.stderr[-4000:]}\n{res.stdout[-2000:]}"
+    return res
+
+
+@pytest.fixture(scope="session")
+def trap_binary(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real executable that dies with SIGILL at once: the shape of an ISA crash."""
+    d = tmp_path_factory.mktemp("trap")
+    (d / "trap.c").write_text("int main(void) { __builtin_trap(); }\n")
+    subprocess.run(["cc", "-O0", "-o", str(d / "trap"), str(d / "trap.c")], check=True)
+    return d / "trap"

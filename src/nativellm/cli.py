@@ -6,7 +6,7 @@ import logging
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import click
 import typer
@@ -106,10 +106,10 @@ def _plan_options(backend: str | None, portable: bool, native: bool, baseline: b
 
 
 BackendOpt = Annotated[
-    Optional[str], typer.Option("--backend", help="cpu, cuda, hip, vulkan, metal or sycl (default: auto).")
+    str | None, typer.Option("--backend", help="cpu, cuda, hip, vulkan, metal or sycl (default: auto).")
 ]
 ProfileOpt = Annotated[
-    Optional[Path], typer.Option("--profile", help="Plan for the HostProfile in FILE (from `detect --json`).")
+    Path | None, typer.Option("--profile", help="Plan for the HostProfile in FILE (from `detect --json`).")
 ]
 PortableOpt = Annotated[
     bool, typer.Option("--portable", help="Fleet build for any x86-64: all CPU variants, loaded at run time.")
@@ -161,15 +161,15 @@ def build(
     baseline: BaselineOpt = False,
     rpc: RpcOpt = False,
     source: Annotated[
-        Optional[Path], typer.Option("--source", help="Build from a local llama.cpp tree.")
+        Path | None, typer.Option("--source", help="Build from a local llama.cpp tree.")
     ] = None,
     tarball: Annotated[
-        Optional[str], typer.Option("--tarball", help="Build from a llama.cpp tarball (path or URL).")
+        str | None, typer.Option("--tarball", help="Build from a llama.cpp tarball (path or URL).")
     ] = None,
-    sha256: Annotated[Optional[str], typer.Option("--sha256", help="Expected sha256 of --tarball.")] = None,
-    ref: Annotated[Optional[str], typer.Option("--ref", help="llama.cpp git tag or commit to clone.")] = None,
-    repo: Annotated[Optional[str], typer.Option("--repo", help="Git URL to clone --ref from.")] = None,
-    jobs: Annotated[Optional[int], typer.Option("--jobs", "-j", min=1, help="Parallel compile jobs.")] = None,
+    sha256: Annotated[str | None, typer.Option("--sha256", help="Expected sha256 of --tarball.")] = None,
+    ref: Annotated[str | None, typer.Option("--ref", help="llama.cpp git tag or commit to clone.")] = None,
+    repo: Annotated[str | None, typer.Option("--repo", help="Git URL to clone --ref from.")] = None,
+    jobs: Annotated[int | None, typer.Option("--jobs", "-j", min=1, help="Parallel compile jobs.")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Plan and check the toolchain only.")] = False,
     from_index: Annotated[
         str | None,
@@ -905,8 +905,12 @@ def artifacts_index(
 @app.command("bench")
 def bench(
     target: Annotated[str, typer.Argument(help="An instance name, or `builds` to compare builds.")],
-    build_ids: Annotated[list[str] | None, typer.Argument(help="With `builds`: build ids (default: all).")] = None,
-    model: Annotated[str | None, typer.Option("--model", help="With `builds`: model name or GGUF path.")] = None,
+    build_ids: Annotated[
+        list[str] | None, typer.Argument(help="With `builds`: build ids (default: all).")
+    ] = None,
+    model: Annotated[
+        str | None, typer.Option("--model", help="With `builds`: model name or GGUF path.")
+    ] = None,
     repetitions: Annotated[int, typer.Option("--repetitions", "-r", min=1, help="Interleaved rounds.")] = 3,
     n_prompt: Annotated[int, typer.Option("--pp", min=1, help="With `builds`: prompt tokens.")] = 256,
     n_gen: Annotated[int, typer.Option("--tg", min=1, help="With `builds`: generated tokens.")] = 64,
@@ -925,12 +929,16 @@ def bench(
     _begin("bench", json_out)
     paths = resolve_paths(_scope(system))
     if target == "builds":
-        report = benchview.run_bench_builds(paths, build_ids or [], model, repetitions, n_prompt, n_gen, json_out)
+        report = benchview.run_bench_builds(
+            paths, build_ids or [], model, repetitions, n_prompt, n_gen, json_out
+        )
     else:
         try:
             levels = [int(x) for x in concurrency.split(",") if x.strip()]
         except ValueError:
-            raise UsageError(f"--concurrency {concurrency!r} is not a list of integers", "pass e.g. 1,4,8") from None
+            raise UsageError(
+                f"--concurrency {concurrency!r} is not a list of integers", "pass e.g. 1,4,8"
+            ) from None
         report = benchview.run_bench_instance(
             paths, target, url, levels, prompt_tokens, max_tokens, requests, duration, json_out
         )
@@ -947,7 +955,9 @@ def doctor(system: SystemOpt = False, json_out: JsonOpt = False) -> None:
     findings = benchview.run_doctor_checks(resolve_paths(_scope(system)))
     problems = [f for f in findings if not f.ok]
     if json_out:
-        emit_json({"schema": "nativellm.doctor/1", "ok": not problems, "findings": [f.to_dict() for f in findings]})
+        emit_json(
+            {"schema": "nativellm.doctor/1", "ok": not problems, "findings": [f.to_dict() for f in findings]}
+        )
     else:
         benchview.show_findings(findings)
     if problems:

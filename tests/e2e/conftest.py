@@ -21,15 +21,7 @@ from typing import Any
 import pytest
 
 from tests.e2e.sandbox import Sandbox, find_unavailable_reason
-from tests.integration import conftest as integration
-from tests.integration.conftest import CACHE, CliResult, nativellm
-
-# The integration tier's session fixtures, re-exported. In a run of both tiers each tier gets
-# its own instance (ccache makes the second build cheap); registering that conftest as a
-# plugin instead clashes with pytest's own conftest registration.
-llama_source = integration.llama_source
-session_home = integration.session_home
-auto_build = integration.auto_build
+from tests.helpers import CACHE, CliResult, nativellm
 
 USER_UNIT_DIR = "/root/.config/systemd/user"
 CHECKOUT = Path(__file__).resolve().parents[2]
@@ -46,7 +38,10 @@ def sandbox(sandbox_reason: str | None) -> Iterator[Sandbox]:
         pytest.skip(f"no systemd sandbox: {sandbox_reason}")
     workdir = CACHE / "sandboxes" / uuid.uuid4().hex[:8]
     try:
-        sb = Sandbox.boot(workdir, binds=[CACHE])
+        # The checkout and the interpreter's prefix too: a CI clone (and its .venv) may live
+        # under /tmp, which is a fresh tmpfs inside the sandbox.
+        binds = list(dict.fromkeys([CACHE, CHECKOUT, Path(sys.prefix).resolve()]))
+        sb = Sandbox.boot(workdir, binds=[b for b in binds if b != Path("/")])
         try:
             sb.start_user_manager()
             yield sb

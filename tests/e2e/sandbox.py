@@ -72,7 +72,7 @@ mount -t tmpfs -o mode=1777 tmpfs "$R/tmp"
 for u in "$@"; do ln -sf /dev/null "$R/etc/systemd/system/$u"; done
 # Shared with the host both ways (not through the overlay), one path per line.
 printf '%s\n' "$BINDS" | while IFS= read -r d; do
-    if [ -n "$d" ]; then mount --bind "$d" "$R$d"; fi
+    if [ -n "$d" ]; then mkdir -p "$R$d"; mount --bind "$d" "$R$d"; fi
 done
 mkdir -p "$R/.oldroot"
 cd "$R"

@@ -15,8 +15,7 @@ from typing import Any
 import pytest
 
 from nativellm.fsutil import sha256_file
-
-from .conftest import CliResult, nativellm
+from tests.helpers import CliResult, nativellm
 
 pytestmark = pytest.mark.slow
 

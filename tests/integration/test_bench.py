@@ -12,8 +12,7 @@ from nativellm.bench import bench_builds
 from nativellm.server import free_port, wait_ready
 from nativellm.store import BuildRecord
 from nativellm.synth import SynthSize, find_vocab, write_synthetic_llama
-
-from .conftest import CliResult, nativellm
+from tests.helpers import CliResult, nativellm
 
 pytestmark = pytest.mark.slow
 
@@ -52,6 +51,8 @@ def test_bench_builds_interleaves_and_reports_ratios(
     assert doc["builds"][0]["pp_ratio"] == pytest.approx(1.0)
     ratio = doc["builds"][1]["pp_ratio"]
     assert ratio == pytest.approx(doc["builds"][1]["pp"]["median"] / doc["builds"][0]["pp"]["median"])
+    # The baseline build above became current; leave the session's auto build current for later tests.
+    assert nativellm("builds", "use", first, home=session_home).returncode == 0
 
 
 def test_a_crashing_build_is_reported_as_a_crash(tmp_path: Path, tiny_q4: Path, trap_binary: Path) -> None:

@@ -18,8 +18,7 @@ from nativellm.server import free_port, wait_ready
 from nativellm.source import SourceRequest
 from nativellm.store import Store
 from nativellm.synth import SynthSize, find_vocab, write_synthetic_llama
-
-from .conftest import CliResult, break_llama_server, nativellm
+from tests.helpers import CliResult, break_llama_server, nativellm
 
 pytestmark = pytest.mark.slow
 

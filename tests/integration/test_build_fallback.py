@@ -14,8 +14,7 @@ from nativellm.build import BuildOptions, build_llama
 from nativellm.hardware import detect_host
 from nativellm.paths import resolve_paths
 from nativellm.source import SourceRequest
-
-from .conftest import CACHE, break_llama_server
+from tests.helpers import CACHE, break_llama_server
 
 pytestmark = pytest.mark.slow
 

@@ -14,8 +14,7 @@ import pytest
 
 from nativellm.paths import resolve_paths
 from nativellm.store import Store
-
-from .conftest import CliResult, nativellm
+from tests.helpers import CliResult, nativellm
 
 PROFILES = Path(__file__).resolve().parents[1] / "fixtures" / "profiles"
 

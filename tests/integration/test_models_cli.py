@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from .conftest import nativellm
+from tests.helpers import nativellm
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "fixtures" / "models"))
 from ggufs import write_gguf

@@ -19,8 +19,7 @@ import pytest
 
 from nativellm.download import download_url
 from nativellm.errors import DownloadError, ResourceError
-
-from .conftest import nativellm
+from tests.helpers import nativellm
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "fixtures" / "models"))
 from ggufs import write_gguf, write_split

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import CliResult, nativellm
+from tests.helpers import CliResult, nativellm
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "fixtures" / "models"))
 from ggufs import write_gguf, write_split

@@ -18,8 +18,7 @@ from nativellm.fsutil import sha256_file
 from nativellm.hardware import detect_host
 from nativellm.server import complete, free_port, wait_ready
 from nativellm.synth import SynthSize, find_vocab, write_synthetic_llama
-
-from .conftest import CACHE, CliResult, nativellm
+from tests.helpers import CACHE, CliResult, nativellm
 
 pytestmark = pytest.mark.slow
 MiB = 1 << 20

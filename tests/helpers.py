@@ -1,0 +1,85 @@
+"""Helpers shared by the test tiers: the llama.cpp sdist, the CLI runner, build sabotage."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from nativellm.plan import BuildPlan
+
+SDIST_VERSION = "0.3.36"
+CACHE = Path(os.environ.get("NATIVELLM_TEST_CACHE", Path.home() / ".cache" / "nativellm-test"))
+
+
+def _fetch_sdist() -> Path:
+    root = CACHE / "sdist"
+    tree = root / f"llama_cpp_python-{SDIST_VERSION}" / "vendor" / "llama.cpp"
+    if (tree / "CMakeLists.txt").is_file():
+        return tree
+    root.mkdir(parents=True, exist_ok=True)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
+         f"llama-cpp-python=={SDIST_VERSION}", "-d", str(root)],
+        check=True,
+    )  # fmt: skip
+    archive = root / f"llama_cpp_python-{SDIST_VERSION}.tar.gz"
+    with tempfile.TemporaryDirectory(dir=root) as tmp, tarfile.open(archive) as tar:
+        tar.extractall(tmp, filter="data") if sys.version_info >= (3, 12) else tar.extractall(tmp)
+        os.replace(
+            Path(tmp) / f"llama_cpp_python-{SDIST_VERSION}", root / f"llama_cpp_python-{SDIST_VERSION}"
+        )
+    return tree
+
+
+@dataclass
+class CliResult:
+    returncode: int
+    stdout: str
+    stderr: str
+    seconds: float
+
+    def json(self) -> dict[str, Any]:
+        return json.loads(self.stdout)  # type: ignore[no-any-return]
+
+
+def nativellm(*args: str, home: Path, timeout: float = 3600, env: dict[str, str] | None = None) -> CliResult:
+    """Run the real CLI in a child process, as a user would."""
+    full_env = {**os.environ, "NATIVELLM_HOME": str(home), **(env or {})}
+    t0 = time.monotonic()
+    proc = subprocess.run(
+        [sys.executable, "-m", "nativellm", *args],
+        capture_output=True,
+        text=True,
+        env=full_env,
+        timeout=timeout,
+    )
+    return CliResult(proc.returncode, proc.stdout, proc.stderr, time.monotonic() - t0)
+
+
+def break_llama_server(
+    monkeypatch: pytest.MonkeyPatch, trap: Path, when: Callable[[BuildPlan], bool] = lambda plan: True
+) -> None:
+    """After the real compile, swap the staged llama-server for a SIGILL binary (when `when(plan)`)."""
+    from nativellm.build import _Builder
+
+    original = _Builder.compile
+
+    def compile_then_break(self: _Builder, plan: BuildPlan, *args: Any) -> Path:
+        stage: Path = original(self, plan, *args)
+        if when(plan):
+            shutil.copy(trap, stage / "bin" / "llama-server")
+        return stage
+
+    monkeypatch.setattr(_Builder, "compile", compile_then_break)
