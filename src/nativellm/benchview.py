@@ -125,9 +125,13 @@ def run_bench_instance(
 
 
 def run_doctor_checks(paths: Paths) -> list[Finding]:
+    from nativellm.doctor import check_instances
     from nativellm.hardware import detect_host
+    from nativellm.instances import Instances
+    from nativellm.systemd import Systemd
 
-    return run_doctor(paths, detect_host())
+    instances = Instances(paths, Systemd(paths.scope))
+    return run_doctor(paths, detect_host(), extra=[lambda: check_instances(instances)])
 
 
 def show_findings(findings: list[Finding]) -> None:

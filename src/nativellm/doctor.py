@@ -119,6 +119,60 @@ def check_models(paths: Paths) -> list[Finding]:
     return out or [Finding("models", True, "every registered model verifies")]
 
 
+def check_instances(
+    inst: Any,
+    *,
+    linger: Callable[[], bool | None] | None = None,
+    port_in_use: Callable[[int, str], bool] | None = None,
+) -> list[Finding]:
+    """Rendered units match their specs, lingering is on for user instances, ports are ours."""
+    from nativellm import server
+    from nativellm.instance_units import template_files, unit_name
+    from nativellm.paths import Scope
+
+    specs = inst.specs()
+    if not specs:
+        return []
+    out: list[Finding] = []
+    units: Path = inst.paths.units
+    for rel, text in template_files().items():
+        if (units / rel).is_file() and (units / rel).read_text() != text:
+            out.append(Finding("units", False, f"{units / rel} differs from the shipped template",
+                               "re-render it with `nativellm instance edit NAME` for any instance"))  # fmt: skip
+    sd = inst.systemd if inst.systemd is not None and inst.systemd.available() else None
+    busy = port_in_use or server.port_in_use
+    for spec in specs:
+        try:
+            files = inst.rendered(spec.name)
+        except NativeLLMError as exc:
+            out.append(Finding("units", False, f"instance {spec.name}: {exc.message}", exc.hint))
+            continue
+        for rel, text in files.items():
+            path = units / rel
+            if not path.is_file():
+                out.append(Finding("units", False, f"instance {spec.name}: {path} is missing",
+                                   f"re-render with `nativellm instance edit {spec.name}`"))  # fmt: skip
+            elif path.read_text() != text:
+                out.append(Finding("units", False, f"instance {spec.name}: {path} was edited by hand",
+                                   f"put changes in the spec and re-render: `nativellm instance edit {spec.name}`"))  # fmt: skip
+        active = sd is not None and sd.state(unit_name(spec.name)).active_state in ("active", "activating")
+        if not active and busy(spec.port, spec.host):
+            out.append(Finding("ports", False, f"instance {spec.name}'s port {spec.port} is taken by another process",
+                               f"free it, or move the instance: `nativellm instance edit {spec.name} --port N`"))  # fmt: skip
+    if inst.paths.scope is Scope.USER:
+        state = (linger or _linger)()
+        if state is False:
+            out.append(Finding("linger", False, "lingering is off: user instances stop at logout and don't start at boot",
+                               "run `loginctl enable-linger $USER` (or `instance add --linger`)"))  # fmt: skip
+    return out or [Finding("instances", True, f"{len(specs)} instance(s): units match their specs")]
+
+
+def _linger() -> bool | None:
+    from nativellm.instances import linger_enabled
+
+    return linger_enabled()
+
+
 def run_doctor(
     paths: Paths, host: HostProfile, extra: list[Callable[[], list[Finding]]] | None = None
 ) -> list[Finding]:

@@ -73,3 +73,30 @@ def test_low_disk_is_found(store: Store) -> None:
     assert check_disk(store.paths, minimum=1)[0].ok
     (problem,) = check_disk(store.paths, minimum=1 << 60)
     assert not problem.ok and "gc" in problem.fix
+
+
+def test_instance_problems_are_found(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Hand-edited unit, stolen port and lingering off are each found; a healthy setup is clean."""
+    from nativellm.doctor import check_instances
+    from nativellm.instances import InstanceOptions, Instances
+    from tests.unit.test_instances import _profile, make_paths
+
+    paths = make_paths(tmp_path, monkeypatch)
+    busy: set[int] = set()
+    inst = Instances(paths, None, profile=_profile, port_in_use=lambda port, host: port in busy)
+    inst.add("q4", InstanceOptions(model=str(tmp_path / "m.gguf"), port=8090))
+
+    def doctor(linger: bool = True) -> list[str]:
+        found = check_instances(inst, linger=lambda: linger, port_in_use=lambda p, h: p in busy)
+        return [f.message for f in found if not f.ok]
+
+    assert doctor() == []
+    dropin = paths.units / "llama@q4.service.d" / "50-nativellm.conf"
+    dropin.write_text(dropin.read_text() + "Environment=HACK=1\n")
+    assert any("edited by hand" in m for m in doctor())
+    inst.edit("q4", InstanceOptions())  # re-render repairs it
+    assert doctor() == []
+    busy.add(8090)
+    assert any("port 8090 is taken" in m for m in doctor())
+    busy.clear()
+    assert any("lingering is off" in m for m in doctor(linger=False))

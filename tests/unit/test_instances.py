@@ -27,6 +27,11 @@ def _profile() -> HostProfile:
 
 @pytest.fixture()
 def paths(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Paths:
+    return make_paths(tmp_path, monkeypatch)
+
+
+def make_paths(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Paths:
+    """A store under tmp_path with a current build and a model file at tmp_path/m.gguf."""
     monkeypatch.setenv("NATIVELLM_HOME", str(tmp_path / "home"))
     monkeypatch.delenv("NATIVELLM_UNIT_DIR", raising=False)
     p = resolve_paths()
