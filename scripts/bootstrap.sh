@@ -26,4 +26,4 @@ if [ "${1:-}" = "--test" ]; then
 else
   .venv/bin/python -m pip install -q -e .
 fi
-echo "bootstrap: nativellm $(.venv/bin/nativellm --version) installed in .venv"
+echo "bootstrap: $(.venv/bin/nativellm --version) installed in .venv"
