@@ -83,3 +83,12 @@ def break_llama_server(
         return stage
 
     monkeypatch.setattr(_Builder, "compile", compile_then_break)
+
+
+def borrow_build(source_home: Path, home: Path) -> None:
+    """Link an existing store's current build into `home` as its current build (no compile)."""
+    current = (source_home / "data" / "current").resolve()
+    builds = home / "data" / "builds"
+    builds.mkdir(parents=True, exist_ok=True)
+    (builds / current.name).symlink_to(current)
+    (home / "data" / "current").symlink_to(f"builds/{current.name}")

@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from tests.e2e.sandbox import Sandbox, find_unavailable_reason
-from tests.helpers import CACHE, CliResult, nativellm
+from tests.helpers import CACHE, CliResult, borrow_build, nativellm
 
 USER_UNIT_DIR = "/root/.config/systemd/user"
 CHECKOUT = Path(__file__).resolve().parents[2]
@@ -92,15 +92,6 @@ class InnerCli:
         return doc
 
 
-def _borrow_build(source_home: Path, home: Path) -> None:
-    """Link an existing store's current build into `home` (no compile)."""
-    current = (source_home / "data" / "current").resolve()
-    builds = home / "data" / "builds"
-    builds.mkdir(parents=True, exist_ok=True)
-    (builds / current.name).symlink_to(current)
-    (home / "data" / "current").symlink_to(f"builds/{current.name}")
-
-
 @pytest.fixture(scope="session")
 def demo_home(request: pytest.FixtureRequest, session_home: Path) -> Path:
     """session_home with a smoke-tested current build and the `demo` model registered.
@@ -110,7 +101,7 @@ def demo_home(request: pytest.FixtureRequest, session_home: Path) -> Path:
     """
     borrowed = os.environ.get("NATIVELLM_E2E_BUILD_HOME")
     if borrowed:
-        _borrow_build(Path(borrowed), session_home)
+        borrow_build(Path(borrowed), session_home)
     else:
         request.getfixturevalue("auto_build")
     res = nativellm("model", "demo", "--json", home=session_home, timeout=600)

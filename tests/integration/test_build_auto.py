@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
+import uuid
 from pathlib import Path
 
 import httpx
@@ -18,7 +20,7 @@ from nativellm.server import free_port, wait_ready
 from nativellm.source import SourceRequest
 from nativellm.store import Store
 from nativellm.synth import SynthSize, find_vocab, write_synthetic_llama
-from tests.helpers import CliResult, break_llama_server, nativellm
+from tests.helpers import CACHE, CliResult, borrow_build, break_llama_server, nativellm
 
 pytestmark = pytest.mark.slow
 
@@ -120,7 +122,11 @@ def test_smoke_test_failure_keeps_the_build_out_of_current(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """A really compiled build whose llama-server dies with SIGILL never becomes current."""
-    monkeypatch.setenv("NATIVELLM_HOME", str(session_home))
+    # Its own store (at the sessions' depth, for ccache), with the auto build as current: the
+    # baseline plan may already be built in the session's store, which would make it a cache hit.
+    home = CACHE / "sessions" / f"smoke-fail-{uuid.uuid4().hex[:6]}"
+    borrow_build(session_home, home)
+    monkeypatch.setenv("NATIVELLM_HOME", str(home))
     paths = resolve_paths()
     store = Store(paths)
     before_current, before_ids = store.current_id(), [r.id for r in store.list_builds()]
@@ -136,6 +142,7 @@ def test_smoke_test_failure_keeps_the_build_out_of_current(
     assert [r.id for r in store.list_builds()] == before_ids
     smoke_logs = list((paths.work).glob("*/smoke/smoke.log"))
     assert smoke_logs and str(smoke_logs[0]) in exc.value.hint
+    shutil.rmtree(home, ignore_errors=True)
 
 
 def test_rollback_restores_the_first_build_exactly(
