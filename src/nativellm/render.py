@@ -59,14 +59,14 @@ class ConsoleReporter:
         if self.tty:
             if self._progress is None:
                 self._progress = Progress(
-                    TextColumn("  compiling"),
+                    TextColumn(f"  {self._label}"),
                     BarColumn(),
                     MofNCompleteColumn(),
                     TimeElapsedColumn(),
                     console=err,
                 )
                 self._progress.start()
-                self._task = self._progress.add_task("compile", total=total)
+                self._task = self._progress.add_task(self._label, total=total)
             self._progress.update(self._task, completed=done, total=total)
             return
         pct = done * 100 // total
