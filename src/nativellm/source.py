@@ -82,28 +82,6 @@ def resolve_local(directory: Path) -> Source:
     return Source(path, identity)
 
 
-def _download(url: str, dest: Path, on_progress: Callable[[int, int | None], None] | None) -> None:
-    import httpx
-
-    tmp = dest.with_name(dest.name + ".part")
-    try:
-        with httpx.stream("GET", url, follow_redirects=True, timeout=60) as resp:
-            if resp.status_code != 200:
-                raise SourceError(f"download of {url} failed: HTTP {resp.status_code}", "check the URL")
-            total = int(resp.headers["content-length"]) if "content-length" in resp.headers else None
-            done = 0
-            with tmp.open("wb") as f:
-                for chunk in resp.iter_bytes(1 << 20):
-                    f.write(chunk)
-                    done += len(chunk)
-                    if on_progress:
-                        on_progress(done, total)
-        os.replace(tmp, dest)
-    except httpx.HTTPError as exc:
-        tmp.unlink(missing_ok=True)
-        raise SourceError(f"download of {url} failed: {exc}", "check the URL and the network") from exc
-
-
 def _safe_extract(archive: Path, into: Path) -> Path:
     """Extract a tarball refusing paths that escape; return the single top directory."""
     try:
@@ -142,7 +120,17 @@ def resolve_tarball(
     if re.match(r"^https?://", spec):
         archive = cache / ("download-" + hashlib.sha256(spec.encode()).hexdigest()[:16] + ".tar")
         if not archive.exists():
-            _download(spec, archive, on_progress)
+            from nativellm.download import download_url
+
+            def progress(label: str, done: int, total: int) -> None:
+                if on_progress:
+                    on_progress(done, total or None)
+
+            # Range-resumed, disk-space-checked and sha256-verified, like model downloads.
+            fetched = download_url(
+                spec, archive, expected_sha256=sha256.lower() if sha256 else None, progress=progress
+            )
+            os.replace(fetched.path, archive)
     else:
         archive = Path(spec).expanduser()
         if not archive.is_file():

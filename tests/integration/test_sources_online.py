@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from nativellm.errors import SourceError
+from nativellm.errors import NotFoundError, SourceError
 from nativellm.fsutil import sha256_file
 from nativellm.source import resolve_git, resolve_tarball
 
@@ -121,6 +121,6 @@ def test_tarball_url_is_downloaded_verified_and_extracted(http_dir: tuple[Path, 
     src = resolve_tarball(f"{base}/llama.cpp-b1.tar.gz", digest, tmp_path / "cache")
     assert src.identity["sha256"] == digest
     assert (src.path / "ggml").is_dir()
-    with pytest.raises(SourceError, match="HTTP 404"):
+    with pytest.raises(NotFoundError, match="HTTP 404"):
         resolve_tarball(f"{base}/missing.tar.gz", None, tmp_path / "cache2")
     shutil.rmtree(tmp_path / "cache2", ignore_errors=True)
