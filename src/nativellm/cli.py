@@ -284,11 +284,20 @@ def builds_use(build_id: str, system: SystemOpt = False, json_out: JsonOpt = Fal
 @builds_app.command("rollback")
 def builds_rollback(system: SystemOpt = False, json_out: JsonOpt = False) -> None:
     """Make the previously current build current again."""
-    store = _store_action("builds rollback", json_out, system)
-    before = store.current_id()
-    rec = store.rollback()
-    _report("builds rollback", json_out, True, f"rolled back: current {before} -> {rec.id}",
-            {"current": rec.id, "previous": before})  # fmt: skip
+    from nativellm.systemd import Systemd
+    from nativellm.upgrade import rollback_and_restart
+
+    _begin("builds rollback", json_out)
+    scope = _scope(system)
+    res = rollback_and_restart(resolve_paths(scope), Systemd(scope))
+    msg = f"rolled back: current {res.previous} -> {res.current}"
+    if res.systemd:
+        msg += "; restarted " + (", ".join(res.restarted) if res.restarted else "no instances (none running)")
+    else:
+        msg += "; systemd is not reachable: restart the instances that follow current yourself"
+    _report("builds rollback", json_out, True, msg,
+            {"current": res.current, "previous": res.previous, "restarted": list(res.restarted),
+             "not_running": list(res.not_running), "systemd": res.systemd})  # fmt: skip
 
 
 @builds_app.command("rm")
@@ -336,6 +345,9 @@ def model_add(
     name: NameOpt = None,
     link: Annotated[bool, typer.Option("--link", help="Reference the file where it is (default).")] = False,
     copy: Annotated[bool, typer.Option("--copy", help="Copy the file into the store.")] = False,
+    sha256: Annotated[
+        str | None, typer.Option("--sha256", help="Expected sha256 of the file; refused if it differs.")
+    ] = None,
     system: SystemOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
@@ -345,7 +357,7 @@ def model_add(
     _begin("model add", json_out)
     if link and copy:
         raise UsageError("--link and --copy exclude each other", "pick one")
-    rec, changed = add_model(resolve_paths(_scope(system)), path, name=name, copy=copy)
+    rec, changed = add_model(resolve_paths(_scope(system)), path, name=name, copy=copy, sha256=sha256)
     _model_result("model add", json_out, changed, rec, "registered")
 
 
@@ -563,6 +575,7 @@ INoSystemd = Annotated[
 ILinger = Annotated[bool, typer.Option("--linger", help="Enable lingering so user units start at boot.")]
 IExtra = Annotated[list[str] | None, typer.Argument(help="Extra llama-server arguments, after --.")]
 INameArg = Annotated[str, typer.Argument(help="Instance name, e.g. q4.")]
+IRpc = Annotated[str | None, typer.Option("--rpc", help="llama.cpp RPC workers, host:port,... (issue 5).")]
 
 
 def _instances(system: bool, no_systemd: bool = False) -> Any:
@@ -601,6 +614,14 @@ def _instance_options(
     )  # fmt: skip
 
 
+def _with_rpc(opts: Any, rpc: str | None) -> Any:
+    import dataclasses
+
+    if rpc is None:
+        return opts
+    return dataclasses.replace(opts, rpc=tuple(e.strip() for e in rpc.split(",") if e.strip()))
+
+
 def _instance_result(command: str, json_out: bool, outcome: Any, warnings: list[str] | None = None) -> None:
     if json_out:
         data = {"name": outcome.name, "message": outcome.message, "files": list(outcome.files),
@@ -636,13 +657,14 @@ def instance_add(
     mlock: IMlock = None, metrics: IMetrics = None, api_key_file: IKey = None, insecure_no_api_key: IInsecure = None,
     memory_max: IMem = None, cpus: ICpus = None, numa_node: INuma = None, gpus: IGpus = None, build: IBuild = None,
     enable: IEnable = None, start_timeout: ITimeout = None, force: IForce = False, no_systemd: INoSystemd = False,
-    linger: ILinger = False, system: SystemOpt = False, json_out: JsonOpt = False,
+    linger: ILinger = False, rpc: IRpc = None, system: SystemOpt = False, json_out: JsonOpt = False,
 ) -> None:  # fmt: skip
     """Add an instance: write its spec and render its systemd units (does not start it)."""
     _begin("instance add", json_out)
     opts = _instance_options(model, port, host, ctx, gpu_layers, threads, parallel, batch, flash_attn, cache_type_k,
                              cache_type_v, mlock, metrics, api_key_file, insecure_no_api_key, memory_max, cpus,
                              numa_node, gpus, build, enable, start_timeout, extra, force)  # fmt: skip
+    opts = _with_rpc(opts, rpc)
     inst = _instances(system, no_systemd)
     outcome = inst.add(name, opts)
     _instance_result("instance add", json_out, outcome, [] if no_systemd else _linger_notes(inst, linger))
@@ -656,13 +678,14 @@ def instance_edit(
     mlock: IMlock = None, metrics: IMetrics = None, api_key_file: IKey = None, insecure_no_api_key: IInsecure = None,
     memory_max: IMem = None, cpus: ICpus = None, numa_node: INuma = None, gpus: IGpus = None, build: IBuild = None,
     enable: IEnable = None, start_timeout: ITimeout = None, force: IForce = False, no_systemd: INoSystemd = False,
-    system: SystemOpt = False, json_out: JsonOpt = False,
+    rpc: IRpc = None, system: SystemOpt = False, json_out: JsonOpt = False,
 ) -> None:  # fmt: skip
     """Change an instance; a running instance restarts only when its units changed."""
     _begin("instance edit", json_out)
     opts = _instance_options(model, port, host, ctx, gpu_layers, threads, parallel, batch, flash_attn, cache_type_k,
                              cache_type_v, mlock, metrics, api_key_file, insecure_no_api_key, memory_max, cpus,
                              numa_node, gpus, build, enable, start_timeout, extra, force)  # fmt: skip
+    opts = _with_rpc(opts, rpc)
     _instance_result("instance edit", json_out, _instances(system, no_systemd).edit(name, opts))
 
 
@@ -967,6 +990,154 @@ def doctor(system: SystemOpt = False, json_out: JsonOpt = False) -> None:
 
 
 # --------------------------------------------------------------------------- end bench commands
+
+
+# ---- fleet commands (issue 5)
+@app.command("upgrade")
+def upgrade_cmd(
+    ref: Annotated[str | None, typer.Option("--ref", help="llama.cpp git tag or commit to build.")] = None,
+    repo: Annotated[str | None, typer.Option("--repo", help="Git URL to clone --ref from.")] = None,
+    source: Annotated[
+        Path | None, typer.Option("--source", help="Build from a local llama.cpp tree.")
+    ] = None,
+    tarball: Annotated[
+        str | None, typer.Option("--tarball", help="Build from a tarball (path or URL).")
+    ] = None,
+    artifact: Annotated[
+        str | None, typer.Option("--artifact", help="Install this packed build instead of compiling.")
+    ] = None,
+    sha256: Annotated[
+        str | None, typer.Option("--sha256", help="Expected sha256 of --tarball/--artifact.")
+    ] = None,
+    instances: Annotated[
+        str, typer.Option("--instances", help="all, or NAME,... of the instances to move.")
+    ] = "all",
+    canary: Annotated[
+        str | None, typer.Option("--canary", help="Move this one instance only, then stop.")
+    ] = None,
+    system: SystemOpt = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Build or install a new llama.cpp beside the old one, then restart the instances that follow
+    `current` one at a time, each checked with /health and a real completion; any failure puts
+    the old build back and restarts the affected instances on it."""
+    from nativellm.build import BuildOptions
+    from nativellm.source import DEFAULT_REPO, SourceRequest
+    from nativellm.systemd import Systemd
+    from nativellm.upgrade import UpgradeOptions, raise_if_rolled_back, rollback_error, upgrade
+
+    _begin("upgrade", json_out)
+    if sum(x is not None for x in (source, tarball, ref, artifact)) > 1:
+        raise UsageError(
+            "--ref, --source, --tarball and --artifact exclude each other", "give one new version"
+        )
+    if sha256 and not (tarball or artifact):
+        raise UsageError("--sha256 only applies to --tarball or --artifact", "drop --sha256")
+    build_opts = None
+    if artifact is None and (source or tarball or ref):
+        build_opts = BuildOptions(
+            source=SourceRequest(
+                directory=source, tarball=tarball, sha256=sha256, ref=ref, repo=repo or DEFAULT_REPO
+            )
+        )
+    names = None if instances == "all" else tuple(n.strip() for n in instances.split(",") if n.strip())
+    if canary is not None and instances != "all":
+        raise UsageError("--canary and --instances exclude each other", "give one of them")
+    scope = _scope(system)
+    res = upgrade(
+        resolve_paths(scope),
+        UpgradeOptions(build_opts, artifact, sha256 if artifact else None, names, canary),
+        Systemd(scope),
+        ConsoleReporter(quiet=json_out),
+    )
+    if json_out and res.rolled_back:
+        failure = rollback_error(res)
+        # One document: the error envelope plus what happened; _fail then only writes stderr.
+        emit_json(error_envelope("upgrade", failure) | {"changed": True, "data": res.to_dict()})
+        STATE.json = False
+        raise failure
+    if json_out:
+        emit_json(envelope("upgrade", res.changed, res.to_dict()))
+    else:
+        for s in res.steps:
+            out.print(
+                escape(f"{s.name}: {s.result} in {s.seconds:.1f}s" + (f" ({s.detail})" if s.detail else ""))
+            )
+        for name, why in res.skipped:
+            out.print(escape(f"{name}: skipped ({why})"))
+        if not res.rolled_back:
+            out.print(escape(f"current: {res.previous} -> {res.current}" if res.previous != res.current
+                             else f"current: {res.current} (unchanged)"))  # fmt: skip
+        for note in res.notes:
+            out.print(escape(note))
+    raise_if_rolled_back(res)
+
+
+RpcHost = Annotated[str, typer.Option("--host", help="Bind address (default 127.0.0.1; see the warning).")]
+
+
+@instance_app.command("add-rpc-worker")
+def add_rpc_worker(
+    name: Annotated[str, typer.Argument(help="Worker name, e.g. gpu1.")],
+    port: Annotated[int, typer.Option("--port", help="Port rpc-server listens on.")],
+    host: RpcHost = "127.0.0.1",
+    allow: Annotated[
+        str | None, typer.Option("--allow", help="Peers (heads) that may connect: ADDR or CIDR,...")
+    ] = None,
+    gpus: IGpus = None,
+    threads: Annotated[int | None, typer.Option("--threads", help="CPU threads of the worker.")] = None,
+    build: IBuild = None,
+    start: Annotated[bool, typer.Option("--start", help="Start it and wait until it listens.")] = False,
+    no_systemd: INoSystemd = False,
+    system: SystemOpt = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Add a llama.cpp RPC worker (rpc-server) as llama-rpc@NAME.service; needs a `build --rpc`."""
+    from nativellm.rpc import RpcWorkers, RpcWorkerSpec
+    from nativellm.systemd import Systemd
+
+    _begin("instance add-rpc-worker", json_out)
+    gpu_list: tuple[int, ...] | None = None
+    if gpus is not None:
+        try:
+            gpu_list = tuple(int(g) for g in gpus.split(",") if g.strip())
+        except ValueError:
+            raise UsageError(f"--gpus {gpus!r} is not a list of GPU indices", "use e.g. --gpus 0,1") from None
+    peers = tuple(p.strip() for p in (allow or "").split(",") if p.strip())
+    spec = RpcWorkerSpec(name, port, host, gpu_list, peers, threads, build or "current")
+    scope = _scope(system)
+    res = RpcWorkers(resolve_paths(scope), None if no_systemd else Systemd(scope)).add(spec, start=start)
+    if json_out:
+        data = {"name": res.name, "message": res.message, "files": list(res.files), "started": res.started,
+                "endpoint": spec.endpoint, "warnings": [res.warning] if res.warning else []}  # fmt: skip
+        emit_json(envelope("instance add-rpc-worker", res.changed, data))
+    else:
+        out.print(escape(res.message))
+    if res.warning:
+        err.print(f"[yellow]warning:[/yellow] {escape(res.warning)}")
+
+
+@instance_app.command("rm-rpc-worker")
+def rm_rpc_worker(
+    name: Annotated[str, typer.Argument(help="Worker name.")],
+    no_systemd: INoSystemd = False,
+    system: SystemOpt = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Stop an RPC worker and remove its spec and drop-in."""
+    from nativellm.rpc import RpcWorkers
+    from nativellm.systemd import Systemd
+
+    _begin("instance rm-rpc-worker", json_out)
+    scope = _scope(system)
+    res = RpcWorkers(resolve_paths(scope), None if no_systemd else Systemd(scope)).remove(name)
+    if json_out:
+        emit_json(envelope("instance rm-rpc-worker", True, {"name": name, "files": list(res.files)}))
+    else:
+        out.print(escape(res.message))
+
+
+# ---- end fleet commands
 
 
 # --------------------------------------------------------------------------- entry point

@@ -77,6 +77,7 @@ class InstanceSpec:
     cpus: str | None = None
     numa_node: int | None = None
     gpus: tuple[int, ...] | None = None
+    rpc: tuple[str, ...] | None = None  # llama.cpp RPC workers, host:port (llama-server --rpc)
     enable: bool = False
     start_timeout: int = DEFAULT_START_TIMEOUT_S
     env: Mapping[str, str] = field(default_factory=dict)
@@ -113,6 +114,10 @@ class InstanceSpec:
                 f"binding {self.host} exposes llama-server beyond this machine without an API key",
                 "add --api-key-file FILE (or --insecure-no-api-key if you really mean it)",
             )
+        for endpoint in self.rpc or ():
+            host, sep, port = endpoint.rpartition(":")
+            if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+                raise UsageError(f"--rpc {endpoint!r} is not host:port", "write it as 127.0.0.1:50052")
         if any("\n" in a or "\0" in a for a in self.extra_args):
             raise UsageError("an extra llama-server argument contains a newline", "remove it")
         return self
@@ -163,6 +168,8 @@ class InstanceSpec:
             doc["gpus"] = tuple(doc["gpus"])
         if "extra_args" in doc:
             doc["extra_args"] = tuple(doc["extra_args"])
+        if "rpc" in doc:
+            doc["rpc"] = tuple(doc["rpc"])
         try:
             return cls(**doc)
         except TypeError as exc:

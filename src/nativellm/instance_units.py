@@ -147,6 +147,8 @@ def server_argv(
         argv += list(mlock_args)
     if spec.numa_node is not None:
         argv += ["--numa", "numactl"]
+    if spec.rpc:
+        argv += ["--rpc", ",".join(spec.rpc)]
     if spec.metrics:
         argv.append("--metrics")
     if api_key_path is not None:

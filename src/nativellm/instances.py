@@ -69,6 +69,7 @@ class InstanceOptions:
     cpus: str | None = None
     numa_node: int | None = None
     gpus: tuple[int, ...] | None = None
+    rpc: tuple[str, ...] | None = None
     build: str | None = None
     enable: bool | None = None
     start_timeout: int | None = None

@@ -264,20 +264,38 @@ def _parts_of(path: Path) -> list[Path]:
 
 
 def add_model(
-    paths: Paths, file: Path, *, name: str | None = None, copy: bool = False
+    paths: Paths, file: Path, *, name: str | None = None, copy: bool = False, sha256: str | None = None
 ) -> tuple[ModelRecord, bool]:
-    """Register an existing GGUF. By default the record references the file where it is."""
+    """Register an existing GGUF. By default the record references the file where it is.
+
+    With `sha256` the file (the first part of a split model) must have that hash, else nothing is
+    registered; an already registered model is checked against its recorded hash (no re-hash).
+    """
     src = file.expanduser().resolve()
     if not src.exists():
         raise NotFoundError(f"{file} does not exist", "check the path")
     reg = ModelRegistry(paths)
     name = validate_name(name or name_from_file(src))
     parts = _parts_of(src)
+    want = sha256.lower() if sha256 else None
     existing = reg.find(name)
     if existing is not None and (existing.path == src or existing.metadata.get("origin") == str(src)):
+        if want is not None and existing.sha256 != want:
+            raise ModelError(
+                f"model {name!r} is registered with sha256 {existing.sha256}, not {want}",
+                f"check the expected hash, or remove it first with `nativellm model rm {name}`",
+            )
         return existing, False
+    if want is not None:
+        got = sha256_file(parts[0])
+        if got != want:
+            raise ModelError(
+                f"{parts[0]} has sha256 {got}, expected {want}; nothing was registered",
+                "check the file or the expected hash",
+            )
     if not copy:
-        return (rec := make_record(name, parts, "file", metadata={"origin": str(src)})), reg.put(rec)
+        rec = make_record(name, parts, "file", sha256=want, metadata={"origin": str(src)})
+        return rec, reg.put(rec)
     validate_model(parts)  # refuse before copying gigabytes
     with reg.model_lock(name):
         dest_dir = reg.files_dir(name)

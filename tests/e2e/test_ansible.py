@@ -1,0 +1,261 @@
+"""Issue 5, acceptance 3: the Ansible role converges under the real systemd, a second run of the
+same playbook reports changed=0 (Molecule's idempotence step), the instance serves, and
+ansible-lint passes on the role and the example playbook.
+
+ansible-core and ansible-lint come from PyPI (the `test` extra). ansible-playbook runs *inside*
+the systemd sandbox with `connection: local`; the role installs nativellm into a venv from this
+checkout (`nativellm_pip_spec`) and builds with `--auto`, which is a cache hit on the session's
+auto build (borrowed into the role's NATIVELLM_HOME), so no compile happens here.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.e2e.conftest import CHECKOUT, USER_UNIT_DIR, _borrow_build
+from tests.e2e.sandbox import Sandbox
+from tests.helpers import CACHE, nativellm
+
+BIN = Path(sys.executable).parent
+ANSIBLE_PLAYBOOK = BIN / "ansible-playbook"
+ANSIBLE_LINT = BIN / "ansible-lint"
+ROLES = CHECKOUT / "ansible" / "roles"
+PLAYBOOK = CHECKOUT / "ansible" / "playbook.yml"
+
+needs_ansible = pytest.mark.skipif(
+    not ANSIBLE_PLAYBOOK.exists(), reason="ansible-core is not installed (pip install -e '.[test]')"
+)
+
+RECAP = re.compile(
+    r"^(?P<host>\S+)\s*:\s*ok=(?P<ok>\d+)\s+changed=(?P<changed>\d+)\s+unreachable=(?P<unreachable>\d+)"
+    r"\s+failed=(?P<failed>\d+)",
+    re.MULTILINE,
+)
+
+
+@dataclass
+class PlaybookRun:
+    rc: int
+    output: str
+    seconds: float
+
+    def recap(self) -> dict[str, dict[str, int]]:
+        """PLAY RECAP per host: {host: {ok, changed, unreachable, failed}}."""
+        text = self.output.rsplit("PLAY RECAP", 1)[-1]
+        return {
+            m["host"]: {k: int(m[k]) for k in ("ok", "changed", "unreachable", "failed")}
+            for m in RECAP.finditer(text)
+        }
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def demo_model(home: Path) -> dict[str, Any]:
+    """The session's demo model record (path and sha256)."""
+    res = nativellm("model", "list", "--json", home=home)
+    assert res.returncode == 0, res.stderr
+    models = {m["name"]: m for m in res.json()["models"]}
+    return models["demo"]  # type: ignore[no-any-return]
+
+
+def write_inventory(workdir: Path, groups: dict[str, list[str]]) -> Path:
+    lines = []
+    for group, hosts in groups.items():
+        lines.append(f"[{group}]")
+        lines += [f"{h} ansible_connection=local ansible_python_interpreter={sys.executable}" for h in hosts]
+    inventory = workdir / "inventory.ini"
+    inventory.write_text("\n".join(lines) + "\n")
+    return inventory
+
+
+def role_vars(home: Path, venv: str, **extra: Any) -> dict[str, Any]:
+    """The role's variables for a test host: no system packages (none to install here, and no
+    network), a venv that reuses this interpreter's packages, nativellm from this checkout."""
+    return {
+        "nativellm_home": str(home),
+        "nativellm_environment": {"NATIVELLM_UNIT_DIR": USER_UNIT_DIR},
+        "nativellm_manage_system_packages": False,
+        "nativellm_python": sys.executable,
+        "nativellm_venv": venv,
+        "nativellm_venv_site_packages": True,
+        "nativellm_pip_spec": str(CHECKOUT),
+        "nativellm_pip_extra_args": "--no-deps --no-build-isolation",
+        **extra,
+    }
+
+
+def run_playbook(
+    sb: Sandbox,
+    playbook: Path,
+    inventory: Path,
+    extra_vars: dict[str, Any],
+    *,
+    env: dict[str, str] | None = None,
+    timeout: float = 600,
+) -> PlaybookRun:
+    vars_file = inventory.parent / f"vars-{uuid.uuid4().hex[:6]}.json"
+    vars_file.write_text(json.dumps(extra_vars))
+    env = {
+        "ANSIBLE_ROLES_PATH": str(ROLES),
+        "ANSIBLE_NOCOLOR": "1",
+        "ANSIBLE_FORCE_COLOR": "0",
+        "ANSIBLE_HOST_KEY_CHECKING": "0",
+        "ANSIBLE_RETRY_FILES_ENABLED": "0",
+        "ANSIBLE_LOCAL_TEMP": "/root/.ansible/tmp",
+        "ANSIBLE_REMOTE_TEMP": "/root/.ansible/tmp",
+        **(env or {}),
+    }
+    # Sandbox.exec's nsenter --wd leaves the cwd on a host dentry outside the sandbox's root,
+    # where getcwd() fails (ansible calls it); cd inside first.
+    argv = ["sh", "-c", 'cd / && exec "$@"', "sh", str(ANSIBLE_PLAYBOOK), "-i", str(inventory),
+            "-e", f"@{vars_file}", str(playbook)]  # fmt: skip
+    t0 = time.monotonic()
+    res = sb.exec(argv, env=env, check=False, timeout=timeout)
+    return PlaybookRun(res.returncode, res.stdout + res.stderr, time.monotonic() - t0)
+
+
+def write_playbook(workdir: Path, hosts: str = "all") -> Path:
+    playbook = workdir / "site.yml"
+    playbook.write_text(
+        f"- name: nativellm\n  hosts: {hosts}\n  gather_facts: false\n  roles:\n    - role: nativellm\n"
+    )
+    return playbook
+
+
+@pytest.fixture
+def workdir() -> Any:
+    """Outside /tmp: the sandbox has a fresh /tmp, and sees CACHE through a bind mount."""
+    d = CACHE / "ansible" / uuid.uuid4().hex[:8]
+    d.mkdir(parents=True)
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+@needs_ansible
+def test_role_is_idempotent_and_serves(
+    sandbox: Sandbox, demo_home: Path, llama_source: Path, workdir: Path
+) -> None:
+    home = workdir / "home"
+    _borrow_build(demo_home, home)
+    model = demo_model(demo_home)
+    port = free_port()
+    extra = role_vars(
+        home,
+        f"/opt/nativellm-{workdir.name}/venv",
+        nativellm_build_source=str(llama_source),
+        nativellm_models=[
+            {"name": "tiny", "source": model["path"], "sha256": model["sha256"]},
+            {"name": "never-added", "state": "absent"},
+        ],
+        nativellm_instances=[
+            {"name": "ansq", "model": "tiny", "port": port, "ctx": 512, "threads": 1, "enabled": True}
+        ],
+    )
+    inventory = write_inventory(workdir, {"llm": ["node1"]})
+    try:
+        first = run_playbook(sandbox, write_playbook(workdir), inventory, extra)
+        assert first.rc == 0, first.output[-6000:]
+        assert first.recap()["node1"]["changed"] > 0, first.output[-3000:]
+        second = run_playbook(sandbox, write_playbook(workdir), inventory, extra)
+        assert second.rc == 0, second.output[-6000:]
+        recap = second.recap()["node1"]
+        assert recap["changed"] == 0 and recap["failed"] == 0, second.output[-6000:]
+        print(f"\nplaybook: first run {first.seconds:.1f}s, second (idempotent) run {second.seconds:.1f}s")
+
+        assert httpx.get(f"http://127.0.0.1:{port}/health", timeout=5).status_code == 200
+        state = sandbox.show("llama@ansq.service", "ActiveState", "UnitFileState")
+        assert state == {"ActiveState": "active", "UnitFileState": "enabled"}
+        # The build step was a cache hit (nothing compiled), the model was registered by path
+        # with its sha256, and the spec the role rendered is the one the CLI reads back.
+        assert [p.name for p in (home / "data" / "builds").iterdir()] == [
+            (demo_home / "data" / "current").resolve().name
+        ]
+        inner = {"NATIVELLM_HOME": str(home), "NATIVELLM_UNIT_DIR": USER_UNIT_DIR}
+        res = sandbox.exec(
+            [sys.executable, "-m", "nativellm", "instance", "list", "--json"],
+            env={**inner, "PYTHONPATH": str(CHECKOUT / "src")},
+        )
+        (spec,) = json.loads(res.stdout)["instances"]
+        assert (spec["name"], spec["model"], spec["port"], spec["ctx"]) == ("ansq", "tiny", port, 512)
+    finally:
+        sandbox.exec(
+            [sys.executable, "-m", "nativellm", "instance", "rm", "ansq"],
+            env={"NATIVELLM_HOME": str(home), "NATIVELLM_UNIT_DIR": USER_UNIT_DIR,
+                 "PYTHONPATH": str(CHECKOUT / "src")},
+            check=False,
+        )  # fmt: skip
+
+
+@pytest.mark.skipif(not ANSIBLE_LINT.exists(), reason="ansible-lint is not installed")
+def test_ansible_lint_is_clean() -> None:
+    res = subprocess.run(
+        [str(ANSIBLE_LINT), "--profile", "production", "--nocolor", "roles/nativellm", "playbook.yml"],
+        cwd=CHECKOUT / "ansible",
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert res.returncode == 0, f"{res.stdout}\n{res.stderr}"
+
+
+def test_role_filters_mirror_the_cli() -> None:
+    """The argv the role runs: instance and model dicts map onto the CLI's options."""
+    spec = importlib.util.spec_from_file_location(
+        "nativellm_role_filters", ROLES / "nativellm" / "filter_plugins" / "nativellm.py"
+    )
+    assert spec is not None and spec.loader is not None
+    filters = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(filters)
+    inst = {"name": "q4", "model": "m", "port": 8080, "gpus": [0, 1], "mlock": False, "enabled": True,
+            "insecure_no_api_key": True, "linger": True, "extra_args": ["--jinja"], "state": "started"}  # fmt: skip
+    assert filters.nativellm_instance_argv(inst, "nl", [], False) == [
+        "nl", "instance", "add", "q4", "--model", "m", "--port", "8080", "--gpus", "0,1",
+        "--no-mlock", "--enable", "--insecure-no-api-key", "--linger", "--json", "--", "--jinja",
+    ]  # fmt: skip
+    assert filters.nativellm_instance_argv({"name": "q4", "ctx": 512}, "nl", ["--system"], True) == [
+        "nl", "instance", "edit", "q4", "--ctx", "512", "--system", "--json",
+    ]  # fmt: skip
+    with pytest.raises(ValueError, match="ctx_size"):
+        filters.nativellm_instance_argv({"name": "q4", "ctx_size": 512}, "nl", [], False)
+    assert filters.nativellm_model_argv({"name": "m", "source": "hf:o/r:Q4_K_M"}, "nl", []) == [
+        "nl", "model", "pull", "hf:o/r:Q4_K_M", "--name", "m", "--json",
+    ]  # fmt: skip
+    assert filters.nativellm_model_argv({"name": "m", "source": "/m.gguf", "sha256": "ab"}, "nl", []) == [
+        "nl", "model", "add", "/m.gguf", "--name", "m", "--sha256", "ab", "--json",
+    ]  # fmt: skip
+    assert filters.nativellm_health_url({"host": "0.0.0.0", "port": 9}) == "http://127.0.0.1:9/health"
+
+
+def test_model_add_checks_sha256(llama_source: Path, tmp_path: Path) -> None:
+    """`model add PATH --sha256` (what the role runs for a path): a wrong hash registers nothing."""
+    made = nativellm("model", "demo", "--vocab", str(llama_source), "--json", home=tmp_path / "a")
+    assert made.returncode == 0, made.stderr
+    rec = made.json()["data"]["model"]
+    home = tmp_path / "b"
+    wrong = nativellm("model", "add", rec["path"], "--name", "m", "--sha256", "0" * 64, "--json", home=home)
+    assert wrong.returncode == 9 and not wrong.json()["ok"], wrong.stdout
+    assert nativellm("model", "list", "--json", home=home).json()["models"] == []
+    right = ("model", "add", rec["path"], "--name", "m", "--sha256", rec["sha256"], "--json")
+    first, again = nativellm(*right, home=home), nativellm(*right, home=home)
+    assert (first.json()["changed"], again.json()["changed"]) == (True, False), first.stdout
+    other = nativellm("model", "add", rec["path"], "--name", "m", "--sha256", "f" * 64, "--json", home=home)
+    assert other.returncode == 9, other.stdout
