@@ -100,3 +100,16 @@ def test_instance_problems_are_found(tmp_path: Path, monkeypatch: pytest.MonkeyP
     assert any("port 8090 is taken" in m for m in doctor())
     busy.clear()
     assert any("lingering is off" in m for m in doctor(linger=False))
+
+
+def test_removed_model_is_found(store: Store, tmp_path: Path) -> None:
+    from nativellm.doctor import check_models
+    from nativellm.models import add_model
+    from tests.fixtures.models.ggufs import write_gguf
+
+    model = write_gguf(tmp_path / "m.gguf")
+    add_model(store.paths, model, name="m")
+    assert all(f.ok for f in check_models(store.paths))
+    model.unlink()
+    (problem,) = check_models(store.paths)
+    assert not problem.ok and "model m" in problem.message and problem.fix
