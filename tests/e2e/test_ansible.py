@@ -26,9 +26,9 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.e2e.conftest import CHECKOUT, USER_UNIT_DIR, _borrow_build
+from tests.e2e.conftest import CHECKOUT, USER_UNIT_DIR
 from tests.e2e.sandbox import Sandbox
-from tests.helpers import CACHE, nativellm
+from tests.helpers import CACHE, borrow_build, nativellm
 
 BIN = Path(sys.executable).parent
 ANSIBLE_PLAYBOOK = BIN / "ansible-playbook"
@@ -154,7 +154,7 @@ def test_role_is_idempotent_and_serves(
     sandbox: Sandbox, demo_home: Path, llama_source: Path, workdir: Path
 ) -> None:
     home = workdir / "home"
-    _borrow_build(demo_home, home)
+    borrow_build(demo_home, home)
     model = demo_model(demo_home)
     port = free_port()
     extra = role_vars(

@@ -23,7 +23,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.e2e.conftest import CHECKOUT, _borrow_build
+from tests.e2e.conftest import CHECKOUT
 from tests.e2e.sandbox import Sandbox, find_unavailable_reason
 from tests.e2e.test_ansible import (
     demo_model,
@@ -34,7 +34,7 @@ from tests.e2e.test_ansible import (
     write_inventory,
     write_playbook,
 )
-from tests.helpers import CACHE
+from tests.helpers import CACHE, borrow_build
 
 HOSTS = ("host-a", "host-b", "host-c")
 BUILD_TASK = "Build llama.cpp for this host (or install its artifact from the index)"
@@ -98,7 +98,7 @@ def test_fleet_compiles_once(
     share = fleet_dir / "artifacts"
     model = demo_model(demo_home)
     builder_home = fleet_dir / "host-a-home"
-    _borrow_build(demo_home, builder_home)
+    borrow_build(demo_home, builder_home)
     # host-b and host-c keep their stores inside their own sandboxes: nothing shared but the index.
     homes = {
         "host-a": builder_home,
