@@ -6,7 +6,7 @@ It builds, through nativellm, from one llama.cpp source: (a) --auto, (b) the gen
 baseline (what a distro or Docker build gives), (c) --portable (all CPU variants,
 loaded at run time: what official images ship), (d) GGML_NATIVE=ON; measures pp/tg of
 each with `nativellm bench builds` (interleaved), measures memory bandwidth, and writes
-benchmarks/RESULTS.md. Everything lives in benchmarks/work (NATIVELLM_HOME there).
+benchmarks/RESULTS.md. Its store is ~/.cache/nativellm-test/sessions/bench (NATIVELLM_BENCH_WORK overrides).
 """
 
 from __future__ import annotations
@@ -23,7 +23,11 @@ from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
-WORK = HERE / "work"
+# The store sits at the same depth as the test sessions' stores (~/.cache/nativellm-test/sessions/X),
+# so ccache sees the same relative paths and reuses their objects.
+WORK = Path(
+    os.environ.get("NATIVELLM_BENCH_WORK", Path.home() / ".cache" / "nativellm-test" / "sessions" / "bench")
+)
 sys.path.insert(0, str(HERE))
 
 from membw import read_bandwidth  # noqa: E402
@@ -37,7 +41,7 @@ VARIANTS = (  # (key, label, build flags); --auto last so it ends up current
 
 
 def cli(*args: str, check: bool = True) -> dict[str, Any]:
-    env = {**os.environ, "NATIVELLM_HOME": str(WORK / "home")}
+    env = {**os.environ, "NATIVELLM_HOME": str(WORK)}
     proc = subprocess.run(
         [sys.executable, "-m", "nativellm", *args, "--json"], capture_output=True, text=True, env=env
     )
@@ -77,7 +81,7 @@ def main() -> None:
         "--naive", action="store_true", help="also time a default build of every llama.cpp target"
     )
     args = ap.parse_args()
-    WORK.mkdir(exist_ok=True)
+    WORK.mkdir(parents=True, exist_ok=True)
     source = (args.source or default_source()).resolve()
 
     builds: dict[str, dict[str, Any]] = {}
@@ -92,7 +96,7 @@ def main() -> None:
     cache_hit_s = time.monotonic() - t0
     host = json.loads(subprocess.run([sys.executable, "-m", "nativellm", "detect", "--json"],
                                      capture_output=True, text=True, check=True).stdout)  # fmt: skip
-    current = WORK / "home" / "data" / "current"
+    current = WORK / "data" / "current"
     model = bench_model(source, current / "bin" / "llama-quantize")
     ok_ids = [
         builds[k]["doc"]["data"]["build_id"] for k in ("b", "a", "c", "d") if builds[k]["doc"].get("ok")
@@ -158,6 +162,12 @@ def write_results(host, source, builds, by_id, model, bw, cache_hit_s, again, na
     ]
     if naive_s is not None:
         lines.append(f"- naive default build of every llama.cpp target (no ccache): {naive_s:.0f} s")
+    lines += [
+        "",
+        "Not yet measured by this script: serving overhead (bench against the systemd instance vs the same",
+        "argv started by hand) and build-vs-build under systemd. Start-to-ready and recovery after kill -9 are",
+        "measured by tests/e2e/test_instances.py against a real systemd; see docs/instances.md.",
+    ]
     (HERE / "RESULTS.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
