@@ -8,6 +8,7 @@ anything, and restarts a running instance only when its rendered units changed.
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 import sys
 import time
@@ -137,6 +138,9 @@ def _default_profile() -> HostProfile:
     return detect_host(verify=False)
 
 
+HEALTHCHECK = "libexec/nativellm-healthcheck.py"  # under the data home; written with the units
+
+
 class Instances:
     """The instance use cases for one scope. `systemd=None` renders files only (no D-Bus)."""
 
@@ -192,8 +196,11 @@ class Instances:
             server_binary=binary,
             model_path=self._model_path(spec.model),
             backend=rec.backend,
-            python=sys.executable,
-            healthcheck=Path(healthcheck.__file__).resolve(),
+            # The units must not depend on where nativellm's venv lives (a service's PrivateTmp
+            # hides /tmp, ProtectHome others): the base interpreter runs a copy of the stdlib-only
+            # helper that sits in the store next to the builds.
+            python=os.path.realpath(sys.executable),
+            healthcheck=self.paths.home / HEALTHCHECK,
             systemctl=run.which("systemctl") or "/usr/bin/systemctl",
             spec_path=spec_path(self.paths.config, spec.name),
             mlock_args=find_mlock_args(binary) if spec.mlock else ("--mlock",),
@@ -268,6 +275,7 @@ class Instances:
     def _files(self, spec: InstanceSpec) -> dict[Path, str]:
         r = self._resolve(spec)
         files = {self.paths.units / rel: text for rel, text in template_files().items()}
+        files[self.paths.home / HEALTHCHECK] = Path(healthcheck.__file__).read_text(encoding="utf-8")
         files.update({self.paths.units / rel: text for rel, text in render_instance_files(spec, r).items()})
         return files
 
