@@ -13,8 +13,9 @@ from nativellm.errors import NativeLLMError
 
 RESULT_SCHEMA = "nativellm.result/1"
 
-out = Console(highlight=False, soft_wrap=True)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
+# emoji=False: text like "root:x:0:0" or a path must print as it is, not as ❌.
+out = Console(highlight=False, soft_wrap=True, emoji=False)
+err = Console(stderr=True, highlight=False, soft_wrap=True, emoji=False)
 
 
 def emit_json(doc: dict[str, Any]) -> None:

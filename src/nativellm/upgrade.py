@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from nativellm.errors import NativeLLMError, ResourceError, UsageError
+from nativellm.errors import InstanceError, NativeLLMError, ResourceError, UsageError
 from nativellm.instance_spec import InstanceSpec
 from nativellm.instance_units import base_url, unit_name
 from nativellm.paths import Paths
@@ -267,8 +267,9 @@ def upgrade(
     store = Store(paths)
     insts = _instances(paths, systemd)
     if not systemd.available():
-        raise UpgradeError(
-            f"systemd is not reachable on {systemd.address}", "upgrade restarts instances under systemd"
+        raise InstanceError(
+            f"systemd is not reachable on {systemd.address}",
+            "upgrade restarts instances under systemd; on a host without it use `nativellm build` and restart by hand",
         )
     if opts.canary and opts.instances is not None:
         raise UsageError("--canary and --instances exclude each other", "give one of them")
