@@ -1,4 +1,4 @@
-"""Use cases and views behind `nativellm bench` (kept out of cli.py)."""
+"""Use cases and views behind `nativellm bench` (kept out of the cli package)."""
 
 from __future__ import annotations
 

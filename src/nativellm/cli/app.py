@@ -1,0 +1,111 @@
+"""The typer app, its shared state and options, and the entry point that maps errors to exit codes."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from dataclasses import dataclass
+from typing import Annotated
+
+import click
+import typer
+from rich.markup import escape
+
+from nativellm import __version__
+from nativellm.errors import Interrupted, NativeLLMError
+from nativellm.paths import Scope
+from nativellm.render import emit_json, err, error_envelope, out
+
+app = typer.Typer(
+    name="nativellm",
+    help="Build llama.cpp natively for this machine and run llama-server under systemd.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+builds_app = typer.Typer(help="List, switch, roll back and clean up installed builds.", no_args_is_help=True)
+app.add_typer(builds_app, name="builds")
+
+
+@dataclass
+class CliState:
+    """What the error handler needs to know about the running command."""
+
+    debug: bool = False
+    json: bool = False
+    command: str = ""
+
+
+STATE = CliState()
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")]
+SystemOpt = Annotated[bool, typer.Option("--system", help="System scope (/var/lib/nativellm); needs root.")]
+
+
+def _begin(command: str, json_out: bool) -> None:
+    STATE.command = command
+    STATE.json = json_out
+
+
+def _scope(system: bool) -> Scope:
+    return Scope.SYSTEM if system else Scope.USER
+
+
+def _version(value: bool) -> None:
+    if value:
+        out.print(f"nativellm {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    debug: Annotated[
+        bool, typer.Option("--debug", help="Verbose logs and full tracebacks on errors.")
+    ] = False,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version and exit.")
+    ] = False,
+) -> None:
+    STATE.debug = debug
+    logging.basicConfig(
+        level=logging.DEBUG if debug else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+# --------------------------------------------------------------------------- entry point
+def main(argv: list[str] | None = None) -> None:
+    """Run the CLI; every NativeLLMError becomes one line plus a hint and its exit code."""
+    try:
+        rv = app(args=argv, standalone_mode=False)
+    except NativeLLMError as exc:
+        _fail(exc)
+    except (KeyboardInterrupt, click.exceptions.Abort):
+        _fail(Interrupted("interrupted; nothing was changed", "run the command again"))
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except Exception as exc:
+        if STATE.debug:
+            raise
+        err.print(f"[red]error:[/red] internal error: {type(exc).__name__}: {escape(str(exc))}")
+        err.print("  hint: rerun with --debug and report the traceback")
+        sys.exit(1)
+    if rv == Interrupted.exit_code:  # typer turns Ctrl-C into a silent "return 130"; commands return None
+        _fail(Interrupted("interrupted; nothing was changed", "run the command again"))
+    sys.exit(rv if isinstance(rv, int) else 0)
+
+
+def _fail(exc: NativeLLMError) -> None:
+    if STATE.debug:
+        import traceback
+
+        traceback.print_exc()
+    if STATE.json:
+        emit_json(error_envelope(STATE.command, exc))
+    err.print(f"[red]error:[/red] {escape(exc.message)}")
+    if exc.hint:
+        err.print(f"  hint: {escape(exc.hint)}")
+    sys.exit(exc.exit_code)

@@ -1,0 +1,80 @@
+"""Commands: bench and doctor."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from nativellm.cli.app import JsonOpt, SystemOpt, _begin, _scope, app
+from nativellm.errors import UsageError
+from nativellm.paths import resolve_paths
+from nativellm.render import emit_json
+
+
+# --------------------------------------------------------------------------- bench commands (issue 6)
+@app.command("bench")
+def bench(
+    target: Annotated[str, typer.Argument(help="An instance name, or `builds` to compare builds.")],
+    build_ids: Annotated[
+        list[str] | None, typer.Argument(help="With `builds`: build ids (default: all).")
+    ] = None,
+    model: Annotated[
+        str | None, typer.Option("--model", help="With `builds`: model name or GGUF path.")
+    ] = None,
+    repetitions: Annotated[int, typer.Option("--repetitions", "-r", min=1, help="Interleaved rounds.")] = 3,
+    n_prompt: Annotated[int, typer.Option("--pp", min=1, help="With `builds`: prompt tokens.")] = 256,
+    n_gen: Annotated[int, typer.Option("--tg", min=1, help="With `builds`: generated tokens.")] = 64,
+    url: Annotated[str | None, typer.Option("--url", help="Benchmark this llama-server URL instead.")] = None,
+    concurrency: Annotated[str, typer.Option("--concurrency", help="Comma-separated levels.")] = "1,4,8",
+    prompt_tokens: Annotated[int, typer.Option("--prompt-tokens", min=1)] = 128,
+    max_tokens: Annotated[int, typer.Option("--max-tokens", min=1)] = 64,
+    requests: Annotated[int, typer.Option("--requests", min=1, help="Requests per level.")] = 16,
+    duration: Annotated[float, typer.Option("--duration", min=1, help="Seconds per level, at most.")] = 120,
+    system: SystemOpt = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Measure throughput: `bench builds` compares builds with llama-bench; `bench NAME` loads an instance."""
+    from nativellm import benchview
+
+    _begin("bench", json_out)
+    paths = resolve_paths(_scope(system))
+    if target == "builds":
+        report = benchview.run_bench_builds(
+            paths, build_ids or [], model, repetitions, n_prompt, n_gen, json_out
+        )
+    else:
+        try:
+            levels = [int(x) for x in concurrency.split(",") if x.strip()]
+        except ValueError:
+            raise UsageError(
+                f"--concurrency {concurrency!r} is not a list of integers", "pass e.g. 1,4,8"
+            ) from None
+        report = benchview.run_bench_instance(
+            paths, target, url, levels, prompt_tokens, max_tokens, requests, duration, json_out
+        )
+    if json_out:
+        emit_json(report)
+
+
+@app.command("doctor")
+def doctor(system: SystemOpt = False, json_out: JsonOpt = False) -> None:
+    """Check the store, builds, instances, models, disk and hardware; say how to fix each finding."""
+    from nativellm import benchview
+
+    _begin("doctor", json_out)
+    findings = benchview.run_doctor_checks(resolve_paths(_scope(system)))
+    problems = [f for f in findings if not f.ok]
+    if json_out:
+        emit_json(
+            {"schema": "nativellm.doctor/1", "ok": not problems, "findings": [f.to_dict() for f in findings]}
+        )
+    else:
+        benchview.show_findings(findings)
+    if problems:
+        from nativellm.doctor import DoctorFoundProblems
+
+        raise DoctorFoundProblems(f"{len(problems)} problem(s) found", "apply the fixes listed above")
+
+
+# --------------------------------------------------------------------------- end bench commands

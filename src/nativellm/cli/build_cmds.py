@@ -1,0 +1,261 @@
+"""Commands: detect, plan, build and builds."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from nativellm.cli.app import JsonOpt, SystemOpt, _begin, _scope, app, builds_app
+from nativellm.errors import UsageError
+from nativellm.paths import resolve_paths
+from nativellm.render import ConsoleReporter, emit_json, envelope, out
+
+
+# --------------------------------------------------------------------------- detect / plan
+@app.command()
+def detect(json_out: JsonOpt = False) -> None:
+    """Detect this machine's verified CPU features, GPUs and toolkits (HostProfile)."""
+    from nativellm.hardware import detect_host
+
+    _begin("detect", json_out)
+    profile = detect_host()
+    if json_out:
+        emit_json(profile.to_dict())
+        return
+    from nativellm.views import show_profile
+
+    show_profile(profile)
+
+
+def _plan_options(backend: str | None, portable: bool, native: bool, baseline: bool, rpc: bool) -> Any:
+    from nativellm.plan import Backend, PlanOptions
+
+    chosen: Backend | None = None
+    if backend is not None:
+        try:
+            chosen = Backend(backend.lower())
+        except ValueError:
+            names = ", ".join(b.value for b in Backend)
+            raise UsageError(f"unknown backend {backend!r}", f"choose one of: {names}") from None
+    if sum((portable, native, baseline)) > 1:
+        raise UsageError("--portable, --native and --baseline exclude each other", "pick one of them")
+    return PlanOptions(backend=chosen, portable=portable, native=native, baseline=baseline, rpc=rpc)
+
+
+BackendOpt = Annotated[
+    str | None, typer.Option("--backend", help="cpu, cuda, hip, vulkan, metal or sycl (default: auto).")
+]
+ProfileOpt = Annotated[
+    Path | None, typer.Option("--profile", help="Plan for the HostProfile in FILE (from `detect --json`).")
+]
+PortableOpt = Annotated[
+    bool, typer.Option("--portable", help="Fleet build for any x86-64: all CPU variants, loaded at run time.")
+]
+NativeOpt = Annotated[bool, typer.Option("--native", help="GGML_NATIVE=ON (-march=native); for comparisons.")]
+BaselineOpt = Annotated[
+    bool, typer.Option("--baseline", help="Generic distro build (AVX2 baseline); for comparisons.")
+]
+RpcOpt = Annotated[bool, typer.Option("--rpc", help="Also build rpc-server (GGML_RPC=ON).")]
+
+
+@app.command()
+def plan(
+    profile: ProfileOpt = None,
+    backend: BackendOpt = None,
+    portable: PortableOpt = False,
+    native: NativeOpt = False,
+    baseline: BaselineOpt = False,
+    rpc: RpcOpt = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Show the CMake defines a build would use, each with its reason (BuildPlan)."""
+    from nativellm.hardware import detect_host
+    from nativellm.hardware.profile import load_profile
+    from nativellm.plan import plan_build
+
+    _begin("plan", json_out)
+    opts = _plan_options(backend, portable, native, baseline, rpc)
+    host = load_profile(profile) if profile else detect_host()
+    result = plan_build(host, opts)
+    if json_out:
+        emit_json(result.to_dict())
+        return
+    from nativellm.views import show_plan
+
+    show_plan(result)
+
+
+# --------------------------------------------------------------------------- build
+@app.command()
+def build(
+    auto: Annotated[
+        bool, typer.Option("--auto", help="Detect, plan and retry without a crashing ISA family.")
+    ] = False,
+    profile: ProfileOpt = None,
+    backend: BackendOpt = None,
+    portable: PortableOpt = False,
+    native: NativeOpt = False,
+    baseline: BaselineOpt = False,
+    rpc: RpcOpt = False,
+    source: Annotated[
+        Path | None, typer.Option("--source", help="Build from a local llama.cpp tree.")
+    ] = None,
+    tarball: Annotated[
+        str | None, typer.Option("--tarball", help="Build from a llama.cpp tarball (path or URL).")
+    ] = None,
+    sha256: Annotated[str | None, typer.Option("--sha256", help="Expected sha256 of --tarball.")] = None,
+    ref: Annotated[str | None, typer.Option("--ref", help="llama.cpp git tag or commit to clone.")] = None,
+    repo: Annotated[str | None, typer.Option("--repo", help="Git URL to clone --ref from.")] = None,
+    jobs: Annotated[int | None, typer.Option("--jobs", "-j", min=1, help="Parallel compile jobs.")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Plan and check the toolchain only.")] = False,
+    from_index: Annotated[
+        str | None,
+        typer.Option("--from-index", help="Install a matching artifact from an index (URL or dir) instead."),
+    ] = None,
+    system: SystemOpt = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Compile llama.cpp for this machine, smoke-test it and make it current."""
+    from nativellm.build import BuildOptions, build_llama
+    from nativellm.source import DEFAULT_REPO, SourceRequest
+
+    _begin("build", json_out)
+    if sum(x is not None for x in (source, tarball, ref)) > 1:
+        raise UsageError("--source, --tarball and --ref exclude each other", "give one llama.cpp source")
+    if sha256 and not tarball:
+        raise UsageError("--sha256 only applies to --tarball", "drop --sha256 or add --tarball")
+    opts = BuildOptions(
+        auto=auto,
+        profile=profile,
+        plan=_plan_options(backend, portable, native, baseline, rpc),
+        source=SourceRequest(
+            directory=source, tarball=tarball, sha256=sha256, ref=ref, repo=repo or DEFAULT_REPO
+        ),
+        jobs=jobs,
+        dry_run=dry_run,
+        from_index=from_index,
+    )
+    outcome = build_llama(resolve_paths(_scope(system)), opts, ConsoleReporter(quiet=json_out))
+    if json_out:
+        emit_json(
+            envelope(
+                "build",
+                outcome.changed,
+                {
+                    "build_id": outcome.build_id,
+                    "cached": outcome.cached,
+                    "activated": outcome.activated,
+                    "plan": outcome.plan.to_dict(),
+                    "fallbacks": list(outcome.fallbacks),
+                    "jobs": outcome.jobs,
+                    "duration_s": round(outcome.duration_s, 2),
+                    "notes": list(outcome.notes),
+                },
+            )
+        )
+        return
+    from nativellm.views import show_build_outcome
+
+    show_build_outcome(outcome)
+
+
+# --------------------------------------------------------------------------- builds
+@builds_app.command("list")
+def builds_list(system: SystemOpt = False, json_out: JsonOpt = False) -> None:
+    """List installed builds; the current one is marked."""
+    from nativellm.store import Store
+
+    _begin("builds list", json_out)
+    store = Store(resolve_paths(_scope(system)))
+    records, current, pins = store.list_builds(), store.current_id(), store.pinned()
+    if json_out:
+        emit_json(
+            {
+                "schema": "nativellm.builds/1",
+                "current": current,
+                "builds": [
+                    {
+                        "id": r.id,
+                        "backend": r.backend,
+                        "created": r.created,
+                        "current": r.id == current,
+                        "smoke_test_passed": r.smoke_passed,
+                        "pinned_by": pins.get(r.id, []),
+                        "source": r.source,
+                        "path": str(r.path),
+                    }
+                    for r in records
+                ],
+            }
+        )
+        return
+    from nativellm.views import show_builds
+
+    show_builds(records, current, pins)
+
+
+def _store_action(command: str, json_out: bool, system: bool) -> Any:
+    from nativellm.store import Store
+
+    _begin(command, json_out)
+    return Store(resolve_paths(_scope(system)))
+
+
+def _report(command: str, json_out: bool, changed: bool, message: str, data: dict[str, Any]) -> None:
+    if json_out:
+        emit_json(envelope(command, changed, data))
+    else:
+        out.print(message)
+
+
+@builds_app.command("use")
+def builds_use(build_id: str, system: SystemOpt = False, json_out: JsonOpt = False) -> None:
+    """Make build ID current."""
+    store = _store_action("builds use", json_out, system)
+    rec = store.get(build_id)
+    changed = store.set_current(rec.id)
+    _report("builds use", json_out, changed, f"current -> {rec.id}" if changed else f"{rec.id} is already current",
+            {"current": rec.id})  # fmt: skip
+
+
+@builds_app.command("rollback")
+def builds_rollback(system: SystemOpt = False, json_out: JsonOpt = False) -> None:
+    """Make the previously current build current again."""
+    from nativellm.systemd import Systemd
+    from nativellm.upgrade import rollback_and_restart
+
+    _begin("builds rollback", json_out)
+    scope = _scope(system)
+    res = rollback_and_restart(resolve_paths(scope), Systemd(scope))
+    msg = f"rolled back: current {res.previous} -> {res.current}"
+    if res.systemd:
+        msg += "; restarted " + (", ".join(res.restarted) if res.restarted else "no instances (none running)")
+    else:
+        msg += "; systemd is not reachable: restart the instances that follow current yourself"
+    _report("builds rollback", json_out, True, msg,
+            {"current": res.current, "previous": res.previous, "restarted": list(res.restarted),
+             "not_running": list(res.not_running), "systemd": res.systemd})  # fmt: skip
+
+
+@builds_app.command("rm")
+def builds_rm(build_id: str, system: SystemOpt = False, json_out: JsonOpt = False) -> None:
+    """Remove build ID (never the current build or one pinned by an instance)."""
+    store = _store_action("builds rm", json_out, system)
+    removed = store.remove(build_id)
+    _report("builds rm", json_out, True, f"removed {removed}", {"removed": [removed]})
+
+
+@builds_app.command("gc")
+def builds_gc(
+    keep: Annotated[int, typer.Option("--keep", min=0, help="Newest non-current builds to keep.")] = 2,
+    system: SystemOpt = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Remove old builds, keeping current, pinned ones and the newest --keep others."""
+    store = _store_action("builds gc", json_out, system)
+    removed = store.gc(keep)
+    _report("builds gc", json_out, bool(removed),
+            f"removed {len(removed)} build(s): {', '.join(removed)}" if removed else "nothing to remove",
+            {"removed": removed})  # fmt: skip

@@ -1,0 +1,293 @@
+"""Commands: instances under systemd (`nativellm instance ...`, start/stop/status/logs/run)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.markup import escape
+
+from nativellm.cli.app import JsonOpt, SystemOpt, _begin, _scope, app
+from nativellm.errors import UsageError
+from nativellm.paths import Scope, resolve_paths
+from nativellm.render import emit_json, envelope, err, out
+
+# --------------------------------------------------------------------------- instance commands (issue 4)
+# (section owned by the instances/systemd work; keep additions between these markers)
+instance_app = typer.Typer(
+    help="Instances: named llama-server configurations run by systemd.", no_args_is_help=True
+)
+app.add_typer(instance_app, name="instance")
+
+IModel = Annotated[str | None, typer.Option("--model", help="Registered model name (or a GGUF path).")]
+IPort = Annotated[int | None, typer.Option("--port", help="Port (default: first free from 8080).")]
+IHost = Annotated[str | None, typer.Option("--host", help="Bind address (default 127.0.0.1).")]
+ICtx = Annotated[int | None, typer.Option("--ctx", help="Context size (llama-server --ctx-size).")]
+IGpuLayers = Annotated[int | None, typer.Option("--gpu-layers", help="Layers to offload to the GPU.")]
+IThreads = Annotated[int | None, typer.Option("--threads", help="CPU threads (default: physical cores).")]
+IParallel = Annotated[int | None, typer.Option("--parallel", help="Parallel sequences (slots).")]
+IBatch = Annotated[int | None, typer.Option("--batch", help="Logical batch size.")]
+IFlash = Annotated[str | None, typer.Option("--flash-attn", help="on, off or auto.")]
+ICacheK = Annotated[str | None, typer.Option("--cache-type-k", help="KV cache type for K (f16, q8_0...).")]
+ICacheV = Annotated[str | None, typer.Option("--cache-type-v", help="KV cache type for V.")]
+IMlock = Annotated[bool | None, typer.Option("--mlock/--no-mlock", help="Lock the model in RAM.")]
+IMetrics = Annotated[bool | None, typer.Option("--metrics/--no-metrics", help="Serve /metrics (default on).")]
+IKey = Annotated[Path | None, typer.Option("--api-key-file", help="File with the API key (LoadCredential=).")]
+IInsecure = Annotated[
+    bool | None, typer.Option("--insecure-no-api-key", help="Allow a non-loopback bind without a key.")
+]
+IMem = Annotated[str | None, typer.Option("--memory-max", help="systemd MemoryMax= (e.g. 8G).")]
+ICpus = Annotated[
+    str | None, typer.Option("--cpus", help="A CPU count (CPUQuota=) or a CPU list (AllowedCPUs=).")
+]
+INuma = Annotated[int | None, typer.Option("--numa-node", help="Bind memory to NUMA node N.")]
+IGpus = Annotated[str | None, typer.Option("--gpus", help="GPU indices, e.g. 0,1 (CUDA_VISIBLE_DEVICES).")]
+IBuild = Annotated[str | None, typer.Option("--build", help="Pin a build id (default: follow current).")]
+IEnable = Annotated[bool | None, typer.Option("--enable/--no-enable", help="Start at boot.")]
+ITimeout = Annotated[
+    int | None, typer.Option("--start-timeout", help="Seconds a start may take (default 900).")
+]
+IForce = Annotated[bool, typer.Option("--force", help="Add even if the model does not fit in memory.")]
+INoSystemd = Annotated[
+    bool, typer.Option("--no-systemd", help="Only write the spec and units; don't talk to systemd.")
+]
+ILinger = Annotated[bool, typer.Option("--linger", help="Enable lingering so user units start at boot.")]
+IExtra = Annotated[list[str] | None, typer.Argument(help="Extra llama-server arguments, after --.")]
+INameArg = Annotated[str, typer.Argument(help="Instance name, e.g. q4.")]
+IRpc = Annotated[str | None, typer.Option("--rpc", help="llama.cpp RPC workers, host:port,... (issue 5).")]
+
+
+def _instances(system: bool, no_systemd: bool = False) -> Any:
+    from nativellm.instances import Instances
+    from nativellm.systemd import Systemd
+
+    scope = _scope(system)
+    return Instances(resolve_paths(scope), None if no_systemd else Systemd(scope))
+
+
+def _instance_options(
+    model: str | None, port: int | None, host: str | None, ctx: int | None, gpu_layers: int | None,
+    threads: int | None, parallel: int | None, batch: int | None, flash_attn: str | None,
+    cache_type_k: str | None, cache_type_v: str | None, mlock: bool | None, metrics: bool | None,
+    api_key_file: Path | None, insecure_no_api_key: bool | None, memory_max: str | None, cpus: str | None,
+    numa_node: int | None, gpus: str | None, build: str | None, enable: bool | None, start_timeout: int | None,
+    extra: list[str] | None, force: bool,
+) -> Any:  # fmt: skip
+    from nativellm.instances import InstanceOptions
+
+    gpu_list: tuple[int, ...] | None = None
+    if gpus is not None:
+        try:
+            gpu_list = tuple(int(g) for g in gpus.split(",") if g.strip())
+        except ValueError:
+            raise UsageError(f"--gpus {gpus!r} is not a list of GPU indices", "use e.g. --gpus 0,1") from None
+    key = str(api_key_file.resolve()) if api_key_file is not None else None
+    if api_key_file is not None and not api_key_file.is_file():
+        raise UsageError(f"--api-key-file {api_key_file} does not exist", "create the key file first")
+    return InstanceOptions(
+        model=model, port=port, host=host, ctx=ctx, threads=threads, gpu_layers=gpu_layers, parallel=parallel,
+        batch=batch, flash_attn=flash_attn, cache_type_k=cache_type_k, cache_type_v=cache_type_v, mlock=mlock,
+        metrics=metrics, api_key_file=key, insecure_no_api_key=insecure_no_api_key, memory_max=memory_max,
+        cpus=cpus, numa_node=numa_node, gpus=gpu_list, build=build, enable=enable, start_timeout=start_timeout,
+        extra_args=tuple(extra) if extra else None, force=force,
+    )  # fmt: skip
+
+
+def _with_rpc(opts: Any, rpc: str | None) -> Any:
+    import dataclasses
+
+    if rpc is None:
+        return opts
+    return dataclasses.replace(opts, rpc=tuple(e.strip() for e in rpc.split(",") if e.strip()))
+
+
+def _instance_result(command: str, json_out: bool, outcome: Any, warnings: list[str] | None = None) -> None:
+    if json_out:
+        data = {"name": outcome.name, "message": outcome.message, "files": list(outcome.files),
+                "restarted": outcome.restarted, "warnings": warnings or [],
+                "spec": outcome.spec.to_dict() if outcome.spec is not None else None}  # fmt: skip
+        emit_json(envelope(command, outcome.changed, data))
+        return
+    out.print(escape(outcome.message))
+    for w in warnings or []:
+        err.print(f"[yellow]warning:[/yellow] {escape(w)}")
+
+
+def _linger_notes(instances: Any, linger: bool) -> list[str]:
+    from nativellm.instances import enable_linger, linger_enabled
+
+    if instances.paths.scope is not Scope.USER:
+        return []
+    if linger:
+        enable_linger()
+        return []
+    state = linger_enabled()
+    if state is False:
+        return ["lingering is off for this user: instances stop at logout and don't start at boot; "
+                "rerun with --linger (loginctl enable-linger)"]  # fmt: skip
+    return []
+
+
+@instance_app.command("add")
+def instance_add(
+    name: INameArg, extra: IExtra = None, model: IModel = None, port: IPort = None, host: IHost = None,
+    ctx: ICtx = None, gpu_layers: IGpuLayers = None, threads: IThreads = None, parallel: IParallel = None,
+    batch: IBatch = None, flash_attn: IFlash = None, cache_type_k: ICacheK = None, cache_type_v: ICacheV = None,
+    mlock: IMlock = None, metrics: IMetrics = None, api_key_file: IKey = None, insecure_no_api_key: IInsecure = None,
+    memory_max: IMem = None, cpus: ICpus = None, numa_node: INuma = None, gpus: IGpus = None, build: IBuild = None,
+    enable: IEnable = None, start_timeout: ITimeout = None, force: IForce = False, no_systemd: INoSystemd = False,
+    linger: ILinger = False, rpc: IRpc = None, system: SystemOpt = False, json_out: JsonOpt = False,
+) -> None:  # fmt: skip
+    """Add an instance: write its spec and render its systemd units (does not start it)."""
+    _begin("instance add", json_out)
+    opts = _instance_options(model, port, host, ctx, gpu_layers, threads, parallel, batch, flash_attn, cache_type_k,
+                             cache_type_v, mlock, metrics, api_key_file, insecure_no_api_key, memory_max, cpus,
+                             numa_node, gpus, build, enable, start_timeout, extra, force)  # fmt: skip
+    opts = _with_rpc(opts, rpc)
+    inst = _instances(system, no_systemd)
+    outcome = inst.add(name, opts)
+    _instance_result("instance add", json_out, outcome, [] if no_systemd else _linger_notes(inst, linger))
+
+
+@instance_app.command("edit")
+def instance_edit(
+    name: INameArg, extra: IExtra = None, model: IModel = None, port: IPort = None, host: IHost = None,
+    ctx: ICtx = None, gpu_layers: IGpuLayers = None, threads: IThreads = None, parallel: IParallel = None,
+    batch: IBatch = None, flash_attn: IFlash = None, cache_type_k: ICacheK = None, cache_type_v: ICacheV = None,
+    mlock: IMlock = None, metrics: IMetrics = None, api_key_file: IKey = None, insecure_no_api_key: IInsecure = None,
+    memory_max: IMem = None, cpus: ICpus = None, numa_node: INuma = None, gpus: IGpus = None, build: IBuild = None,
+    enable: IEnable = None, start_timeout: ITimeout = None, force: IForce = False, no_systemd: INoSystemd = False,
+    rpc: IRpc = None, system: SystemOpt = False, json_out: JsonOpt = False,
+) -> None:  # fmt: skip
+    """Change an instance; a running instance restarts only when its units changed."""
+    _begin("instance edit", json_out)
+    opts = _instance_options(model, port, host, ctx, gpu_layers, threads, parallel, batch, flash_attn, cache_type_k,
+                             cache_type_v, mlock, metrics, api_key_file, insecure_no_api_key, memory_max, cpus,
+                             numa_node, gpus, build, enable, start_timeout, extra, force)  # fmt: skip
+    opts = _with_rpc(opts, rpc)
+    _instance_result("instance edit", json_out, _instances(system, no_systemd).edit(name, opts))
+
+
+@instance_app.command("rm")
+def instance_rm(name: INameArg, no_systemd: INoSystemd = False, system: SystemOpt = False,
+                json_out: JsonOpt = False) -> None:  # fmt: skip
+    """Stop and disable an instance and remove its spec and drop-ins."""
+    _begin("instance rm", json_out)
+    _instance_result("instance rm", json_out, _instances(system, no_systemd).remove(name))
+
+
+@instance_app.command("list")
+def instance_list(system: SystemOpt = False, json_out: JsonOpt = False) -> None:
+    """List instance specs."""
+    _begin("instance list", json_out)
+    specs = _instances(system, True).specs()
+    if json_out:
+        emit_json({"schema": "nativellm.instances/1", "instances": [s.to_dict() for s in specs]})
+        return
+    if not specs:
+        out.print("no instances; add one with `nativellm instance add NAME --model MODEL`")
+    for s in specs:
+        out.print(
+            f"{s.name}\t{s.model}\thttp://{s.host}:{s.port}\tbuild {s.build}"
+            + ("\tenabled" if s.enable else "")
+        )
+
+
+@instance_app.command("show")
+def instance_show(name: INameArg, system: SystemOpt = False, json_out: JsonOpt = False) -> None:
+    """Show an instance's spec and its rendered units."""
+    _begin("instance show", json_out)
+    inst = _instances(system, True)
+    spec, units = inst.get(name), inst.rendered(name)
+    if json_out:
+        emit_json({"schema": "nativellm.instance/1", "spec": spec.to_dict(), "units": units})
+        return
+    out.print(f"# {inst.paths.config / 'instances' / (name + '.toml')}", markup=False)
+    out.print(spec.to_toml(), markup=False)
+    for rel, text in units.items():
+        out.print(f"# {inst.paths.units / rel}", markup=False)
+        out.print(text, markup=False)
+
+
+def _lifecycle(command: str, name: str, system: bool, json_out: bool, action: str) -> None:
+    _begin(command, json_out)
+    inst = _instances(system)
+    outcome = {
+        "start": inst.start, "stop": inst.stop, "restart": inst.restart,
+        "enable": lambda n: inst.set_enabled(n, True), "disable": lambda n: inst.set_enabled(n, False),
+    }[action](name)  # fmt: skip
+    _instance_result(command, json_out, outcome)
+
+
+@app.command("start")
+def instance_start(name: INameArg, system: SystemOpt = False, json_out: JsonOpt = False) -> None:
+    """Start an instance; returns when /health answers 200, or fails with llama-server's error."""
+    _lifecycle("start", name, system, json_out, "start")
+
+
+@app.command("stop")
+def instance_stop(name: INameArg, system: SystemOpt = False, json_out: JsonOpt = False) -> None:
+    """Stop an instance."""
+    _lifecycle("stop", name, system, json_out, "stop")
+
+
+@app.command("restart")
+def instance_restart(name: INameArg, system: SystemOpt = False, json_out: JsonOpt = False) -> None:
+    """Restart an instance and wait until it is ready."""
+    _lifecycle("restart", name, system, json_out, "restart")
+
+
+@app.command("enable")
+def instance_enable(name: INameArg, system: SystemOpt = False, json_out: JsonOpt = False) -> None:
+    """Start an instance at boot (llama.target)."""
+    _lifecycle("enable", name, system, json_out, "enable")
+
+
+@app.command("disable")
+def instance_disable(name: INameArg, system: SystemOpt = False, json_out: JsonOpt = False) -> None:
+    """Don't start an instance at boot."""
+    _lifecycle("disable", name, system, json_out, "disable")
+
+
+@app.command("status")
+def instance_status(
+    name: Annotated[str | None, typer.Argument(help="One instance (default: all).")] = None,
+    system: SystemOpt = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Unit state, PID, uptime, restarts, memory, CPU, health and metrics of instances."""
+    _begin("status", json_out)
+    rows = [s.to_dict() for s in _instances(system).status(name)]
+    if json_out:
+        emit_json({"schema": "nativellm.status/1", "instances": rows})
+        return
+    from nativellm.instance_views import show_instance_status
+
+    show_instance_status(rows)
+
+
+@app.command("logs")
+def instance_logs(
+    name: INameArg,
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new lines.")] = False,
+    lines: Annotated[int, typer.Option("--lines", "-n", min=0, help="Lines to show.")] = 50,
+    system: SystemOpt = False,
+) -> None:
+    """Read an instance's journal."""
+    from nativellm import run as runner
+
+    _begin("logs", False)
+    runner.exec_replace(_instances(system, True).journal_argv(name, follow=follow, lines=lines))
+
+
+@app.command("run")
+def instance_run(name: INameArg, system: SystemOpt = False) -> None:
+    """Run an instance in the foreground without systemd (same argv as its unit)."""
+    from nativellm import run as runner
+
+    _begin("run", False)
+    runner.exec_replace(_instances(system, True).foreground_argv(name))
+
+
+# --------------------------------------------------------------------------- end instance commands
