@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -57,6 +58,35 @@ def check_store(store: Store) -> list[Finding]:
     return out
 
 
+def missing_libraries(ldd_output: str) -> list[str]:
+    """Shared libraries that `ldd` could not find ("libcudart.so.13 => not found")."""
+    return [line.split("=>")[0].strip() for line in ldd_output.splitlines() if "=> not found" in line]
+
+
+def check_libraries(store: Store) -> list[Finding]:
+    """The current build's executables load: every shared library they need resolves
+    (a CUDA runtime removed with its toolkit, a libgomp missing on a minimal host)."""
+    from nativellm import run
+
+    rec = store.current()
+    if rec is None:
+        return []
+    missing: dict[str, list[str]] = {}
+    for exe in sorted((rec.path / "bin").glob("llama-*")):
+        res = run.probe(["ldd", str(exe)])
+        if res is None:  # no ldd (musl, macOS): nothing to say
+            return []
+        for lib in missing_libraries(res.stdout + res.stderr):
+            missing.setdefault(lib, []).append(exe.name)
+    if not missing:
+        return [Finding("libs", True, f"every shared library of build {rec.id} resolves")]
+    cuda = any(lib.startswith(("libcuda", "libcublas", "libnvrtc")) for lib in missing)
+    return [Finding("libs", False, f"{', '.join(sorted(set(bins)))} cannot load {lib} (not found)",
+                    "install the CUDA runtime this build was made with, or rebuild: `nativellm build --auto`"
+                    if cuda else "install the package that provides it, or rebuild: `nativellm build --auto`")
+            for lib, bins in sorted(missing.items())]  # fmt: skip
+
+
 def check_flags(store: Store, host: HostProfile) -> list[Finding]:
     """A build planned for flags this CPU no longer has (moved disk, VM migration) will SIGILL."""
     rec = store.current()
@@ -80,20 +110,51 @@ def check_flags(store: Store, host: HostProfile) -> list[Finding]:
     return [Finding("cpu", True, f"this CPU has every ISA extension build {rec.id} uses")]
 
 
+# Oldest Linux driver that runs binaries from each CUDA major release (NVIDIA's minor version
+# compatibility table: CUDA 11.x needs >= 450.80.02, 12.x >= 525.60.13, 13.x >= 580).
+CUDA_MIN_DRIVER: dict[int, tuple[int, ...]] = {11: (450, 80, 2), 12: (525, 60, 13), 13: (580,)}
+
+
+def _version_tuple(text: str) -> tuple[int, ...]:
+    return tuple(int(x) for x in re.findall(r"\d+", text)[:3])
+
+
 def check_gpu(store: Store, host: HostProfile, dev: Path = Path("/dev")) -> list[Finding]:
+    """A CUDA build: driver loaded, every GPU's device node present, driver new enough, archs built."""
+    from nativellm.hardware.nvidia import parse_nvcc_version
+
     rec = store.current()
     if rec is None or rec.backend != "cuda":
         return []
     out: list[Finding] = []
+    present = host.gpus_of("nvidia")
     if not (dev / "nvidiactl").exists():
         out.append(Finding("gpu", False, "the current build uses CUDA but /dev/nvidiactl is missing",
                            "load the NVIDIA driver (modprobe nvidia) or rebuild with --backend cpu"))  # fmt: skip
-    built = {g["arch"] for g in rec.manifest.get("built_for", {}).get("gpus", [])}
-    present = {g.arch for g in host.gpus_of("nvidia")}
-    if present and built and not present <= built:
-        out.append(Finding("gpu", False, f"GPUs {sorted(present)} are not all in the build's archs {sorted(built)}",
+    else:
+        missing = [f"/dev/nvidia{g.index}" for g in present if not (dev / f"nvidia{g.index}").exists()]
+        if missing:
+            out.append(Finding("gpu", False, f"device node(s) {', '.join(missing)} missing",
+                               "run nvidia-modprobe (or reboot after a driver upgrade)"))  # fmt: skip
+    built_gpus = rec.manifest.get("built_for", {}).get("gpus", [])
+    built = {g["arch"] for g in built_gpus if g.get("vendor", "nvidia") == "nvidia"}
+    archs = {g.arch for g in present}
+    if archs and built and not archs <= built:
+        out.append(Finding("gpu", False, f"GPUs {sorted(archs)} are not all in the build's archs {sorted(built)}",
                            "rebuild with `nativellm build --auto`"))  # fmt: skip
-    return out or [Finding("gpu", True, f"NVIDIA devices present for build {rec.id}")]
+    n_built = sum(1 for g in built_gpus if g.get("vendor", "nvidia") == "nvidia")
+    if n_built and len(present) < n_built:
+        out.append(Finding("gpu", False, f"the build was made for {n_built} NVIDIA GPU(s), {len(present)} present",
+                           "check `nvidia-smi`; a GPU fell off the bus or was passed to a VM"))  # fmt: skip
+    cuda = parse_nvcc_version(str(rec.manifest.get("toolchain", {}).get("nvcc") or ""))
+    driver = next((g.driver for g in present if g.driver), None)
+    need = CUDA_MIN_DRIVER.get(int(cuda.split(".")[0])) if cuda else None
+    if need and driver and _version_tuple(driver) < need:
+        wanted = ".".join(map(str, need))
+        out.append(Finding("gpu", False, f"driver {driver} is too old for this CUDA {cuda} build (needs >= {wanted})",
+                           f"upgrade the NVIDIA driver to {wanted} or newer, or rebuild with an older CUDA toolkit"))  # fmt: skip
+    return out or [Finding("gpu", True, f"NVIDIA devices present for build {rec.id}"
+                           + (f" (CUDA {cuda}, driver {driver})" if cuda and driver else ""))]  # fmt: skip
 
 
 def check_disk(paths: Paths, minimum: int = MIN_FREE_BYTES) -> list[Finding]:
@@ -177,7 +238,7 @@ def run_doctor(
     paths: Paths, host: HostProfile, extra: list[Callable[[], list[Finding]]] | None = None
 ) -> list[Finding]:
     store = Store(paths)
-    findings = [*check_store(store), *check_flags(store, host), *check_gpu(store, host), *check_disk(paths),
+    findings = [*check_store(store), *check_libraries(store), *check_flags(store, host), *check_gpu(store, host), *check_disk(paths),
                 *check_models(paths)]  # fmt: skip
     for check in extra or []:
         findings += check()

@@ -44,6 +44,15 @@ def _first_line(argv: list[str]) -> str | None:
     return (res.stdout.strip().splitlines() or [""])[0]
 
 
+def nvcc_identity(version_text: str) -> str | None:
+    """The line of `nvcc --version` that names the release ("Cuda compilation tools, release 13.0,
+    V13.0.88"): it changes with every toolkit update, unlike the banner on the first line."""
+    for line in version_text.splitlines():
+        if "release" in line:
+            return line.strip()
+    return None
+
+
 def find_toolchain(need_nvcc: bool = False) -> Toolchain:
     """Locate and check every tool a build needs; raise with a fix for the first one missing."""
     cmake = _pip_tool("cmake", "cmake")
@@ -71,15 +80,16 @@ def find_toolchain(need_nvcc: bool = False) -> Toolchain:
         )
     nvcc = None
     if need_nvcc:
-        nvcc_path = run.which("nvcc") or (
-            "/usr/local/cuda/bin/nvcc" if Path("/usr/local/cuda/bin/nvcc").exists() else None
-        )
+        from nativellm.hardware.nvidia import find_nvcc
+
+        nvcc_path = find_nvcc()
         if nvcc_path is None:
             raise ToolchainError(
                 "nvcc (the CUDA toolkit) is not installed",
                 "install the CUDA toolkit or build with --backend cpu",
             )
-        nvcc = _first_line([nvcc_path, "--version"]) or nvcc_path
+        res = run.probe([nvcc_path, "--version"])
+        nvcc = nvcc_identity(res.stdout if res is not None and res.ok else "") or nvcc_path
     return Toolchain(cmake, ninja, m.group(0), cc, cxx, nvcc)
 
 

@@ -8,12 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from nativellm.doctor import check_disk, check_flags, check_gpu, check_store
+from nativellm.doctor import check_disk, check_flags, check_gpu, check_store, missing_libraries
 from nativellm.fsutil import sha256_file
-from nativellm.hardware.profile import load_profile
+from nativellm.hardware.nvidia import parse_nvidia_smi_csv
+from nativellm.hardware.profile import GpuInfo, load_profile
 from nativellm.paths import Paths, resolve_paths
 from nativellm.plan import PlanOptions, plan_build
 from nativellm.store import Store
+from nativellm.toolchain import nvcc_identity
 
 PROFILES = Path(__file__).resolve().parents[1] / "fixtures" / "profiles"
 
@@ -69,6 +71,62 @@ def test_cuda_build_without_devices_is_found(store: Store, tmp_path: Path) -> No
     assert all(f.ok for f in check_gpu(store, dataclasses.replace(host, gpus=()), dev=tmp_path / "dev"))
 
 
+HW = Path(__file__).resolve().parents[1] / "fixtures" / "hw"
+
+
+def _cuda_store(store: Store, nvcc_fixture: str, built_for: list[GpuInfo]) -> None:
+    manifest = store.paths.builds / "cpu-zen4" / "manifest.json"
+    data = json.loads(manifest.read_text())
+    data["plan"]["backend"] = "cuda"
+    data["toolchain"] = {"nvcc": nvcc_identity((HW / nvcc_fixture).read_text())}
+    data["built_for"]["gpus"] = [dataclasses.asdict(g) for g in built_for]
+    manifest.write_text(json.dumps(data))
+
+
+def _dev(tmp_path: Path, *nodes: str) -> Path:
+    dev = tmp_path / "dev"
+    dev.mkdir(exist_ok=True)
+    for n in nodes:
+        (dev / n).write_text("")
+    return dev
+
+
+def test_driver_too_old_for_the_builds_cuda_release_is_found(store: Store, tmp_path: Path) -> None:
+    """Two L4s on driver 570.144 (captured nvidia-smi): fine for a CUDA 12 build, too old for CUDA 13."""
+    l4s = tuple(parse_nvidia_smi_csv((HW / "nvidia_smi_l4_x2.csv").read_text()))
+    host = dataclasses.replace(load_profile(PROFILES / "zen4-epyc.json"), gpus=l4s)
+    dev = _dev(tmp_path, "nvidiactl", "nvidia0", "nvidia1")
+    _cuda_store(store, "nvcc_version_12.0_line.txt", list(l4s))
+    (ok,) = check_gpu(store, host, dev=dev)
+    assert ok.ok and "CUDA 12.0, driver 570.144" in ok.message
+    _cuda_store(store, "nvcc_version_13.0.txt", list(l4s))
+    (problem,) = check_gpu(store, host, dev=dev)
+    assert (
+        not problem.ok
+        and "driver 570.144 is too old for this CUDA 13.0 build (needs >= 580)" in problem.message
+    )
+    assert "upgrade the NVIDIA driver" in problem.fix
+
+
+def test_missing_device_node_and_missing_gpu_are_found(store: Store, tmp_path: Path) -> None:
+    l4s = tuple(parse_nvidia_smi_csv((HW / "nvidia_smi_l4_x2.csv").read_text()))
+    host = dataclasses.replace(load_profile(PROFILES / "zen4-epyc.json"), gpus=l4s)
+    _cuda_store(store, "nvcc_version_12.0_line.txt", list(l4s))
+    (problem,) = check_gpu(store, host, dev=_dev(tmp_path, "nvidiactl", "nvidia0"))
+    assert not problem.ok and "/dev/nvidia1" in problem.message
+    one = dataclasses.replace(host, gpus=l4s[:1])  # a GPU fell off the bus
+    (problem,) = check_gpu(store, one, dev=_dev(tmp_path, "nvidiactl", "nvidia0"))
+    assert not problem.ok and "made for 2 NVIDIA GPU(s), 1 present" in problem.message
+
+
+def test_nvcc_identity_is_the_release_line_not_the_banner() -> None:
+    assert (
+        nvcc_identity((HW / "nvcc_version_13.0.txt").read_text())
+        == "Cuda compilation tools, release 13.0, V13.0.88"
+    )
+    assert nvcc_identity("nvcc: NVIDIA (R) Cuda compiler driver\n") is None
+
+
 def test_low_disk_is_found(store: Store) -> None:
     assert check_disk(store.paths, minimum=1)[0].ok
     (problem,) = check_disk(store.paths, minimum=1 << 60)
@@ -113,3 +171,14 @@ def test_removed_model_is_found(store: Store, tmp_path: Path) -> None:
     model.unlink()
     (problem,) = check_models(store.paths)
     assert not problem.ok and "model m" in problem.message and problem.fix
+
+
+def test_missing_libraries_parses_ldd_not_found_lines() -> None:
+    ldd = (
+        "\tlinux-vdso.so.1 (0x00007ffd)\n"
+        "\tlibcudart.so.13 => not found\n"
+        "\tlibggml-base.so.0 => /opt/b/bin/../lib/libggml-base.so.0 (0x00007fe4)\n"
+        "\tlibcublas.so.13 => not found\n"
+    )
+    assert missing_libraries(ldd) == ["libcudart.so.13", "libcublas.so.13"]
+    assert missing_libraries("\tnot a dynamic executable\n") == []
