@@ -1,12 +1,24 @@
 """Reproducible benchmark: nativellm's --auto build against the usual alternatives, side by side.
 
-Usage: benchmarks/run.sh [--source DIR] [--repetitions N] [--naive]
+Usage: benchmarks/run.sh [--source DIR] [--repetitions N] [--rounds N] [--only P,...] [--skip P,...] [--fresh]
 
-It builds, through nativellm, from one llama.cpp source: (a) --auto, (b) the generic
-baseline (what a distro or Docker build gives), (c) --portable (all CPU variants,
-loaded at run time: what official images ship), (d) GGML_NATIVE=ON; measures pp/tg of
-each with `nativellm bench builds` (interleaved), measures memory bandwidth, and writes
-benchmarks/RESULTS.md. Its store is ~/.cache/nativellm-test/sessions/bench (NATIVELLM_BENCH_WORK overrides).
+Phases, in order (each one's figures go to <work>/measurements.json as soon as it ends, and
+RESULTS.md is rewritten from that file after every phase, so an interrupted run keeps what it
+measured and `--only` re-measures a part; figures from another llama.cpp tree are dropped):
+
+  builds     build (a) --auto, (b) the generic baseline, (c) --portable, (d) GGML_NATIVE=ON
+             through nativellm, from one llama.cpp source (ccache warm when it is)
+  cache_hit  `build --auto` again: the cache-hit path
+  bench      pp/tg of every build with `nativellm bench builds` (interleaved rounds)
+  membw      memory read bandwidth, and tg x model bytes / bandwidth for (a)
+  serving    `nativellm bench` against a systemd instance vs the same argv by hand (A B B A),
+             start-to-ready and kill -9 recovery (benchmarks/serving.py)
+  cold       (a) into an empty store with an empty ccache, then a ccache-warm rebuild with
+             one flag changed (--rpc: GGML_RPC=ON)
+  naive      what "clone and make" does: llama.cpp's default configure, every target, no ccache
+
+The store is ~/.cache/nativellm-test/sessions/bench (NATIVELLM_BENCH_WORK overrides): the same
+depth as the test sessions' stores, so ccache sees the same relative paths and reuses objects.
 """
 
 from __future__ import annotations
@@ -19,40 +31,45 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
-# The store sits at the same depth as the test sessions' stores (~/.cache/nativellm-test/sessions/X),
-# so ccache sees the same relative paths and reuses their objects.
 WORK = Path(
     os.environ.get("NATIVELLM_BENCH_WORK", Path.home() / ".cache" / "nativellm-test" / "sessions" / "bench")
 )
+MEASUREMENTS = WORK / "measurements.json"
 sys.path.insert(0, str(HERE))
 
+import report  # noqa: E402
+import serving  # noqa: E402
 from membw import read_bandwidth  # noqa: E402
 
+PHASES = ("builds", "cache_hit", "bench", "membw", "serving", "cold", "naive")
 VARIANTS = (  # (key, label, build flags); --auto last so it ends up current
     ("b", "baseline (GGML_NATIVE=OFF, AVX2 defaults)", ["--baseline"]),
     ("c", "portable (GGML_CPU_ALL_VARIANTS + GGML_BACKEND_DL)", ["--portable"]),
     ("d", "GGML_NATIVE=ON (-march=native)", ["--native"]),
     ("a", "nativellm --auto", ["--auto"]),
 )
+SERVING_LOAD = ("--concurrency", "1,4", "--requests", "8", "--prompt-tokens", "128", "--max-tokens", "64")
 
 
-def cli(*args: str, check: bool = True) -> dict[str, Any]:
-    env = {**os.environ, "NATIVELLM_HOME": str(WORK)}
-    proc = subprocess.run(
-        [sys.executable, "-m", "nativellm", *args, "--json"], capture_output=True, text=True, env=env
-    )
-    if check and proc.returncode != 0:
-        sys.exit(f"nativellm {' '.join(args)} failed:\n{proc.stderr[-3000:]}")
+def cli(*args: str, home: Path = WORK, env: dict[str, str] | None = None) -> tuple[dict[str, Any], float]:
+    """Run nativellm with --json; returns its document (or {"ok": False, "error": ...}) and the wall time."""
+    t0 = time.monotonic()
+    proc = subprocess.run([sys.executable, "-m", "nativellm", *args, "--json"], capture_output=True, text=True,
+                          env={**os.environ, "NATIVELLM_HOME": str(home), **(env or {})}, check=False)  # fmt: skip
+    seconds = time.monotonic() - t0
     try:
-        return (
-            json.loads(proc.stdout) if proc.stdout.strip() else {"ok": False, "stderr": proc.stderr[-2000:]}
-        )
+        doc = json.loads(proc.stdout) if proc.returncode == 0 else None
     except json.JSONDecodeError:
-        return {"ok": False, "stderr": proc.stderr[-2000:]}
+        doc = None
+    if doc is None:
+        lines = proc.stderr.strip().splitlines()
+        doc = {"ok": False, "rc": proc.returncode, "error": lines[-1] if lines else f"exit {proc.returncode}"}
+    return doc, seconds
 
 
 def default_source() -> Path:
@@ -73,103 +90,162 @@ def bench_model(source: Path, quantize: Path) -> Path:
     return q
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--source", type=Path)
-    ap.add_argument("--repetitions", type=int, default=5)
-    ap.add_argument(
-        "--naive", action="store_true", help="also time a default build of every llama.cpp target"
-    )
-    args = ap.parse_args()
-    WORK.mkdir(parents=True, exist_ok=True)
-    source = (args.source or default_source()).resolve()
+def build_id(m: dict[str, Any], key: str) -> str | None:
+    entry: dict[str, Any] = m["phases"].get("builds", {}).get(key, {})
+    return entry.get("build_id")
 
-    builds: dict[str, dict[str, Any]] = {}
+
+# -- phases ---------------------------------------------------------------------------------------
+def phase_builds(m: dict[str, Any], source: Path, args: argparse.Namespace) -> dict[str, Any]:
+    out = {}
     for key, label, flags in VARIANTS:
-        t0 = time.monotonic()
-        doc = cli("build", *flags, "--source", str(source), check=False)
-        builds[key] = {"label": label, "seconds": time.monotonic() - t0, "doc": doc}
-        print(f"{key}: {label}: {'ok ' + doc['data']['build_id'] if doc.get('ok') else 'FAILED'}", flush=True)
+        doc, seconds = cli("build", *flags, "--source", str(source))
+        bid = doc["data"]["build_id"] if doc.get("ok") else None
+        out[key] = {"label": label, "flags": flags, "build_id": bid, "seconds": seconds,
+                    "cached": bool(doc.get("data", {}).get("cached")), "error": doc.get("error")}  # fmt: skip
+        print(
+            f"  ({key}) {label}: {bid or 'FAILED: ' + str(doc.get('error'))} in {seconds:.0f} s", flush=True
+        )
+    return out
 
-    t0 = time.monotonic()
-    again = cli("build", "--auto", "--source", str(source))
-    cache_hit_s = time.monotonic() - t0
-    host = json.loads(subprocess.run([sys.executable, "-m", "nativellm", "detect", "--json"],
-                                     capture_output=True, text=True, check=True).stdout)  # fmt: skip
+
+def phase_cache_hit(m: dict[str, Any], source: Path, args: argparse.Namespace) -> dict[str, Any]:
+    doc, seconds = cli("build", "--auto", "--source", str(source))
+    return {"seconds": seconds, "cached": bool(doc.get("data", {}).get("cached")), "error": doc.get("error")}
+
+
+def phase_bench(m: dict[str, Any], source: Path, args: argparse.Namespace) -> dict[str, Any]:
+    ids = [bid for k in ("b", "a", "c", "d") if (bid := build_id(m, k))]  # (b) first: ratios are to it
+    if not ids:
+        raise RuntimeError("no build to measure: run the builds phase first")
     current = WORK / "data" / "current"
     model = bench_model(source, current / "bin" / "llama-quantize")
-    ok_ids = [
-        builds[k]["doc"]["data"]["build_id"] for k in ("b", "a", "c", "d") if builds[k]["doc"].get("ok")
-    ]
-    bench = cli("bench", "builds", *ok_ids, "--model", str(model), "-r", str(args.repetitions))
-    by_id = {b["build_id"]: b for b in bench["builds"]}
-    bw = read_bandwidth()
+    doc, _ = cli("bench", "builds", *ids, "--model", str(model), "-r", str(args.repetitions))
+    if "builds" not in doc:
+        raise RuntimeError(f"bench builds failed: {doc.get('error')}")
+    version = subprocess.run([str(current / "bin" / "llama-server"), "--version"], capture_output=True,
+                             text=True, check=False)  # fmt: skip
+    return {"model": str(model), "model_bytes": model.stat().st_size, "repetitions": args.repetitions,
+            "results": doc["builds"], "llama_version": (version.stdout + version.stderr).strip()}  # fmt: skip
 
-    naive_s = None
-    if args.naive:
-        d = WORK / "naive"
+
+def phase_membw(m: dict[str, Any], source: Path, args: argparse.Namespace) -> dict[str, Any]:
+    return {"bytes_per_s": read_bandwidth()}
+
+
+def phase_serving(m: dict[str, Any], source: Path, args: argparse.Namespace) -> dict[str, Any]:
+    bid = build_id(m, "a")
+    model = m["phases"].get("bench", {}).get("model")
+    if not bid or not model:
+        raise RuntimeError("serving needs the builds and bench phases' build (a) and model")
+    doc = serving.measure(WORK, Path(model), bid, args.rounds, SERVING_LOAD)
+    return {**doc, "summary": serving.summarize(doc)}
+
+
+def _ccache_stats(ccache_dir: Path) -> dict[str, int]:
+    res = subprocess.run(["ccache", "--print-stats"], capture_output=True, text=True, check=False,
+                         env={**os.environ, "CCACHE_DIR": str(ccache_dir)})  # fmt: skip
+    stats = dict(line.split("\t", 1) for line in res.stdout.splitlines() if "\t" in line)
+    hits = int(stats.get("direct_cache_hit", 0)) + int(stats.get("preprocessed_cache_hit", 0))
+    return {"hits": hits, "misses": int(stats.get("cache_miss", 0))}
+
+
+def phase_cold(m: dict[str, Any], source: Path, args: argparse.Namespace) -> dict[str, Any]:
+    home, ccache_dir = WORK / "cold", WORK / "cold-ccache"
+    for d in (home, ccache_dir):
         shutil.rmtree(d, ignore_errors=True)
-        t0 = time.monotonic()
-        subprocess.run(["cmake", "-S", str(source), "-B", str(d), "-G", "Ninja", "-DLLAMA_USE_PREBUILT_UI=OFF",
-                        "-DLLAMA_OPENSSL=OFF", "-DGGML_CCACHE=OFF"], check=True, capture_output=True)  # fmt: skip
-        subprocess.run(["cmake", "--build", str(d)], check=True, capture_output=True)
-        naive_s = time.monotonic() - t0
-
-    write_results(host, source, builds, by_id, model, bw, cache_hit_s, again, naive_s, args.repetitions)
-
-
-def write_results(host, source, builds, by_id, model, bw, cache_hit_s, again, naive_s, reps):  # type: ignore[no-untyped-def]
-    lines = [
-        "# nativellm benchmark results",
-        "",
-        f"Date: {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M UTC}. Produced by `benchmarks/run.sh`.",
-        f"Machine: {host['cpu']['model']}, {host['cpu']['physical_cores']} cores, "
-        f"{host['memory_bytes'] / 2**30:.1f} GiB; verified flags: {' '.join(f for f in host['cpu']['flags'] if f.startswith(('avx', 'amx', 'fma', 'f16c')))}.",
-        f"llama.cpp source: `{source}`. Model: synthetic 0.4B llama, Q4_K_M ({model.stat().st_size / 2**20:.0f} MiB), "
-        f"{reps} interleaved repetitions of llama-bench pp256/tg64 per build.",
-        "",
-        "| build | id | pp256 t/s (min / median / max) | tg64 t/s (min / median / max) | pp vs (b) | tg vs (b) |",
-        "|---|---|---|---|---|---|",
-    ]
-    base = by_id.get(builds["b"]["doc"].get("data", {}).get("build_id", ""), None)
-    for key in ("a", "b", "c", "d"):
-        entry = builds[key]
-        bid = entry["doc"].get("data", {}).get("build_id")
-        r = by_id.get(bid) if bid else None
-        if r is None or r.get("crashed"):
-            why = r["crashed"] if r else "build or smoke test failed"
-            lines.append(f"| ({key}) {entry['label']} | {bid or '-'} | crashed: {why} | | | |")
-            continue
-
-        def ratio(k: str, r: dict[str, Any] = r) -> str:
-            return f"{r[k]['median'] / base[k]['median']:.2f}x" if base else "-"
-
-        lines.append(
-            f"| ({key}) {entry['label']} | {bid} | {r['pp']['min']:.1f} / {r['pp']['median']:.1f} / {r['pp']['max']:.1f} "
-            f"| {r['tg']['min']:.1f} / {r['tg']['median']:.1f} / {r['tg']['max']:.1f} | {ratio('pp')} | {ratio('tg')} |"
+    env = {"CCACHE_DIR": str(ccache_dir)}
+    try:
+        cold, cold_s = cli("build", "--auto", "--source", str(source), home=home, env=env)
+        if not cold.get("ok"):
+            raise RuntimeError(f"cold build failed: {cold.get('error')}")
+        cold_stats = _ccache_stats(ccache_dir)
+        subprocess.run(
+            ["ccache", "--zero-stats"], env={**os.environ, **env}, capture_output=True, check=False
         )
-    a = by_id.get(builds["a"]["doc"].get("data", {}).get("build_id", ""))
-    lines += ["", f"Memory read bandwidth (multithreaded read loop): {bw / 1e9:.2f} GB/s."]
-    if a:
-        frac = a["tg"]["median"] * model.stat().st_size / bw
-        lines.append(f"tg * model bytes / bandwidth for (a): {frac:.2f} of the physical limit.")
-    lines += [
-        "",
-        "Build times (this run; ccache warm unless the store and ccache were empty):",
-        "",
-        *(f"- ({k}) {builds[k]['label']}: {builds[k]['seconds']:.0f} s" for k in ("a", "b", "c", "d")),
-        f"- cache-hit rebuild of (a): {cache_hit_s:.1f} s ({'cached' if again['data']['cached'] else 'NOT cached'})",
-    ]
-    if naive_s is not None:
-        lines.append(f"- naive default build of every llama.cpp target (no ccache): {naive_s:.0f} s")
-    lines += [
-        "",
-        "Not yet measured by this script: serving overhead (bench against the systemd instance vs the same",
-        "argv started by hand) and build-vs-build under systemd. Start-to-ready and recovery after kill -9 are",
-        "measured by tests/e2e/test_instances.py against a real systemd; see docs/instances.md.",
-    ]
-    (HERE / "RESULTS.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+        warm, warm_s = cli("build", "--auto", "--rpc", "--source", str(source), home=home, env=env)
+        if not warm.get("ok"):
+            raise RuntimeError(f"one-flag rebuild failed: {warm.get('error')}")
+        return {"cold_s": cold_s, "cold_ccache": cold_stats, "cold_build_id": cold["data"]["build_id"],
+                "one_flag_s": warm_s, "one_flag": "--rpc (GGML_RPC=ON, adds rpc-server)",
+                "one_flag_ccache": _ccache_stats(ccache_dir), "one_flag_build_id": warm["data"]["build_id"]}  # fmt: skip
+    finally:
+        for d in (home, ccache_dir):
+            shutil.rmtree(d, ignore_errors=True)
+
+
+def phase_naive(m: dict[str, Any], source: Path, args: argparse.Namespace) -> dict[str, Any]:
+    d = WORK / "naive"
+    shutil.rmtree(d, ignore_errors=True)
+    jobs = str(os.cpu_count() or 1)
+    try:
+        t0 = time.monotonic()
+        # llama.cpp's own defaults (GGML_NATIVE=ON, tests, examples, tools); ccache off so it is cold.
+        subprocess.run(
+            ["cmake", "-S", str(source), "-B", str(d), "-DGGML_CCACHE=OFF"], check=True, capture_output=True
+        )
+        subprocess.run(["cmake", "--build", str(d), "-j", jobs], check=True, capture_output=True)
+        seconds = time.monotonic() - t0
+        executables = sorted(p.name for p in (d / "bin").iterdir() if p.is_file() and os.access(p, os.X_OK))
+        return {"seconds": seconds, "jobs": int(jobs), "executables": len(executables)}
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+RUNNERS: dict[str, Callable[[dict[str, Any], Path, argparse.Namespace], dict[str, Any]]] = {
+    "builds": phase_builds, "cache_hit": phase_cache_hit, "bench": phase_bench, "membw": phase_membw,
+    "serving": phase_serving, "cold": phase_cold, "naive": phase_naive,
+}  # fmt: skip
+
+
+def _phase_list(text: str | None) -> list[str]:
+    names = [p.strip() for p in (text or "").split(",") if p.strip()]
+    unknown = [p for p in names if p not in PHASES]
+    if unknown:
+        sys.exit(f"unknown phase(s) {', '.join(unknown)}; phases: {', '.join(PHASES)}")
+    return names
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--source", type=Path, help="llama.cpp tree (default: the test tier's PyPI sdist)")
+    ap.add_argument("--repetitions", type=int, default=5, help="interleaved llama-bench rounds")
+    ap.add_argument("--rounds", type=int, default=4, help="A B B A serving rounds")
+    ap.add_argument("--only", help="run only these phases (comma-separated)")
+    ap.add_argument("--skip", help="skip these phases (comma-separated)")
+    ap.add_argument("--fresh", action="store_true", help="forget earlier runs' figures")
+    args = ap.parse_args()
+    only, skip = _phase_list(args.only), _phase_list(args.skip)
+    todo = [p for p in PHASES if (not only or p in only) and p not in skip]
+
+    WORK.mkdir(parents=True, exist_ok=True)
+    source = (args.source or default_source()).resolve()
+    from nativellm.source import tree_hash
+
+    tree = tree_hash(source)
+    m: dict[str, Any] = {}
+    if MEASUREMENTS.exists() and not args.fresh:
+        m = json.loads(MEASUREMENTS.read_text())
+        if m.get("source", {}).get("tree_sha256") != tree:
+            print("earlier figures were for another llama.cpp tree: starting afresh")
+            m = {}
+    host, _ = cli("detect")
+    m.update({"source": {"path": str(source), "tree_sha256": tree}, "host": host})
+    m.setdefault("phases", {})
+
+    for name in todo:
+        print(f"== {name}", flush=True)
+        t0 = time.monotonic()
+        try:
+            data = RUNNERS[name](m, source, args)
+        except (RuntimeError, subprocess.CalledProcessError, OSError) as exc:
+            data = {"failed": str(exc)[-1500:]}
+            print(f"  {name} failed: {data['failed']}", flush=True)
+        m["phases"][name] = {"at": f"{dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M UTC}",
+                             "phase_s": time.monotonic() - t0, **data}  # fmt: skip
+        MEASUREMENTS.write_text(json.dumps(m, indent=1))
+        (HERE / "RESULTS.md").write_text(report.render(m))
+    print((HERE / "RESULTS.md").read_text())
 
 
 if __name__ == "__main__":

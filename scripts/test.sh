@@ -9,7 +9,7 @@ export PATH="$PWD/.venv/bin:$PATH"
 # ccache makes the session-wide llama.cpp build cheap after the first run.
 export CCACHE_DIR="${CCACHE_DIR:-$HOME/.cache/ccache}"
 ccache --max-size=5G >/dev/null 2>&1 || true
-echo "== ruff"; ruff check src tests; ruff format --check src tests
+echo "== ruff"; ruff check src tests benchmarks; ruff format --check src tests benchmarks
 echo "== mypy"; mypy
 echo "== pytest"
 python -m pytest "$@"

@@ -1,0 +1,220 @@
+"""benchmarks/RESULTS.md from the measurements document that benchmarks/run.py keeps."""
+
+from __future__ import annotations
+
+import statistics
+from typing import Any
+
+KEYS = ("a", "b", "c", "d")
+TARGETS = (  # (what, threshold): the issue's acceptance figures, checked on every render
+    ("(a) pp vs (b)", 1.4),
+    ("(a) tg vs (b)", 1.0),
+    ("(a) pp vs best other", 0.97),
+    ("(a) tg vs best other", 0.97),
+)
+
+
+def _spread(s: dict[str, Any], fmt: str = "{:.1f}") -> str:
+    return " / ".join(fmt.format(s[k]) for k in ("min", "median", "max")) if s else "-"
+
+
+def _per_round(a: list[float], b: list[float]) -> dict[str, float]:
+    ratios = [x / y for x, y in zip(a, b, strict=False) if y]
+    return {"min": min(ratios), "median": statistics.median(ratios), "max": max(ratios)} if ratios else {}
+
+
+def bench_ratios(m: dict[str, Any]) -> dict[str, Any]:
+    """Per build: results, and ratios of medians (with per-round spread) to (b) and (a) to the best other."""
+    builds, bench = m["phases"].get("builds", {}), m["phases"].get("bench", {})
+    by_id = {r["build_id"]: r for r in bench.get("results", [])}
+    rows = {k: by_id.get(builds.get(k, {}).get("build_id") or "") for k in KEYS}
+    ok = {k: r for k, r in rows.items() if r and not r.get("crashed")}
+    out: dict[str, Any] = {"rows": rows, "vs_b": {}, "checks": {}}
+    base = ok.get("b")
+    for k, r in ok.items():
+        if base:
+            out["vs_b"][k] = {
+                t: {"ratio": r[t]["median"] / base[t]["median"], "spread": _per_round(r[t]["samples"], base[t]["samples"])}
+                for t in ("pp", "tg")
+            }  # fmt: skip
+    a = ok.get("a")
+    if a and base:
+        out["checks"]["(a) pp vs (b)"] = out["vs_b"]["a"]["pp"]["ratio"]
+        out["checks"]["(a) tg vs (b)"] = out["vs_b"]["a"]["tg"]["ratio"]
+    others = [r for k, r in ok.items() if k != "a"]
+    if a and others:
+        for t in ("pp", "tg"):
+            best = max(o[t]["median"] for o in others)
+            out["checks"][f"(a) {t} vs best other"] = a[t]["median"] / best
+    return out
+
+
+def render(m: dict[str, Any]) -> str:
+    ph = m["phases"]
+    host = m.get("host", {})
+    cpu = host.get("cpu", {})
+    flags = " ".join(f for f in cpu.get("flags", []) if f.startswith(("avx", "amx", "fma", "f16c")))
+    bench = ph.get("bench", {})
+    lines = [
+        "# nativellm benchmark results",
+        "",
+        "Produced by `benchmarks/run.sh` (phases and their dates below); the raw figures are in the",
+        "measurements.json it keeps next to its store. Figures are medians with min / max; ratios are",
+        "ratios of medians, with the min / max of the per-round ratios (runs are interleaved).",
+        "",
+        "## Machine and source",
+        "",
+        f"- CPU: {cpu.get('model', '?')}, {cpu.get('physical_cores', '?')} cores ({cpu.get('logical_cores', '?')} threads), "
+        f"{host.get('memory_bytes', 0) / 2**30:.1f} GiB RAM",
+        f"- verified ISA flags: {flags or '?'}",
+        f"- GPUs: {', '.join(g.get('name', '?') for g in host.get('gpus', [])) or 'none'}",
+        f"- llama.cpp: `{bench.get('llama_version', '?').splitlines()[0] if bench.get('llama_version') else '?'}`, "
+        f"tree sha256 {m['source']['tree_sha256'][:16]}",
+        f"- source: `{m['source']['path']}`",
+        "",
+        "<details><summary>HostProfile (nativellm detect --json)</summary>",
+        "",
+        "```json",
+        _json(host),
+        "```",
+        "",
+        "</details>",
+        "",
+    ]
+    builds = ph.get("builds", {})
+    r = bench_ratios(m)
+    lines += ["## Builds: prompt processing and generation", ""]
+    if bench.get("failed") or not bench:
+        lines += [f"Not measured: {bench.get('failed', 'the bench phase has not run')}.", ""]
+    else:
+        lines += [
+            f"{bench['repetitions']} interleaved rounds of llama-bench pp256 / tg64 per build, 2 threads "
+            f"(phase run {bench['at']}). Model: synthetic 0.4B llama, Q4_K_M ({bench['model_bytes'] / 2**20:.0f} MiB).",
+            "",
+            "| build | id | pp256 t/s (min / median / max) | tg64 t/s (min / median / max) | pp vs (b) | tg vs (b) |",
+            "|---|---|---|---|---|---|",
+        ]
+        for k in KEYS:
+            entry, row = builds.get(k, {}), r["rows"].get(k)
+            label = f"({k}) {entry.get('label', '?')}"
+            if row is None or row.get("crashed"):
+                why = row["crashed"] if row else (entry.get("error") or "not built")
+                lines.append(f"| {label} | {entry.get('build_id') or '-'} | crashed or failed: {why} | | | |")
+                continue
+            vs = r["vs_b"].get(k, {})
+
+            def ratio(t: str, vs: dict[str, Any] = vs) -> str:
+                return f"{vs[t]['ratio']:.2f}x ({_spread(vs[t]['spread'], '{:.2f}')})" if t in vs else "-"
+
+            lines.append(
+                f"| {label} | {row['build_id']} | {_spread(row['pp'])} | {_spread(row['tg'])} | {ratio('pp')} | {ratio('tg')} |"
+            )
+        lines.append("")
+    membw = ph.get("membw", {})
+    if membw.get("bytes_per_s"):
+        bw = membw["bytes_per_s"]
+        lines.append(f"Memory read bandwidth (multithreaded read loop, best of 5): {bw / 1e9:.2f} GB/s.")
+        a = r["rows"].get("a")
+        if a and not a.get("crashed") and bench.get("model_bytes"):
+            frac = a["tg"]["median"] * bench["model_bytes"] / bw
+            lines.append(
+                f"tg of (a) x model bytes / bandwidth: **{frac:.2f}** of the memory-bandwidth limit."
+            )
+        lines.append("")
+
+    lines += ["## Serving overhead: systemd instance vs the same argv by hand", ""]
+    sv = ph.get("serving", {})
+    if not sv or sv.get("failed"):
+        lines += [f"Not measured: {sv.get('failed', 'the serving phase has not run')}.", ""]
+    else:
+        summ = sv["summary"]
+        lines += [
+            f"{sv['rounds']} rounds, A B B A, one server at a time on the same port (phase run {sv['at']}); "
+            f"systemd: {sv['where']}. Load: `nativellm bench {' '.join(sv['load'])}`, on loopback, from outside.",
+            "",
+            f"argv (identical both ways): `{' '.join(sv['argv'])}`",
+            "",
+            "| concurrency | aggregate t/s systemd | aggregate t/s by hand | ratio (per-round min / median / max) "
+            "| decode t/s/stream ratio | TTFT p50 systemd / by hand (ms) |",
+            "|---|---|---|---|---|---|",
+        ]
+        for conc, e in summ["levels"].items():
+            ag, de, tt = e["aggregate_tps"], e["decode_tps_per_stream"], e["ttft_p50_s"]
+            lines.append(
+                f"| {conc} | {_spread(ag['systemd'])} | {_spread(ag['hand'])} | **{ag['ratio']:.3f}** "
+                f"({_spread(ag['ratio_spread'], '{:.3f}')}) | {de['ratio']:.3f} | "
+                f"{tt['systemd']['median'] * 1000:.0f} / {tt['hand']['median'] * 1000:.0f} |"
+            )
+        t = summ["timing"]
+
+        def sec(key: str) -> str:
+            return f"{_spread(t[key], '{:.2f}')} s" if key in t else "-"
+
+        lines += [
+            "",
+            "Start and recovery (min / median / max):",
+            "",
+            f"- `nativellm start` until it returns (healthy): {sec('systemd.start_to_ready_s')}; by hand, "
+            f"spawn until /health is 200: {sec('hand.start_to_ready_s')}",
+            f"- `nativellm start` to the first chat completion: {sec('systemd.start_to_first_completion_s')}; "
+            f"by hand: {sec('hand.start_to_first_completion_s')}",
+            f"- `kill -9` of llama-server until systemd has it healthy again: {sec('systemd.kill9_to_healthy_s')}; "
+            f"to the first completion: {sec('systemd.kill9_to_first_completion_s')}",
+            "",
+        ]
+
+    lines += ["## Build times", ""]
+    cold, naive, hit = ph.get("cold", {}), ph.get("naive", {}), ph.get("cache_hit", {})
+    for k in KEYS:
+        e = builds.get(k)
+        if e:
+            state = "cache hit" if e.get("cached") else "ccache warm" if cold else "ccache as found"
+            lines.append(f"- ({k}) {e['label']}: {e['seconds']:.0f} s ({state}, smoke test included)")
+    if hit:
+        lines.append(f"- cache-hit rebuild of (a) (`build --auto` again): **{hit['seconds']:.1f} s** "
+                     f"({'cache hit' if hit.get('cached') else 'NOT a cache hit: ' + str(hit.get('error'))})")  # fmt: skip
+    if cold and not cold.get("failed"):
+        cc, oc = cold["cold_ccache"], cold["one_flag_ccache"]
+        lines += [
+            f"- cold build of (a), empty store and empty ccache: **{cold['cold_s']:.0f} s** "
+            f"({cc['misses']} compiles) (phase run {cold['at']})",
+            f"- ccache-warm rebuild with one flag changed, {cold['one_flag']}: **{cold['one_flag_s']:.0f} s** "
+            f"({oc['hits']} objects from ccache, {oc['misses']} compiled)",
+        ]
+    elif cold:
+        lines.append(f"- cold build: failed: {cold['failed']}")
+    if naive and not naive.get("failed"):
+        ratio = (
+            f"; {naive['seconds'] / cold['cold_s']:.1f}x the cold nativellm build"
+            if cold.get("cold_s")
+            else ""
+        )
+        lines.append(
+            f'- naive "clone and make" (llama.cpp defaults, every target: {naive["executables"]} executables, '
+            f"-j{naive['jobs']}, no ccache): **{naive['seconds']:.0f} s**{ratio} (phase run {naive['at']})"
+        )
+    elif naive:
+        lines.append(f"- naive build: failed: {naive['failed']}")
+    lines.append("")
+
+    checks = dict(r["checks"])
+    if sv.get("summary"):
+        for conc, e in sv["summary"]["levels"].items():
+            checks[f"serving overhead, concurrency {conc}"] = e["aggregate_tps"]["ratio"]
+    lines += ["## Targets (issue 6)", "", "| target | measured | threshold | |", "|---|---|---|---|"]
+    for what, value in checks.items():
+        threshold = dict(TARGETS).get(what, 0.99)
+        lines.append(
+            f"| {what} | {value:.3f} | >= {threshold} | {'met' if value >= threshold else 'MISSED'} |"
+        )
+    if hit:
+        lines.append(
+            f"| cache-hit rebuild | {hit['seconds']:.1f} s | < 5 s | {'met' if hit['seconds'] < 5 and hit.get('cached') else 'MISSED'} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def _json(doc: Any) -> str:
+    import json
+
+    return json.dumps(doc, indent=1, sort_keys=True)
