@@ -1,0 +1,121 @@
+"""`nativellm bench NAME` and `nativellm doctor` against instances under a real systemd (issue 6).
+
+A home of its own (the session's build borrowed, the demo model registered by path), so that
+doctor sees only this file's instance and not what other e2e tests leave behind.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.e2e.conftest import CACHE, USER_UNIT_DIR, InnerCli
+from tests.e2e.sandbox import Sandbox
+from tests.helpers import borrow_build
+
+NAME = "bd"
+
+
+@pytest.fixture(scope="module")
+def bd(cli: InnerCli, sandbox: Sandbox) -> Iterator[InnerCli]:
+    home = CACHE / "sessions" / f"bd-{uuid.uuid4().hex[:8]}"
+    borrow_build(cli.home, home)
+    inner = InnerCli(sandbox, home)
+    demo = cli.json("model", "inspect", "demo")["model"]["path"]
+    inner("model", "add", demo, "--name", "demo", "--json", check=True)
+    inner(
+        "instance", "add", NAME, "--model", "demo", "--ctx", "1024", "--parallel", "2", "--json", check=True
+    )
+    inner("start", NAME, check=True)
+    try:
+        yield inner
+    finally:
+        inner("instance", "rm", NAME)
+
+
+def _doctor(inner: InnerCli) -> tuple[int, list[dict[str, Any]]]:
+    res = inner("doctor", "--json")
+    assert res.returncode in (0, 15), res.stderr
+    doc = json.loads(res.stdout)
+    assert doc["ok"] is (res.returncode == 0)
+    return res.returncode, [f for f in doc["findings"] if not f["ok"]]
+
+
+def _linger(sandbox: Sandbox) -> bool:
+    out = sandbox.exec(["loginctl", "show-user", "root", "--property=Linger", "--value"], check=False).stdout
+    return out.strip() == "yes"
+
+
+def test_bench_by_instance_name_against_the_systemd_instance(bd: InnerCli) -> None:
+    res = bd("bench", NAME, "--concurrency", "1,2", "--requests", "4", "--prompt-tokens", "32",
+             "--max-tokens", "8", "--json", check=True)  # fmt: skip
+    doc = json.loads(res.stdout)
+    port = bd.json("instance", "show", NAME)["spec"]["port"]
+    assert doc["url"] == f"http://127.0.0.1:{port}"
+    assert doc["warmup"]["ok"] and doc["warmup"]["completion_tokens"] == 8
+    by_level = {lv["concurrency"]: lv for lv in doc["levels"]}
+    assert sorted(by_level) == [1, 2]
+    for lv in by_level.values():
+        assert lv["errors"] == 0 and lv["completion_tokens"] == 4 * 8
+        assert 0 < lv["ttft_p50_s"] <= lv["ttft_p95_s"]
+        assert lv["decode_tps_per_stream"] > 0 and lv["prompt_tps"] > 0 and lv["aggregate_tps"] > 0
+    # Two streams at once share two cores: more tokens in all, each stream no faster than alone.
+    assert by_level[2]["aggregate_tps"] >= by_level[1]["aggregate_tps"] * 0.8
+    assert by_level[2]["decode_tps_per_stream"] <= by_level[1]["decode_tps_per_stream"] * 1.25
+
+
+def test_doctor_finds_a_hand_edited_unit_lingering_off_and_a_stolen_port(
+    bd: InnerCli, sandbox: Sandbox
+) -> None:
+    was_lingering = _linger(sandbox)
+    try:
+        sandbox.exec(["loginctl", "enable-linger", "root"])
+        rc, problems = _doctor(bd)
+        assert (rc, problems) == (0, []), problems  # healthy: running instance, its own port in use
+
+        sandbox.exec(["loginctl", "disable-linger", "root"])
+        rc, problems = _doctor(bd)
+        assert rc == 15 and [p["check"] for p in problems] == ["linger"], problems
+        sandbox.exec(["loginctl", "enable-linger", "root"])
+
+        dropin = sandbox.host_path(f"{USER_UNIT_DIR}/llama@{NAME}.service.d/50-nativellm.conf")
+        dropin.write_text(dropin.read_text() + "Environment=HACKED=1\n")
+        rc, problems = _doctor(bd)
+        assert rc == 15 and len(problems) == 1 and "edited by hand" in problems[0]["message"], problems
+        assert f"nativellm instance edit {NAME}" in problems[0]["fix"]
+        bd("instance", "edit", NAME, "--json", check=True)  # re-render repairs it
+        assert _doctor(bd) == (0, [])
+
+        port = bd.json("instance", "show", NAME)["spec"]["port"]
+        bd("stop", NAME, check=True)
+        with socket.socket() as thief:  # the sandbox shares the host's network namespace
+            thief.bind(("127.0.0.1", port))
+            thief.listen()
+            rc, problems = _doctor(bd)
+            assert rc == 15 and len(problems) == 1 and f"port {port} is taken" in problems[0]["message"]
+        assert _doctor(bd) == (0, [])
+        bd("start", NAME, check=True)
+    finally:
+        sandbox.exec(["loginctl", "enable-linger" if was_lingering else "disable-linger", "root"])
+
+
+def test_doctor_finds_a_removed_model_and_prints_each_fix(bd: InnerCli) -> None:
+    model = bd.json("model", "inspect", "demo")["model"]["path"]
+    res = bd("model", "add", model, "--name", "gone", "--copy", "--json", check=True)
+    copy = Path(json.loads(res.stdout)["data"]["model"]["path"])
+    assert copy != Path(model) and copy.is_file()
+    try:
+        copy.unlink()
+        res = bd("doctor")
+        assert res.returncode == 15, res.stdout
+        assert "model gone" in res.stdout and "fix:" in res.stdout
+        assert "problem(s) found" in res.stderr and "Traceback" not in res.stderr
+    finally:
+        bd("model", "rm", "gone")
+    assert [p for p in _doctor(bd)[1] if p["check"] == "models"] == []
