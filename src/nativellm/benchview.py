@@ -117,7 +117,7 @@ def run_bench_instance(
             "prompt t/s",
         )
         for lv in report.levels:
-            table.add_row(str(lv.concurrency), str(lv.requests), str(lv.errors), f"{lv.ttft_p50_s * 1000:.0f} ms",
+            table.add_row(str(lv.concurrency), str(lv.requests), f"{lv.errors}" + (f" ({lv.retried} resent)" if lv.retried else ""), f"{lv.ttft_p50_s * 1000:.0f} ms",
                           f"{lv.ttft_p95_s * 1000:.0f} ms", f"{lv.decode_tps_per_stream:.1f}",
                           f"{lv.aggregate_tps:.1f}", f"{lv.prompt_tps:.1f}")  # fmt: skip
         out.print(table)

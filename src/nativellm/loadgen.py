@@ -12,7 +12,7 @@ import json
 import statistics
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 from urllib.parse import urlparse
 
@@ -32,6 +32,7 @@ class RequestResult:
     prompt_tokens: int = 0
     prompt_tps: float | None = None  # from the server's timings
     error: str = ""
+    retried: bool = False  # sent again after the server closed a kept-alive connection
 
     @property
     def decode_tps(self) -> float:
@@ -47,6 +48,7 @@ class LevelResult:
     errors: int
     wall_s: float
     completion_tokens: int  # all requests together
+    retried: int  # requests sent again on a new connection (see _one)
     ttft_p50_s: float
     ttft_p95_s: float
     decode_tps_per_stream: float  # median over requests
@@ -91,6 +93,19 @@ def make_prompt(n_tokens: int) -> str:
 
 
 async def _one(
+    client: httpx.AsyncClient, url: str, body: dict[str, Any], headers: dict[str, str]
+) -> RequestResult:
+    """One streamed request. llama-server's HTTP library may close a kept-alive connection just
+    as the next request goes out on it ("Server disconnected without sending a response"); the
+    server never saw that request, so it is sent once more on a new connection, as browsers do."""
+    first = await _stream_one(client, url, body, headers)
+    if first.error.startswith("RemoteProtocolError") and first.completion_tokens == 0:
+        again = await _stream_one(client, url, body, headers)
+        return replace(again, retried=True)
+    return first
+
+
+async def _stream_one(
     client: httpx.AsyncClient, url: str, body: dict[str, Any], headers: dict[str, str]
 ) -> RequestResult:
     t0 = time.perf_counter()
@@ -154,6 +169,7 @@ async def _level(
         errors=len(results) - len(good),
         wall_s=wall,
         completion_tokens=sum(r.completion_tokens for r in good),
+        retried=sum(1 for r in results if r.retried),
         ttft_p50_s=_percentile([r.ttft_s for r in good], 0.5),
         ttft_p95_s=_percentile([r.ttft_s for r in good], 0.95),
         decode_tps_per_stream=statistics.median([r.decode_tps for r in good]) if good else 0.0,

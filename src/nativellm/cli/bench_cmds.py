@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from nativellm.cli.app import JsonOpt, SystemOpt, _begin, _scope, app
+from nativellm.cli.app import STATE, JsonOpt, SystemOpt, _begin, _scope, app
 from nativellm.errors import UsageError
 from nativellm.paths import resolve_paths
 from nativellm.render import emit_json
@@ -69,6 +69,7 @@ def doctor(system: SystemOpt = False, json_out: JsonOpt = False) -> None:
         emit_json(
             {"schema": "nativellm.doctor/1", "ok": not problems, "findings": [f.to_dict() for f in findings]}
         )
+        STATE.json = False  # that document is the answer; the error below only writes stderr
     else:
         benchview.show_findings(findings)
     if problems:
