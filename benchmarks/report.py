@@ -168,8 +168,12 @@ def render(m: dict[str, Any]) -> str:
     for k in KEYS:
         e = builds.get(k)
         if e:
-            state = "cache hit" if e.get("cached") else "ccache warm" if cold else "ccache as found"
-            lines.append(f"- ({k}) {e['label']}: {e['seconds']:.0f} s ({state}, smoke test included)")
+            state = (
+                "already built: a cache hit"
+                if e.get("cached")
+                else "compiled into the store, smoke test included"
+            )
+            lines.append(f"- ({k}) {e['label']}: {e['seconds']:.0f} s ({state}; ccache as found)")
     if hit:
         lines.append(f"- cache-hit rebuild of (a) (`build --auto` again): **{hit['seconds']:.1f} s** "
                      f"({'cache hit' if hit.get('cached') else 'NOT a cache hit: ' + str(hit.get('error'))})")  # fmt: skip
@@ -214,7 +218,12 @@ def render(m: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _json(doc: Any) -> str:
+def _json(host: dict[str, Any]) -> str:
+    """The HostProfile, its flag lists on one line each."""
     import json
 
-    return json.dumps(doc, indent=1, sort_keys=True)
+    cpu = dict(host.get("cpu", {}))
+    for key in ("flags", "reported_flags"):
+        if isinstance(cpu.get(key), list):
+            cpu[key] = " ".join(cpu[key])
+    return json.dumps({**host, "cpu": cpu}, indent=1, sort_keys=True)

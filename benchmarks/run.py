@@ -135,10 +135,10 @@ def phase_membw(m: dict[str, Any], source: Path, args: argparse.Namespace) -> di
 
 def phase_serving(m: dict[str, Any], source: Path, args: argparse.Namespace) -> dict[str, Any]:
     bid = build_id(m, "a")
-    model = m["phases"].get("bench", {}).get("model")
-    if not bid or not model:
-        raise RuntimeError("serving needs the builds and bench phases' build (a) and model")
-    doc = serving.measure(WORK, Path(model), bid, args.rounds, SERVING_LOAD)
+    if not bid:
+        raise RuntimeError("serving needs build (a): run the builds phase first")
+    model = bench_model(source, WORK / "data" / "current" / "bin" / "llama-quantize")
+    doc = serving.measure(WORK, model, bid, args.rounds, SERVING_LOAD)
     return {**doc, "summary": serving.summarize(doc)}
 
 

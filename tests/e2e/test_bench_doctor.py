@@ -95,6 +95,7 @@ def test_doctor_finds_a_hand_edited_unit_lingering_off_and_a_stolen_port(
         port = bd.json("instance", "show", NAME)["spec"]["port"]
         bd("stop", NAME, check=True)
         with socket.socket() as thief:  # the sandbox shares the host's network namespace
+            thief.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # the stopped server's TIME_WAIT
             thief.bind(("127.0.0.1", port))
             thief.listen()
             rc, problems = _doctor(bd)
