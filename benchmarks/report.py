@@ -110,6 +110,15 @@ def render(m: dict[str, Any]) -> str:
                 f"| {label} | {row['build_id']} | {_spread(row['pp'])} | {_spread(row['tg'])} | {ratio('pp')} | {ratio('tg')} |"
             )
         lines.append("")
+    spreads = [(row[t]["max"] - row[t]["min"]) / row[t]["median"] for row in r["rows"].values()
+               if row and not row.get("crashed") for t in ("pp", "tg")]  # fmt: skip
+    if spreads:
+        lines += [
+            f"Run-to-run spread on this machine: (max - min) / median of one build's samples is up to "
+            f"{max(spreads):.0%} (median {sorted(spreads)[len(spreads) // 2]:.0%}). Ratios closer to 1 than a "
+            "fraction of that are within noise: read the per-round ratio spread before calling a target met or missed.",
+            "",
+        ]
     membw = ph.get("membw", {})
     if membw.get("bytes_per_s"):
         bw = membw["bytes_per_s"]
@@ -129,10 +138,10 @@ def render(m: dict[str, Any]) -> str:
     else:
         summ = sv["summary"]
         lines += [
-            f"{sv['rounds']} rounds, A B B A, one server at a time on the same port (phase run {sv['at']}); "
+            f"{sv['rounds']} rounds, A B B A, both servers up on two ports, one under load at a time (phase run {sv['at']}); "
             f"systemd: {sv['where']}. Load: `nativellm bench {' '.join(sv['load'])}`, on loopback, from outside.",
             "",
-            f"argv (identical both ways): `{' '.join(sv['argv'])}`",
+            f"argv (by hand the same, but `--port {sv.get('hand_port', '?')}`): `{' '.join(sv['argv'])}`",
             "",
             "| concurrency | aggregate t/s systemd | aggregate t/s by hand | ratio (per-round min / median / max) "
             "| decode t/s/stream ratio | TTFT p50 systemd / by hand (ms) |",

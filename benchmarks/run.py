@@ -11,8 +11,8 @@ measured and `--only` re-measures a part; figures from another llama.cpp tree ar
   cache_hit  `build --auto` again: the cache-hit path
   bench      pp/tg of every build with `nativellm bench builds` (interleaved rounds)
   membw      memory read bandwidth, and tg x model bytes / bandwidth for (a)
-  serving    `nativellm bench` against a systemd instance vs the same argv by hand (A B B A),
-             start-to-ready and kill -9 recovery (benchmarks/serving.py)
+  serving    `nativellm bench` against a systemd instance vs the same argv by hand (A B B A,
+             both up), start-to-ready and kill -9 recovery (benchmarks/serving.py)
   cold       (a) into an empty store with an empty ccache, then a ccache-warm rebuild with
              one flag changed (--rpc: GGML_RPC=ON)
   naive      what "clone and make" does: llama.cpp's default configure, every target, no ccache
@@ -53,7 +53,7 @@ VARIANTS = (  # (key, label, build flags); --auto last so it ends up current
     ("d", "GGML_NATIVE=ON (-march=native)", ["--native"]),
     ("a", "nativellm --auto", ["--auto"]),
 )
-SERVING_LOAD = ("--concurrency", "1,4", "--requests", "8", "--prompt-tokens", "128", "--max-tokens", "64")
+SERVING_LOAD = ("--concurrency", "1,4", "--requests", "6", "--prompt-tokens", "128", "--max-tokens", "64")
 
 
 def cli(*args: str, home: Path = WORK, env: dict[str, str] | None = None) -> tuple[dict[str, Any], float]:
@@ -209,8 +209,8 @@ def _phase_list(text: str | None) -> list[str]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--source", type=Path, help="llama.cpp tree (default: the test tier's PyPI sdist)")
-    ap.add_argument("--repetitions", type=int, default=5, help="interleaved llama-bench rounds")
-    ap.add_argument("--rounds", type=int, default=4, help="A B B A serving rounds")
+    ap.add_argument("--repetitions", type=int, default=12, help="interleaved llama-bench rounds")
+    ap.add_argument("--rounds", type=int, default=8, help="A B B A serving rounds")
     ap.add_argument("--only", help="run only these phases (comma-separated)")
     ap.add_argument("--skip", help="skip these phases (comma-separated)")
     ap.add_argument("--fresh", action="store_true", help="forget earlier runs' figures")

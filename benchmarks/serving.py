@@ -5,8 +5,10 @@ systemd as PID 1 (these dev VMs, CI) it runs under the throwaway systemd of the 
 (tests/e2e/sandbox.py, DESIGN.md §6), which shares the network namespace. Either way the
 load generator (`nativellm bench`) runs outside, on loopback, against both servers alike.
 
-The two ways alternate in an A B B A pattern, one server at a time on the same port, so
-drift on a noisy machine hits both alike.
+Both servers stay up, on two ports (the only difference in their argv), and the load alternates
+between them in an A B B A pattern, so drift on a noisy machine hits both alike; an idle
+llama-server blocks and costs the other nothing. Start-to-ready and kill -9 recovery are
+measured first, a few times each.
 """
 
 from __future__ import annotations
@@ -146,11 +148,16 @@ def _checked(res: subprocess.CompletedProcess[str], what: str) -> str:
 
 
 class Serving:
+    """The systemd instance on its port and the same argv by hand on a second port (the only
+    difference in argv). Both stay up; the one not under load idles (llama-server blocks)."""
+
     def __init__(self, work: Path, model: Path, build_id: str, load: Sequence[str]) -> None:
         self.work, self.model, self.build_id, self.load = work, model, build_id, list(load)
         self.sup = open_supervisor(work)
-        self.port = 0
+        self.port = self.hand_port = 0
         self.argv: list[str] = []
+        self.hand: subprocess.Popen[bytes] | None = None
+        self.hand_log = work / "hand-server.log"
 
     def setup(self) -> None:
         self.sup.nativellm("instance", "rm", NAME)  # a leftover from an interrupted run
@@ -163,93 +170,106 @@ class Serving:
         os.environ["NATIVELLM_HOME"] = str(self.work)
         from nativellm.instances import Instances
         from nativellm.paths import resolve_paths
+        from nativellm.server import free_port
 
         self.argv = Instances(resolve_paths(), None).foreground_argv(NAME)
+        self.hand_port = free_port()
+        i = self.argv.index("--port")
+        self.hand_argv = [*self.argv[: i + 1], str(self.hand_port), *self.argv[i + 2 :]]
 
-    def bench(self) -> dict[str, Any]:
-        res = subprocess.run([sys.executable, "-m", "nativellm", "bench", NAME, "--url", f"http://127.0.0.1:{self.port}",
+    def bench(self, port: int) -> dict[str, Any]:
+        res = subprocess.run([sys.executable, "-m", "nativellm", "bench", NAME, "--url", f"http://127.0.0.1:{port}",
                               *self.load, "--json"], capture_output=True, text=True, check=False)  # fmt: skip
         doc: dict[str, Any] = json.loads(_checked(res, "nativellm bench"))
         if any(lv["errors"] for lv in doc["levels"]):
             raise RuntimeError(f"bench saw errors: {doc['levels']}")
         return doc
 
-    def systemd_leg(self, recovery: bool) -> dict[str, Any]:
-        t0 = time.monotonic()
-        _checked(self.sup.nativellm("start", NAME, "--json"), "nativellm start")
-        ready = time.monotonic() - t0
-        _first_completion(self.port)
-        first = time.monotonic() - t0
-        doc = self.bench()
-        leg: dict[str, Any] = {"start_to_ready_s": ready, "start_to_first_completion_s": first, "bench": doc}
-        if recovery:
-            pid = self.sup.main_pid()
-            self.sup.kill9(pid)
-            t1 = time.monotonic()
-            _wait(
-                lambda: self.sup.main_pid() not in (0, pid) and _healthy(self.port),
-                60,
-                "recovery after kill -9",
-            )
-            leg["kill9_to_healthy_s"] = time.monotonic() - t1
-            _first_completion(self.port)
-            leg["kill9_to_first_completion_s"] = time.monotonic() - t1
+    def systemd_lifecycle(self) -> dict[str, float]:
+        """`nativellm start` to ready and to the first completion; kill -9 to healthy and to a completion."""
         _checked(self.sup.nativellm("stop", NAME, "--json"), "nativellm stop")
         _wait(lambda: not _healthy(self.port), 30, "stop")
-        return leg
-
-    def hand_leg(self) -> dict[str, Any]:
-        log = (self.work / "hand-server.log").open("wb")
         t0 = time.monotonic()
-        proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
-        try:
+        _checked(self.sup.nativellm("start", NAME, "--json"), "nativellm start")
+        out = {"start_to_ready_s": time.monotonic() - t0}
+        _first_completion(self.port)
+        out["start_to_first_completion_s"] = time.monotonic() - t0
+        pid = self.sup.main_pid()
+        self.sup.kill9(pid)
+        t1 = time.monotonic()
+        _wait(
+            lambda: self.sup.main_pid() not in (0, pid) and _healthy(self.port), 60, "recovery after kill -9"
+        )
+        out["kill9_to_healthy_s"] = time.monotonic() - t1
+        _first_completion(self.port)
+        out["kill9_to_first_completion_s"] = time.monotonic() - t1
+        return out
 
-            def up() -> bool:
-                if proc.poll() is not None:
-                    raise RuntimeError(f"llama-server exited with {proc.returncode}; see {log.name}")
-                return _healthy(self.port)
+    def hand_lifecycle(self) -> dict[str, float]:
+        """Spawn the argv by hand: to /health 200 and to the first completion. Leaves it running."""
+        self.stop_hand()
+        log = self.hand_log.open("wb")
+        t0 = time.monotonic()
+        proc = self.hand = subprocess.Popen(self.hand_argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+        log.close()
 
-            _wait(up, 300, "llama-server readiness")
-            ready = time.monotonic() - t0
-            _first_completion(self.port)
-            first = time.monotonic() - t0
-            return {"start_to_ready_s": ready, "start_to_first_completion_s": first, "bench": self.bench()}
-        finally:
-            proc.terminate()
+        def up() -> bool:
+            if proc.poll() is not None:
+                raise RuntimeError(f"llama-server exited with {proc.returncode}; see {self.hand_log}")
+            return _healthy(self.hand_port)
+
+        _wait(up, 300, "llama-server readiness")
+        out = {"start_to_ready_s": time.monotonic() - t0}
+        _first_completion(self.hand_port)
+        out["start_to_first_completion_s"] = time.monotonic() - t0
+        return out
+
+    def stop_hand(self) -> None:
+        if self.hand is not None:
+            self.hand.terminate()
             try:
-                proc.wait(30)
+                self.hand.wait(30)
             except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-            log.close()
+                self.hand.kill()
+                self.hand.wait()
+            self.hand = None
 
     def close(self) -> None:
         try:
+            self.stop_hand()
             self.sup.nativellm("instance", "rm", NAME)
         finally:
             self.sup.close()
 
 
-def measure(work: Path, model: Path, build_id: str, rounds: int, load: Sequence[str],
+def measure(work: Path, model: Path, build_id: str, rounds: int, load: Sequence[str], lifecycles: int = 3,
             log: Callable[[str], None] = print) -> dict[str, Any]:  # fmt: skip
-    """`rounds` A B B A rounds; returns every leg's figures plus where systemd ran."""
+    """`lifecycles` start/kill -9 measurements, then `rounds` A B B A rounds of load against both."""
     s = Serving(work, model, build_id, load)
     legs: dict[str, list[dict[str, Any]]] = {"systemd": [], "hand": []}
+    life: dict[str, list[dict[str, float]]] = {"systemd": [], "hand": []}
     try:
         s.setup()
-        log(f"serving: {s.sup.where}; port {s.port}; argv: {shlex.join(s.argv)}")
+        log(
+            f"serving: {s.sup.where}; ports {s.port} (systemd) and {s.hand_port} (by hand); argv: {shlex.join(s.argv)}"
+        )
+        for i in range(lifecycles):
+            life["systemd"].append(s.systemd_lifecycle())
+            life["hand"].append(s.hand_lifecycle())
+            log(
+                f"  start {i + 1}/{lifecycles}: "
+                + ", ".join(f"{m} {k} {v:.2f} s" for m in life for k, v in life[m][-1].items())
+            )
         for i in range(rounds):
-            order = ("systemd", "hand") if i % 2 == 0 else ("hand", "systemd")
-            for mode in order:
-                leg = s.systemd_leg(recovery=True) if mode == "systemd" else s.hand_leg()
-                legs[mode].append(leg)
-                agg = ", ".join(
-                    f"c{lv['concurrency']} {lv['aggregate_tps']:.1f} t/s" for lv in leg["bench"]["levels"]
-                )
-                log(f"  round {i + 1}/{rounds} {mode}: ready {leg['start_to_ready_s']:.2f} s, {agg}")
+            for mode in ("systemd", "hand") if i % 2 == 0 else ("hand", "systemd"):
+                doc = s.bench(s.port if mode == "systemd" else s.hand_port)
+                legs[mode].append({"bench": doc})
+                agg = ", ".join(f"c{lv['concurrency']} {lv['aggregate_tps']:.1f} t/s" for lv in doc["levels"])
+                log(f"  round {i + 1}/{rounds} {mode}: {agg}")
     finally:
         s.close()
-    return {"where": s.sup.where, "argv": s.argv, "load": list(load), "rounds": rounds, **legs}
+    return {"where": s.sup.where, "argv": s.argv, "hand_port": s.hand_port, "load": list(load), "rounds": rounds,
+            "lifecycle": life, **legs}  # fmt: skip
 
 
 def summarize(doc: dict[str, Any]) -> dict[str, Any]:
@@ -278,7 +298,7 @@ def summarize(doc: dict[str, Any]) -> dict[str, Any]:
     for mode in ("systemd", "hand"):
         for key in ("start_to_ready_s", "start_to_first_completion_s", "kill9_to_healthy_s",
                     "kill9_to_first_completion_s"):  # fmt: skip
-            values = [leg[key] for leg in doc[mode] if key in leg]
+            values = [one[key] for one in doc.get("lifecycle", {}).get(mode, []) if key in one]
             if values:
                 timing[f"{mode}.{key}"] = spread(values)
     return {"levels": out, "timing": timing}

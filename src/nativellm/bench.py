@@ -1,6 +1,6 @@
 """Benchmarks: `bench builds` runs each build's llama-bench, interleaved, on one model.
 
-Interleaving (A B A B ...) spreads a noisy machine's drift over every build
+Interleaving (A B, B A, A B ...) spreads a noisy machine's drift over every build
 alike, so the ratios compare like with like.
 """
 
@@ -12,11 +12,13 @@ import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from nativellm import run
 from nativellm.errors import UsageError
 from nativellm.store import BuildRecord
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -89,6 +91,12 @@ def _failure(rc: int) -> str:
     return f"exit {rc}"
 
 
+def round_order(items: Sequence[T], round_no: int) -> list[T]:
+    """A B C, then C B A, then A B C ...: every build sits at every position equally often, so a
+    position effect (the first run after a pause, a neighbour's periodic load) favours none."""
+    return list(items) if round_no % 2 == 0 else list(reversed(items))
+
+
 def bench_builds(
     records: Sequence[BuildRecord],
     model: Path,
@@ -108,7 +116,7 @@ def bench_builds(
     tg: dict[str, list[float]] = {r.id: [] for r in records}
     crashed: dict[str, str] = {}
     for round_no in range(repetitions):
-        for rec in records:
+        for rec in round_order(records, round_no):
             if rec.id in crashed:
                 continue
             if on_round:

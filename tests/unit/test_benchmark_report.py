@@ -21,17 +21,10 @@ def _result(bid: str, pp: list[float], tg: list[float], crashed: str | None = No
     return {"build_id": bid, "crashed": crashed, "pp": s(pp), "tg": s(tg)}
 
 
-def _leg(agg: list[float], ready: float, kill9: float | None = None) -> dict[str, Any]:
+def _leg(agg: list[float]) -> dict[str, Any]:
     levels = [{"concurrency": c, "aggregate_tps": a, "decode_tps_per_stream": a / c, "ttft_p50_s": 0.1 * c}
               for c, a in zip((1, 4), agg, strict=True)]  # fmt: skip
-    leg: dict[str, Any] = {
-        "start_to_ready_s": ready,
-        "start_to_first_completion_s": ready + 1,
-        "bench": {"levels": levels},
-    }
-    if kill9 is not None:
-        leg["kill9_to_healthy_s"] = kill9
-    return leg
+    return {"bench": {"levels": levels}}
 
 
 def _measurements(d_crashed: bool = False) -> dict[str, Any]:
@@ -47,8 +40,10 @@ def _measurements(d_crashed: bool = False) -> dict[str, Any]:
     ]
     sv = {"where": "sandbox", "argv": ["llama-server", "-m", "x.gguf"], "load": ["--concurrency", "1,4"],
           "rounds": 2, "at": "now",
-          "systemd": [_leg([30, 60], 1.0, 2.0), _leg([31, 62], 1.2, 2.5)],
-          "hand": [_leg([30, 60], 0.9), _leg([30, 61], 1.1)]}  # fmt: skip
+          "systemd": [_leg([30, 60]), _leg([31, 62])], "hand": [_leg([30, 60]), _leg([30, 61])],
+          "lifecycle": {"systemd": [{"start_to_ready_s": 1.0, "kill9_to_healthy_s": 2.0},
+                                    {"start_to_ready_s": 1.2, "kill9_to_healthy_s": 2.5}],
+                        "hand": [{"start_to_ready_s": 0.9}, {"start_to_ready_s": 1.1}]}}  # fmt: skip
     sv["summary"] = serving.summarize(sv)
     return {
         "source": {"path": "/src", "tree_sha256": "ab" * 32},
@@ -112,3 +107,12 @@ def test_phases_not_run_say_so() -> None:
     text = report.render(m)
     assert "Not measured: the bench phase has not run." in text
     assert "Not measured: the serving phase has not run." in text
+
+
+def test_bench_builds_alternates_the_order_of_builds_every_round() -> None:
+    from nativellm.bench import round_order
+
+    rounds = [round_order(["a", "b", "c", "d"], r) for r in range(4)]
+    assert rounds == [list("abcd"), list("dcba"), list("abcd"), list("dcba")]
+    positions = {x: sum(r.index(x) for r in rounds) for x in "abcd"}
+    assert len(set(positions.values())) == 1  # every build at every position equally often
