@@ -70,7 +70,7 @@ def test_bench_by_instance_name_against_the_systemd_instance(bd: InnerCli) -> No
     assert by_level[2]["decode_tps_per_stream"] <= by_level[1]["decode_tps_per_stream"] * 1.25
 
 
-def test_doctor_finds_a_hand_edited_unit_lingering_off_and_a_stolen_port(
+def test_doctor_finds_a_hand_edited_unit_a_stolen_port_and_lingering_off(
     bd: InnerCli, sandbox: Sandbox
 ) -> None:
     was_lingering = _linger(sandbox)
@@ -78,11 +78,6 @@ def test_doctor_finds_a_hand_edited_unit_lingering_off_and_a_stolen_port(
         sandbox.exec(["loginctl", "enable-linger", "root"])
         rc, problems = _doctor(bd)
         assert (rc, problems) == (0, []), problems  # healthy: running instance, its own port in use
-
-        sandbox.exec(["loginctl", "disable-linger", "root"])
-        rc, problems = _doctor(bd)
-        assert rc == 15 and [p["check"] for p in problems] == ["linger"], problems
-        sandbox.exec(["loginctl", "enable-linger", "root"])
 
         dropin = sandbox.host_path(f"{USER_UNIT_DIR}/llama@{NAME}.service.d/50-nativellm.conf")
         dropin.write_text(dropin.read_text() + "Environment=HACKED=1\n")
@@ -101,9 +96,18 @@ def test_doctor_finds_a_hand_edited_unit_lingering_off_and_a_stolen_port(
             rc, problems = _doctor(bd)
             assert rc == 15 and len(problems) == 1 and f"port {port} is taken" in problems[0]["message"]
         assert _doctor(bd) == (0, [])
-        bd("start", NAME, check=True)
+
+        # Last: logind stops a user manager that neither lingers nor has a session.
+        sandbox.exec(["loginctl", "disable-linger", "root"])
+        rc, problems = _doctor(bd)
+        assert rc == 15 and [p["check"] for p in problems] == ["linger"], problems
+        assert "loginctl enable-linger" in problems[0]["fix"]
     finally:
         sandbox.exec(["loginctl", "enable-linger" if was_lingering else "disable-linger", "root"])
+        # logind may be stopping the user manager; wait for that, then bring it back for later tests.
+        sandbox.systemctl("stop", "user@0.service")
+        sandbox.start_user_manager()
+        bd("start", NAME)
 
 
 def test_doctor_finds_a_removed_model_and_prints_each_fix(bd: InnerCli) -> None:
