@@ -99,7 +99,8 @@ async def _one(
     as the next request goes out on it ("Server disconnected without sending a response"); the
     server never saw that request, so it is sent once more on a new connection, as browsers do."""
     first = await _stream_one(client, url, body, headers)
-    if first.error.startswith("RemoteProtocolError") and first.completion_tokens == 0:
+    # Only that case: a server that dies mid-stream ("incomplete chunked read") is an error.
+    if first.error.startswith("RemoteProtocolError") and "without sending a response" in first.error:
         again = await _stream_one(client, url, body, headers)
         return replace(again, retried=True)
     return first
