@@ -12,7 +12,7 @@ import typer
 from rich.markup import escape
 
 from nativellm import __version__
-from nativellm.errors import Interrupted, NativeLLMError
+from nativellm.errors import Interrupted, NativeLLMError, UsageError
 from nativellm.paths import Scope
 from nativellm.render import emit_json, err, error_envelope, out
 
@@ -48,6 +48,16 @@ def _begin(command: str, json_out: bool) -> None:
 
 def _scope(system: bool) -> Scope:
     return Scope.SYSTEM if system else Scope.USER
+
+
+def _gpu_indices(gpus: str | None) -> tuple[int, ...] | None:
+    """`--gpus 0,1` -> (0, 1); None when the option was not given."""
+    if gpus is None:
+        return None
+    try:
+        return tuple(int(g) for g in gpus.split(",") if g.strip())
+    except ValueError:
+        raise UsageError(f"--gpus {gpus!r} is not a list of GPU indices", "use e.g. --gpus 0,1") from None
 
 
 def _version(value: bool) -> None:

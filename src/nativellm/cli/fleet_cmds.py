@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from nativellm.cli.app import STATE, JsonOpt, SystemOpt, _begin, _scope, app
+from nativellm.cli.app import STATE, JsonOpt, SystemOpt, _begin, _gpu_indices, _scope, app
 from nativellm.cli.build_cmds import ProfileOpt
 from nativellm.cli.instance_cmds import IBuild, IGpus, INoSystemd, instance_app
 from nativellm.errors import UsageError
@@ -231,12 +231,7 @@ def add_rpc_worker(
     from nativellm.systemd import Systemd
 
     _begin("instance add-rpc-worker", json_out)
-    gpu_list: tuple[int, ...] | None = None
-    if gpus is not None:
-        try:
-            gpu_list = tuple(int(g) for g in gpus.split(",") if g.strip())
-        except ValueError:
-            raise UsageError(f"--gpus {gpus!r} is not a list of GPU indices", "use e.g. --gpus 0,1") from None
+    gpu_list = _gpu_indices(gpus)
     peers = tuple(p.strip() for p in (allow or "").split(",") if p.strip())
     spec = RpcWorkerSpec(name, port, host, gpu_list, peers, threads, build or "current")
     scope = _scope(system)

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 import typer
 from rich.markup import escape
 
-from nativellm.cli.app import JsonOpt, SystemOpt, _begin, _scope, app
+from nativellm.cli.app import JsonOpt, SystemOpt, _begin, _gpu_indices, _scope, app
 from nativellm.errors import UsageError
 from nativellm.paths import Scope, resolve_paths
 from nativellm.render import emit_json, envelope, err, out
@@ -76,12 +76,7 @@ def _instance_options(
 ) -> Any:  # fmt: skip
     from nativellm.instances import InstanceOptions
 
-    gpu_list: tuple[int, ...] | None = None
-    if gpus is not None:
-        try:
-            gpu_list = tuple(int(g) for g in gpus.split(",") if g.strip())
-        except ValueError:
-            raise UsageError(f"--gpus {gpus!r} is not a list of GPU indices", "use e.g. --gpus 0,1") from None
+    gpu_list = _gpu_indices(gpus)
     key = str(api_key_file.resolve()) if api_key_file is not None else None
     if api_key_file is not None and not api_key_file.is_file():
         raise UsageError(f"--api-key-file {api_key_file} does not exist", "create the key file first")
