@@ -87,6 +87,28 @@ _X86_VARIANTS: dict[str, str] = {
     "avx_vnni": "alderlake",
     "amx": "sapphirerapids",
 }
+# x86-64 microarchitecture for -mtune, from the vendor and the CPU's flags; the first row whose flags are
+# all present wins. Tuning changes instruction scheduling only, never the instruction set (that stays the
+# GGML_* defines above), so the binary still runs on any CPU with those flags, and a wrong guess costs
+# speed, not correctness. -march=native tunes the same way; without it GCC tunes for "generic". Names
+# newer compilers added come with an older fallback: cpp/CMakeLists.txt uses the first one it accepts.
+_X86_TUNE: tuple[tuple[str, tuple[str, ...], str], ...] = (
+    ("GenuineIntel", ("amx_tile",), "sapphirerapids,icelake-server"),
+    ("GenuineIntel", ("avx512_fp16",), "sapphirerapids,icelake-server"),
+    ("GenuineIntel", ("avx512_vbmi2",), "icelake-server"),
+    ("GenuineIntel", ("avx512_bf16",), "cooperlake,cascadelake"),
+    ("GenuineIntel", ("avx512_vnni",), "cascadelake"),
+    ("GenuineIntel", ("avx512f",), "skylake-avx512"),
+    ("GenuineIntel", ("avx_vnni",), "alderlake,skylake"),
+    ("GenuineIntel", ("avx2",), "haswell"),
+    ("GenuineIntel", ("avx",), "sandybridge"),
+    ("GenuineIntel", ("sse4_2",), "nehalem"),
+    ("AuthenticAMD", ("avx512_vp2intersect",), "znver5,znver4,znver3"),
+    ("AuthenticAMD", ("avx512f",), "znver4,znver3"),
+    ("AuthenticAMD", ("avx2", "vaes"), "znver3,znver2"),
+    ("AuthenticAMD", ("avx2", "clwb"), "znver2"),
+    ("AuthenticAMD", ("avx2",), "znver1"),
+)
 # aarch64: -march tag, cpu flags it needs, first architecture version with it (ggml's variant scheme),
 # tags it needs first. SME is left out: ggml uses it only through KleidiAI, which downloads at build time.
 _ARM: tuple[tuple[str, tuple[str, ...], str, tuple[str, ...]], ...] = (
@@ -303,10 +325,25 @@ def _x86_defines(profile: HostProfile, baseline: bool, disabled: Mapping[str, st
             draft.warnings.append(
                 f"--baseline uses {', '.join(lacking)}, which this CPU lacks: the binary will not run here"
             )
+    if not baseline:
+        _x86_tune(profile, draft)
     if "amx" in on:
         draft.warnings.append(
             "AMX is on: it can SIGILL on VMs that pass every probe; the smoke test guards it"
         )
+
+
+def _x86_tune(profile: HostProfile, draft: _Draft) -> None:
+    """NATIVELLM_CPU_TUNE: cpp/CMakeLists.txt compiles ggml's CPU backend with -mtune=<it>."""
+    cpu = profile.cpu
+    flags = frozenset(cpu.flags) | frozenset(cpu.reported_flags or ())
+    for vendor, needs, tune in _X86_TUNE:
+        if cpu.vendor == vendor and all(f in flags for f in needs):
+            name, *older = tune.split(",")
+            why = f"{vendor} with {', '.join(needs)}: schedule ggml's CPU code for {name} (-mtune, as -march=native"
+            why += f" would; {', '.join(older)} if the compiler lacks it)" if older else " would)"
+            draft.set("NATIVELLM_CPU_TUNE", tune, why + "; the instruction set stays as named")
+            return
 
 
 def _arm_defines(profile: HostProfile, baseline: bool, disabled: Mapping[str, str], draft: _Draft) -> None:

@@ -61,6 +61,10 @@ def test_auto_build_is_current_and_serves_quantized_models(
     assert manifest["smoke_test"]["passed"] is True
     assert {c["quant"] for c in manifest["smoke_test"]["cases"]} == {"Q4_0", "Q8_0", "Q4_K_M"}
     assert manifest["plan"]["cmake_defines"]["GGML_NATIVE"] == "OFF"
+    # The plan's -mtune names reached CMake, which used one it knows (every x86 profile gets some).
+    tunes = manifest["plan"]["cmake_defines"].get("NATIVELLM_CPU_TUNE", "")
+    used = manifest["cmake"]["cpu_tune"]
+    assert (used in tunes.split(",")) if tunes else used == "", (tunes, used)
     # Every recorded binary hash matches what is on disk.
     for rel, digest in manifest["binaries"].items():
         assert sha256_file(current / rel) == digest, rel

@@ -245,6 +245,51 @@ def test_flags_the_os_does_not_enable_are_explained() -> None:
 # --- disable and fallback ------------------------------------------------------------------------
 
 
+def test_tune_follows_the_microarchitecture_the_flags_identify() -> None:
+    cpu = PlanOptions(backend=Backend.CPU)
+    tunes = {name: plan_build(load(name), cpu).cmake_defines.get("NATIVELLM_CPU_TUNE") for name in (
+        "this-dev-vm", "sapphire-rapids", "sapphire-rapids-vm-amx-dropped", "2x-h100", "blackwell-cuda124",
+        "intel-arc-vulkan", "ivybridge-avx-only-xeon", "nehalem-no-avx", "zen4-epyc", "rtx5090-cuda128",
+        "mixed-3090-4090", "graviton3", "apple-m2",
+    )}  # fmt: skip
+    skx = with_flags(load("this-dev-vm"), drop="avx512_vnni")
+    skx = dataclasses.replace(skx, cpu=dataclasses.replace(skx.cpu, reported_flags=None))
+    assert plan_build(skx).cmake_defines["NATIVELLM_CPU_TUNE"] == "skylake-avx512"
+    assert tunes == {
+        "this-dev-vm": "cascadelake",  # AVX-512 + VNNI, no BF16: what gcc -march=native says here
+        "sapphire-rapids": "sapphirerapids,icelake-server",
+        "sapphire-rapids-vm-amx-dropped": "sapphirerapids,icelake-server",  # AMX unusable, still the same core
+        "2x-h100": "icelake-server",
+        "blackwell-cuda124": "alderlake,skylake",
+        "intel-arc-vulkan": "alderlake,skylake",
+        "ivybridge-avx-only-xeon": "sandybridge",
+        "nehalem-no-avx": "nehalem",
+        "zen4-epyc": "znver4,znver3",  # GCC 12 lacks znver4: the build falls back to znver3
+        "rtx5090-cuda128": "znver5,znver4,znver3",
+        "mixed-3090-4090": "znver3,znver2",
+        "graviton3": None,  # aarch64: GGML_CPU_ARM_ARCH is the whole story
+        "apple-m2": None,
+    }
+    reason = plan_build(load("zen4-epyc")).reasons["NATIVELLM_CPU_TUNE"]
+    assert "znver4" in reason and "znver3 if the compiler lacks it" in reason and "instruction set" in reason
+
+
+def test_tune_never_changes_the_instruction_set() -> None:
+    """Tuning is the only difference from an untuned plan; modes that are not per-CPU are not tuned."""
+    profile = load("this-dev-vm")
+    tuned = plan_build(profile).cmake_defines
+    unknown = dataclasses.replace(profile, cpu=dataclasses.replace(profile.cpu, vendor="HygonGenuine"))
+    untuned = plan_build(unknown).cmake_defines
+    assert {k: v for k, v in tuned.items() if k != "NATIVELLM_CPU_TUNE"} == untuned
+    for options in (PlanOptions(portable=True), PlanOptions(native=True), PlanOptions(baseline=True)):
+        assert "NATIVELLM_CPU_TUNE" not in plan_build(profile, options).cmake_defines, options
+    # Leaving AVX-512 out keeps the tuning: it describes the CPU, not the code.
+    no512 = plan_build(
+        profile, PlanOptions(disable=frozenset({"avx512"}), disable_reasons=(("avx512", "t"),))
+    )
+    assert no512.cmake_defines["NATIVELLM_CPU_TUNE"] == "cascadelake"
+
+
 def test_disable_amx_keeps_avx512() -> None:
     options = PlanOptions(disable=frozenset({"amx"}), disable_reasons=(("amx", "SIGILL in tileloadd"),))
     plan = plan_build(load("sapphire-rapids"), options)
