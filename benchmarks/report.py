@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import statistics
+from collections.abc import Sequence
 from typing import Any
+
+import serving
+from stats import median_ci
 
 KEYS = ("a", "b", "c", "d")
 TARGETS = (  # (what, threshold): the issue's acceptance figures, checked on every render
@@ -18,35 +22,68 @@ def _spread(s: dict[str, Any], fmt: str = "{:.1f}") -> str:
     return " / ".join(fmt.format(s[k]) for k in ("min", "median", "max")) if s else "-"
 
 
-def _per_round(a: list[float], b: list[float]) -> dict[str, float]:
+def _ratio(v: dict[str, Any] | None) -> str:
+    """'1.74x (0.94 - 2.35; 1.68)': the same-round median, their min - max, and the ratio of medians."""
+    if not v or not v["spread"]:
+        return "-"
+    sp = v["spread"]
+    return f"**{v['ratio']:.2f}x** ({sp['min']:.2f} - {sp['max']:.2f}; {v['of_medians']:.2f})"
+
+
+def _per_round(a: list[float], b: list[float]) -> dict[str, Any]:
+    """min / median / max of the same round's ratios a/b (see nativellm.bench.paired_ratios), and the 95%
+    confidence interval of their median."""
     ratios = [x / y for x, y in zip(a, b, strict=False) if y]
-    return {"min": min(ratios), "median": statistics.median(ratios), "max": max(ratios)} if ratios else {}
+    if not ratios:
+        return {}
+    return {
+        "min": min(ratios),
+        "median": statistics.median(ratios),
+        "max": max(ratios),
+        "ci": median_ci(ratios),
+    }
 
 
 def bench_ratios(m: dict[str, Any]) -> dict[str, Any]:
-    """Per build: results, and ratios of medians (with per-round spread) to (b) and (a) to the best other."""
+    """Per build: its ratios to (b), and (a)'s to each other build. A ratio is the median of the same round's
+    ratios (the builds of a round run back to back, so drift between rounds cancels), with their spread;
+    the ratio of the two medians is kept as `of_medians` for reference."""
     builds, bench = m["phases"].get("builds", {}), m["phases"].get("bench", {})
     by_id = {r["build_id"]: r for r in bench.get("results", [])}
     rows = {k: by_id.get(builds.get(k, {}).get("build_id") or "") for k in KEYS}
     ok = {k: r for k, r in rows.items() if r and not r.get("crashed")}
-    out: dict[str, Any] = {"rows": rows, "vs_b": {}, "checks": {}}
-    base = ok.get("b")
-    for k, r in ok.items():
-        if base:
-            out["vs_b"][k] = {
-                t: {"ratio": r[t]["median"] / base[t]["median"], "spread": _per_round(r[t]["samples"], base[t]["samples"])}
-                for t in ("pp", "tg")
-            }  # fmt: skip
-    a = ok.get("a")
+    out: dict[str, Any] = {"rows": rows, "vs_b": {}, "a_vs": {}, "checks": {}}
+
+    def vs(r: dict[str, Any], base: dict[str, Any]) -> dict[str, Any]:
+        return {t: {"ratio": (sp := _per_round(r[t]["samples"], base[t]["samples"])).get("median", 0.0),
+                    "spread": sp, "of_medians": r[t]["median"] / base[t]["median"]}
+                for t in ("pp", "tg")}  # fmt: skip
+
+    base, a = ok.get("b"), ok.get("a")
+    if base:
+        out["vs_b"] = {k: vs(r, base) for k, r in ok.items()}
+    if a:
+        out["a_vs"] = {k: vs(a, r) for k, r in ok.items() if k != "a"}
     if a and base:
-        out["checks"]["(a) pp vs (b)"] = out["vs_b"]["a"]["pp"]["ratio"]
-        out["checks"]["(a) tg vs (b)"] = out["vs_b"]["a"]["tg"]["ratio"]
-    others = [r for k, r in ok.items() if k != "a"]
-    if a and others:
         for t in ("pp", "tg"):
-            best = max(o[t]["median"] for o in others)
-            out["checks"][f"(a) {t} vs best other"] = a[t]["median"] / best
+            out["checks"][f"(a) {t} vs (b)"] = _check(out["vs_b"]["a"][t])
+    if out["a_vs"]:
+        for t in ("pp", "tg"):  # the best other build is the one (a) does worst against
+            out["checks"][f"(a) {t} vs best other"] = _check(min((v[t] for v in out["a_vs"].values()),
+                                                                 key=lambda x: x["ratio"]))  # fmt: skip
     return out
+
+
+def _check(v: dict[str, Any]) -> dict[str, Any]:
+    return {"value": v["ratio"], "ci": v["spread"].get("ci")}
+
+
+def status(value: float, ci: Sequence[float] | None, threshold: float) -> str:
+    """met; 'within noise' when the figure is below the threshold but its 95% interval reaches it, so
+    this run cannot tell; MISSED when the whole interval is below."""
+    if value >= threshold:
+        return "met"
+    return "within noise" if ci and ci[1] >= threshold else "MISSED"
 
 
 def render(m: dict[str, Any]) -> str:
@@ -59,8 +96,11 @@ def render(m: dict[str, Any]) -> str:
         "# nativellm benchmark results",
         "",
         "Produced by `benchmarks/run.sh` (phases and their dates below); the raw figures are in the",
-        "measurements.json it keeps next to its store. Figures are medians with min / max; ratios are",
-        "ratios of medians, with the min / max of the per-round ratios (runs are interleaved).",
+        "measurements.json it keeps next to its store. Figures are medians with min / max. Runs are",
+        "interleaved, and a ratio is the median of the per-round ratios: the two sides of each one ran",
+        "back to back, so the drift of this shared machine between rounds cancels. The per-round min / max",
+        "follow it, and the ratio of the two medians, which pairs figures from different rounds, is given",
+        "for reference.",
         "",
         "## Machine and source",
         "",
@@ -103,13 +143,20 @@ def render(m: dict[str, Any]) -> str:
                 continue
             vs = r["vs_b"].get(k, {})
 
-            def ratio(t: str, vs: dict[str, Any] = vs) -> str:
-                return f"{vs[t]['ratio']:.2f}x ({_spread(vs[t]['spread'], '{:.2f}')})" if t in vs else "-"
-
             lines.append(
-                f"| {label} | {row['build_id']} | {_spread(row['pp'])} | {_spread(row['tg'])} | {ratio('pp')} | {ratio('tg')} |"
+                f"| {label} | {row['build_id']} | {_spread(row['pp'])} | {_spread(row['tg'])} "
+                f"| {_ratio(vs.get('pp'))} | {_ratio(vs.get('tg'))} |"
             )
         lines.append("")
+        if r["a_vs"]:
+            lines += [
+                "(a) against each other build, same-round ratios:",
+                "",
+                "| (a) vs | pp (per-round min / max; of medians) | tg (per-round min / max; of medians) |",
+                "|---|---|---|",
+            ]
+            lines += [f"| ({k}) | {_ratio(v['pp'])} | {_ratio(v['tg'])} |" for k, v in r["a_vs"].items()]
+            lines.append("")
     spreads = [(row[t]["max"] - row[t]["min"]) / row[t]["median"] for row in r["rows"].values()
                if row and not row.get("crashed") for t in ("pp", "tg")]  # fmt: skip
     if spreads:
@@ -136,14 +183,14 @@ def render(m: dict[str, Any]) -> str:
     if not sv or sv.get("failed"):
         lines += [f"Not measured: {sv.get('failed', 'the serving phase has not run')}.", ""]
     else:
-        summ = sv["summary"]
+        summ = serving.summarize(sv)  # from the raw legs: the summary stored with them may be older code's
         lines += [
             f"{sv['rounds']} rounds, A B B A, both servers up on two ports, one under load at a time (phase run {sv['at']}); "
             f"systemd: {sv['where']}. Load: `nativellm bench {' '.join(sv['load'])}`, on loopback, from outside.",
             "",
             f"argv (by hand the same, but `--port {sv.get('hand_port', '?')}`): `{' '.join(sv['argv'])}`",
             "",
-            "| concurrency | aggregate t/s systemd | aggregate t/s by hand | ratio (per-round min / median / max) "
+            "| concurrency | aggregate t/s systemd | aggregate t/s by hand | ratio (per-round min / max; of medians) "
             "| decode t/s/stream ratio | TTFT p50 systemd / by hand (ms) |",
             "|---|---|---|---|---|---|",
         ]
@@ -151,7 +198,8 @@ def render(m: dict[str, Any]) -> str:
             ag, de, tt = e["aggregate_tps"], e["decode_tps_per_stream"], e["ttft_p50_s"]
             lines.append(
                 f"| {conc} | {_spread(ag['systemd'])} | {_spread(ag['hand'])} | **{ag['ratio']:.3f}** "
-                f"({_spread(ag['ratio_spread'], '{:.3f}')}) | {de['ratio']:.3f} | "
+                f"({ag['ratio_spread']['min']:.3f} - {ag['ratio_spread']['max']:.3f}; "
+                f"{ag.get('ratio_of_medians') or 0:.3f}) | {de['ratio']:.3f} | "
                 f"{tt['systemd']['median'] * 1000:.0f} / {tt['hand']['median'] * 1000:.0f} |"
             )
         t = summ["timing"]
@@ -211,18 +259,28 @@ def render(m: dict[str, Any]) -> str:
     lines.append("")
 
     checks = dict(r["checks"])
-    if sv.get("summary"):
-        for conc, e in sv["summary"]["levels"].items():
-            checks[f"serving overhead, concurrency {conc}"] = e["aggregate_tps"]["ratio"]
-    lines += ["## Targets (issue 6)", "", "| target | measured | threshold | |", "|---|---|---|---|"]
-    for what, value in checks.items():
+    if sv.get("systemd"):
+        for conc, e in summ["levels"].items():
+            ag = e["aggregate_tps"]
+            checks[f"serving overhead, concurrency {conc}"] = {"value": ag["ratio"], "ci": ag.get("ratio_ci")}
+    lines += [
+        "## Targets (issue 6)",
+        "",
+        "Measured: the same-round median ratio, with the 95% bootstrap interval of that median. A figure below",
+        "its threshold whose interval still reaches it is marked within noise: this run cannot tell it from met.",
+        "",
+        "| target | measured | 95% interval | threshold | |",
+        "|---|---|---|---|---|",
+    ]
+    for what, c in checks.items():
         threshold = dict(TARGETS).get(what, 0.99)
+        ci = f"{c['ci'][0]:.3f} - {c['ci'][1]:.3f}" if c.get("ci") else "-"
         lines.append(
-            f"| {what} | {value:.3f} | >= {threshold} | {'met' if value >= threshold else 'MISSED'} |"
+            f"| {what} | {c['value']:.3f} | {ci} | >= {threshold} | {status(c['value'], c.get('ci'), threshold)} |"
         )
     if hit:
         lines.append(
-            f"| cache-hit rebuild | {hit['seconds']:.1f} s | < 5 s | {'met' if hit['seconds'] < 5 and hit.get('cached') else 'MISSED'} |"
+            f"| cache-hit rebuild | {hit['seconds']:.1f} s | - | < 5 s | {'met' if hit['seconds'] < 5 and hit.get('cached') else 'MISSED'} |"
         )
     return "\n".join(lines) + "\n"
 

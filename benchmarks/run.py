@@ -1,6 +1,7 @@
 """Reproducible benchmark: nativellm's --auto build against the usual alternatives, side by side.
 
 Usage: benchmarks/run.sh [--source DIR] [--repetitions N] [--rounds N] [--only P,...] [--skip P,...] [--fresh]
+                        [--render]
 
 Phases, in order (each one's figures go to <work>/measurements.json as soon as it ends, and
 RESULTS.md is rewritten from that file after every phase, so an interrupted run keeps what it
@@ -214,9 +215,12 @@ def main() -> None:
     ap.add_argument("--only", help="run only these phases (comma-separated)")
     ap.add_argument("--skip", help="skip these phases (comma-separated)")
     ap.add_argument("--fresh", action="store_true", help="forget earlier runs' figures")
+    ap.add_argument(
+        "--render", action="store_true", help="measure nothing: rewrite RESULTS.md from the figures"
+    )
     args = ap.parse_args()
     only, skip = _phase_list(args.only), _phase_list(args.skip)
-    todo = [p for p in PHASES if (not only or p in only) and p not in skip]
+    todo = [p for p in PHASES if (not only or p in only) and p not in skip and not args.render]
 
     WORK.mkdir(parents=True, exist_ok=True)
     source = (args.source or default_source()).resolve()
@@ -245,6 +249,7 @@ def main() -> None:
                              "phase_s": time.monotonic() - t0, **data}  # fmt: skip
         MEASUREMENTS.write_text(json.dumps(m, indent=1))
         (HERE / "RESULTS.md").write_text(report.render(m))
+    (HERE / "RESULTS.md").write_text(report.render(m))
     print((HERE / "RESULTS.md").read_text())
 
 

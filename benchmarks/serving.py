@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import httpx
+from stats import median_ci
 
 CHECKOUT = Path(__file__).resolve().parents[1]
 NAME = "nlbench"
@@ -286,12 +287,15 @@ def summarize(doc: dict[str, Any]) -> dict[str, Any]:
         entry: dict[str, Any] = {}
         for key in ("aggregate_tps", "decode_tps_per_stream", "ttft_p50_s"):
             sd, hd = row["systemd"][key], row["hand"][key]
-            # Per-round ratios (leg i of each way) give the spread; the ratio of medians the figure.
+            # Leg i of each way ran next to each other (A B | B A), so their ratio is free of the drift
+            # between rounds: the median of those is the figure, the ratio of medians is kept for reference.
             per_round = [a / b for a, b in zip(sd, hd, strict=False) if b]
             entry[key] = {
                 "systemd": spread(sd), "hand": spread(hd),
-                "ratio": statistics.median(sd) / statistics.median(hd) if statistics.median(hd) else None,
+                "ratio": statistics.median(per_round) if per_round else None,
+                "ratio_of_medians": statistics.median(sd) / statistics.median(hd) if statistics.median(hd) else None,
                 "ratio_spread": spread(per_round),
+                "ratio_ci": median_ci(per_round) if per_round else None,
             }  # fmt: skip
         out[str(conc)] = entry
     timing = {}

@@ -23,7 +23,7 @@ T = TypeVar("T")
 
 @dataclass(frozen=True)
 class Spread:
-    """min / median / max of repeated measurements (tokens per second)."""
+    """min / median / max of repeated measurements (tokens per second, or ratios of them)."""
 
     min: float
     median: float
@@ -42,8 +42,8 @@ class BuildBench:
     build_id: str
     pp: Spread
     tg: Spread
-    pp_ratio: float | None  # median over the first build's median
-    tg_ratio: float | None
+    pp_ratio: Spread | None  # per-round ratios to the first build (same round), their min / median / max
+    tg_ratio: Spread | None
     crashed: str | None = None  # "SIGILL", "exit 1", ... when llama-bench failed
 
     def to_dict(self) -> dict[str, Any]:
@@ -61,10 +61,24 @@ class BuildBench:
                 "max": self.tg.max,
                 "samples": list(self.tg.samples),
             },
-            "pp_ratio": self.pp_ratio,
-            "tg_ratio": self.tg_ratio,
+            "pp_ratio": self.pp_ratio.median if self.pp_ratio else None,
+            "tg_ratio": self.tg_ratio.median if self.tg_ratio else None,
+            "pp_ratio_spread": _spread_dict(self.pp_ratio),
+            "tg_ratio_spread": _spread_dict(self.tg_ratio),
             "crashed": self.crashed,
         }
+
+
+def _spread_dict(s: Spread | None) -> dict[str, float] | None:
+    return {"min": s.min, "median": s.median, "max": s.max} if s else None
+
+
+def paired_ratios(samples: Sequence[float], base: Sequence[float]) -> Spread | None:
+    """Ratios of the same round's figures. A round's builds run back to back, so the machine's drift, which
+    on a shared VM moves whole rounds by tens of percent, cancels in each ratio; the median of them is the
+    estimate, and it is steadier than the ratio of the two medians, which pairs figures from other rounds."""
+    ratios = [x / y for x, y in zip(samples, base, strict=False) if y > 0]
+    return Spread.of(ratios) if ratios else None
 
 
 def parse_llama_bench_json(text: str) -> tuple[float | None, float | None]:
@@ -133,18 +147,16 @@ def bench_builds(
             pp[rec.id].append(p)
             tg[rec.id].append(t)
     base = records[0].id
-    base_pp, base_tg = Spread.of(pp[base]).median, Spread.of(tg[base]).median
     out = []
     for rec in records:
-        p_s, t_s = Spread.of(pp[rec.id]), Spread.of(tg[rec.id])
-        ok = rec.id not in crashed and base_pp > 0 and base_tg > 0
+        ok = rec.id not in crashed and base not in crashed
         out.append(
             BuildBench(
                 rec.id,
-                p_s,
-                t_s,
-                p_s.median / base_pp if ok else None,
-                t_s.median / base_tg if ok else None,
+                Spread.of(pp[rec.id]),
+                Spread.of(tg[rec.id]),
+                paired_ratios(pp[rec.id], pp[base]) if ok else None,
+                paired_ratios(tg[rec.id], tg[base]) if ok else None,
                 crashed.get(rec.id),
             )
         )

@@ -8,7 +8,7 @@ from typing import Any
 from rich.markup import escape
 from rich.table import Table
 
-from nativellm.bench import bench_builds
+from nativellm.bench import Spread, bench_builds
 from nativellm.doctor import Finding, run_doctor
 from nativellm.errors import NotFoundError, UsageError
 from nativellm.loadgen import is_loopback, run_load
@@ -47,8 +47,9 @@ def run_bench_builds(
     results = bench_builds(records, gguf, repetitions=reps, n_prompt=n_prompt, n_gen=n_gen, on_round=progress)
     if not quiet:
         table = Table(
-            "build", f"pp{n_prompt} t/s (min/med/max)", f"tg{n_gen} t/s (min/med/max)", "pp ratio", "tg ratio"
-        )
+            "build", f"pp{n_prompt} t/s (min/med/max)", f"tg{n_gen} t/s (min/med/max)",
+            "pp ratio (per-round min/med/max)", "tg ratio (per-round min/med/max)",
+        )  # fmt: skip
         for r in results:
             if r.crashed:
                 table.add_row(r.build_id, f"crashed ({r.crashed})", "", "", "")
@@ -57,12 +58,16 @@ def run_bench_builds(
                 r.build_id,
                 f"{r.pp.min:.1f} / {r.pp.median:.1f} / {r.pp.max:.1f}",
                 f"{r.tg.min:.1f} / {r.tg.median:.1f} / {r.tg.max:.1f}",
-                f"{r.pp_ratio:.2f}" if r.pp_ratio else "-",
-                f"{r.tg_ratio:.2f}" if r.tg_ratio else "-",
+                _ratio(r.pp_ratio),
+                _ratio(r.tg_ratio),
             )
         out.print(table)
     return {"schema": "nativellm.bench-builds/1", "model": str(gguf), "repetitions": reps,
             "n_prompt": n_prompt, "n_gen": n_gen, "builds": [r.to_dict() for r in results]}  # fmt: skip
+
+
+def _ratio(s: Spread | None) -> str:
+    return f"{s.median:.2f}x ({s.min:.2f} / {s.median:.2f} / {s.max:.2f})" if s else "-"
 
 
 def _instance_url(paths: Paths, name: str) -> tuple[str, str | None]:

@@ -49,8 +49,13 @@ def test_bench_builds_interleaves_and_reports_ratios(
             assert len(s["samples"]) == 2 and all(x > 0 for x in s["samples"])
             assert s["min"] <= s["median"] <= s["max"]
     assert doc["builds"][0]["pp_ratio"] == pytest.approx(1.0)
-    ratio = doc["builds"][1]["pp_ratio"]
-    assert ratio == pytest.approx(doc["builds"][1]["pp"]["median"] / doc["builds"][0]["pp"]["median"])
+    for kind in ("pp", "tg"):
+        # The ratio is the median of the same round's ratios, and the spread is theirs.
+        ours, base = doc["builds"][1][kind]["samples"], doc["builds"][0][kind]["samples"]
+        rounds = [x / y for x, y in zip(ours, base, strict=True)]
+        spread = doc["builds"][1][f"{kind}_ratio_spread"]
+        assert doc["builds"][1][f"{kind}_ratio"] == pytest.approx(sum(rounds) / 2) == spread["median"]
+        assert spread["min"] == pytest.approx(min(rounds)) and spread["max"] == pytest.approx(max(rounds))
     # The baseline build above became current; leave the session's auto build current for later tests.
     assert nativellm("builds", "use", first, home=session_home).returncode == 0
 
