@@ -97,17 +97,25 @@ def test_busy_build_lock(tmp_path: Path, llama_source: Path) -> None:
 
 @pytest.mark.slow
 def test_ctrl_c_during_compile_leaves_the_store_untouched(tmp_path: Path, llama_source: Path) -> None:
-    env = {**os.environ, "NATIVELLM_HOME": str(tmp_path)}
+    # PYTHONFAULTHANDLER: if it ever hangs, SIGABRT makes it print where every thread is.
+    env = {**os.environ, "NATIVELLM_HOME": str(tmp_path), "PYTHONFAULTHANDLER": "1"}
     proc = subprocess.Popen(
         [sys.executable, "-m", "nativellm", "build", "--baseline", "--source", str(llama_source)],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env,
+        # As from an interactive shell's foreground: a background job (`scripts/test.sh &`) inherits SIGINT
+        # ignored, and then Ctrl-C rightly reaches nobody.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )  # fmt: skip
     assert proc.stderr is not None
     for line in proc.stderr:  # readiness: wait until the compile step has started
         if "> compile" in line:
             break
     proc.send_signal(signal.SIGINT)
-    proc.wait(timeout=60)
+    try:
+        proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGABRT)
+        pytest.fail(f"no exit 60 s after Ctrl-C; its threads:\n{proc.stderr.read()[-6000:]}")
     err = proc.stderr.read()  # the same buffered reader: communicate() would skip its buffer
     assert proc.returncode == 130, err
     assert "interrupted" in err and "Traceback" not in err
