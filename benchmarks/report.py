@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import statistics
 from collections.abc import Sequence
 from typing import Any
 
 import serving
 from stats import median_ci
+
+from nativellm.bench import paired_ratios
 
 KEYS = ("a", "b", "c", "d")
 TARGETS = (  # (what, threshold): the issue's acceptance figures, checked on every render
@@ -31,17 +32,11 @@ def _ratio(v: dict[str, Any] | None) -> str:
 
 
 def _per_round(a: list[float], b: list[float]) -> dict[str, Any]:
-    """min / median / max of the same round's ratios a/b (see nativellm.bench.paired_ratios), and the 95%
-    confidence interval of their median."""
-    ratios = [x / y for x, y in zip(a, b, strict=False) if y]
-    if not ratios:
+    """min / median / max of the same round's ratios a/b, and the 95% interval of their median."""
+    sp = paired_ratios(a, b)
+    if sp is None:
         return {}
-    return {
-        "min": min(ratios),
-        "median": statistics.median(ratios),
-        "max": max(ratios),
-        "ci": median_ci(ratios),
-    }
+    return {"min": sp.min, "median": sp.median, "max": sp.max, "ci": median_ci(sp.samples)}
 
 
 def bench_ratios(m: dict[str, Any]) -> dict[str, Any]:
