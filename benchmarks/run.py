@@ -210,8 +210,8 @@ def _phase_list(text: str | None) -> list[str]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--source", type=Path, help="llama.cpp tree (default: the test tier's PyPI sdist)")
-    ap.add_argument("--repetitions", type=int, default=12, help="interleaved llama-bench rounds")
-    ap.add_argument("--rounds", type=int, default=8, help="A B B A serving rounds")
+    ap.add_argument("--repetitions", type=int, default=30, help="interleaved llama-bench rounds")
+    ap.add_argument("--rounds", type=int, default=12, help="A B B A serving rounds")
     ap.add_argument("--only", help="run only these phases (comma-separated)")
     ap.add_argument("--skip", help="skip these phases (comma-separated)")
     ap.add_argument("--fresh", action="store_true", help="forget earlier runs' figures")
