@@ -30,8 +30,10 @@ def _fetch_sdist() -> Path:
         return tree
     root.mkdir(parents=True, exist_ok=True)
     subprocess.run(
-        [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
-         f"llama-cpp-python=={SDIST_VERSION}", "-d", str(root)],
+        # --no-binary for this one package only: with ":all:" a current pip also builds the sdist's
+        # build requirements (CMake) from source to prepare its metadata, which took over an hour.
+        [sys.executable, "-m", "pip", "download", "--no-deps",
+         "--no-binary", "llama-cpp-python", f"llama-cpp-python=={SDIST_VERSION}", "-d", str(root)],
         check=True,
     )  # fmt: skip
     archive = root / f"llama_cpp_python-{SDIST_VERSION}.tar.gz"
