@@ -8,7 +8,7 @@ from typing import Any
 import serving
 from stats import median_ci
 
-from nativellm.bench import paired_ratios
+from nativellm.ops.bench import paired_ratios
 
 KEYS = ("a", "b", "c", "d")
 TARGETS = (  # (what, threshold): the acceptance figures, checked on every render

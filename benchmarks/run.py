@@ -81,7 +81,7 @@ def default_source() -> Path:
 
 
 def bench_model(source: Path, quantize: Path) -> Path:
-    from nativellm.synth import SynthSize, find_vocab, write_synthetic_llama
+    from nativellm.build.synth import SynthSize, find_vocab, write_synthetic_llama
 
     q = WORK / "bench-0.4b-Q4_K_M.gguf"
     if not q.exists():
@@ -224,7 +224,7 @@ def main() -> None:
 
     WORK.mkdir(parents=True, exist_ok=True)
     source = (args.source or default_source()).resolve()
-    from nativellm.source import tree_hash
+    from nativellm.build.source import tree_hash
 
     tree = tree_hash(source)
     m: dict[str, Any] = {}

@@ -169,9 +169,9 @@ class Serving:
         self.port = int(spec["spec"]["port"])
         # The very argv the unit runs (`nativellm run` executes the same list).
         os.environ["NATIVELLM_HOME"] = str(self.work)
-        from nativellm.instances import Instances
+        from nativellm.client import free_port
         from nativellm.paths import resolve_paths
-        from nativellm.server import free_port
+        from nativellm.serve.instances import Instances
 
         self.argv = Instances(resolve_paths(), None).foreground_argv(NAME)
         self.hand_port = free_port()

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from nativellm.plan import BuildPlan
+from nativellm.build.plan import BuildPlan
 
 SDIST_VERSION = "0.3.36"
 CACHE = Path(os.environ.get("NATIVELLM_TEST_CACHE", Path.home() / ".cache" / "nativellm-test"))
@@ -74,7 +74,7 @@ def break_llama_server(
     monkeypatch: pytest.MonkeyPatch, trap: Path, when: Callable[[BuildPlan], bool] = lambda plan: True
 ) -> None:
     """After the real compile, swap the staged llama-server for a SIGILL binary (when `when(plan)`)."""
-    from nativellm.build import _Builder
+    from nativellm.build.pipeline import _Builder
 
     original = _Builder.compile
 

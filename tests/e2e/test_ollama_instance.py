@@ -8,7 +8,7 @@ import shutil
 import uuid
 from pathlib import Path
 
-from nativellm.synth import SynthSize, find_vocab, write_synthetic_llama
+from nativellm.build.synth import SynthSize, find_vocab, write_synthetic_llama
 from tests.e2e.conftest import CACHE, InnerCli
 from tests.e2e.test_instances import chat, healthy, port_of
 from tests.helpers import nativellm

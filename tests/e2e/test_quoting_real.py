@@ -8,7 +8,7 @@ import shutil
 import sys
 import uuid
 
-from nativellm.units import Section, UnitFile, exec_line, quote_env, render
+from nativellm.serve.units import Section, UnitFile, exec_line, quote_env, render
 from tests.e2e.conftest import CACHE
 from tests.e2e.sandbox import Sandbox
 

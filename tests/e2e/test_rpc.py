@@ -18,9 +18,9 @@ from pathlib import Path
 
 import pytest
 
+from nativellm.client import free_port
 from nativellm.paths import Scope
-from nativellm.rpc import RpcWorkerSpec, render_rpc_dropin, rpc_template
-from nativellm.server import free_port
+from nativellm.serve.rpc import RpcWorkerSpec, render_rpc_dropin, rpc_template
 from tests.e2e.conftest import InnerCli
 from tests.e2e.test_instances import _record, chat, healthy, port_of
 from tests.e2e.test_security_offline import TARGET, _exposure

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from nativellm.instance_spec import InstanceSpec
-from nativellm.instance_units import Resolved, render_instance_files, template_files
 from nativellm.paths import Scope
+from nativellm.serve.dropins import Resolved, render_instance_files, template_files
+from nativellm.specs import InstanceSpec
 
 TARGET = 1.5
 

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from nativellm.bench import bench_builds
-from nativellm.server import free_port, wait_ready
-from nativellm.store import BuildRecord
-from nativellm.synth import SynthSize, find_vocab, write_synthetic_llama
+from nativellm.build.store import BuildRecord
+from nativellm.build.synth import SynthSize, find_vocab, write_synthetic_llama
+from nativellm.client import free_port, wait_ready
+from nativellm.ops.bench import bench_builds
 from tests.helpers import CliResult, nativellm
 
 pytestmark = pytest.mark.slow

@@ -11,15 +11,16 @@ from pathlib import Path
 import httpx
 import pytest
 
-from nativellm.build import BuildOptions, build_llama
+from nativellm.build.options import BuildOptions
+from nativellm.build.pipeline import build_llama
+from nativellm.build.plan import PlanOptions
+from nativellm.build.source import SourceRequest
+from nativellm.build.store import Store
+from nativellm.build.synth import SynthSize, find_vocab, write_synthetic_llama
+from nativellm.client import free_port, wait_ready
 from nativellm.errors import SmokeTestError
 from nativellm.fsutil import sha256_file
 from nativellm.paths import resolve_paths
-from nativellm.plan import PlanOptions
-from nativellm.server import free_port, wait_ready
-from nativellm.source import SourceRequest
-from nativellm.store import Store
-from nativellm.synth import SynthSize, find_vocab, write_synthetic_llama
 from tests.helpers import CACHE, CliResult, borrow_build, break_llama_server, nativellm
 
 pytestmark = pytest.mark.slow

@@ -10,10 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from nativellm.build import BuildOptions, build_llama
+from nativellm.build.options import BuildOptions
+from nativellm.build.pipeline import build_llama
+from nativellm.build.source import SourceRequest
 from nativellm.hardware import detect_host
 from nativellm.paths import resolve_paths
-from nativellm.source import SourceRequest
 from tests.helpers import CACHE, break_llama_server
 
 pytestmark = pytest.mark.slow
@@ -32,7 +33,7 @@ def test_auto_retries_without_amx_after_a_crash(
     amx = dataclasses.replace(
         host.cpu, flags=tuple(sorted({*host.cpu.flags, "amx_tile", "amx_int8", "amx_bf16"}))
     )
-    monkeypatch.setattr("nativellm.build.detect_host", lambda: dataclasses.replace(host, cpu=amx))
+    monkeypatch.setattr("nativellm.build.pipeline.detect_host", lambda: dataclasses.replace(host, cpu=amx))
     break_llama_server(monkeypatch, trap_binary, when=lambda plan: "amx" in plan.features())
     home = CACHE / "sessions" / f"fallback-{uuid.uuid4().hex[:6]}"
     monkeypatch.setenv("NATIVELLM_HOME", str(home))

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from nativellm.build.store import Store
 from nativellm.paths import resolve_paths
-from nativellm.store import Store
 from tests.helpers import CliResult, nativellm
 
 PROFILES = Path(__file__).resolve().parents[1] / "fixtures" / "profiles"
@@ -131,13 +131,14 @@ def test_full_disk_is_refused_before_compiling(
 ) -> None:
     import shutil as real_shutil
 
-    from nativellm.build import BuildOptions, build_llama
+    from nativellm.build.options import BuildOptions
+    from nativellm.build.pipeline import build_llama
+    from nativellm.build.source import SourceRequest
     from nativellm.errors import ResourceError
-    from nativellm.source import SourceRequest
 
     usage = real_shutil.disk_usage(tmp_path)
     monkeypatch.setattr(
-        "nativellm.build.shutil.disk_usage",
+        "nativellm.build.pipeline.shutil.disk_usage",
         lambda p: type(usage)(usage.total, usage.total - (100 << 20), 100 << 20),
     )
     paths = resolve_paths_for(tmp_path)

@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 
 from nativellm import run
+from nativellm.build.synth import SynthSize, find_vocab, write_synthetic_llama
+from nativellm.client import complete, free_port, wait_ready
 from nativellm.fsutil import sha256_file
 from nativellm.hardware import detect_host
-from nativellm.server import complete, free_port, wait_ready
-from nativellm.synth import SynthSize, find_vocab, write_synthetic_llama
 from tests.helpers import CACHE, CliResult, nativellm
 
 pytestmark = pytest.mark.slow

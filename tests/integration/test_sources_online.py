@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
+from nativellm.build.source import resolve_git, resolve_tarball
 from nativellm.errors import NotFoundError, SourceError
 from nativellm.fsutil import sha256_file
-from nativellm.source import resolve_git, resolve_tarball
 
 
 def _free_port() -> int:

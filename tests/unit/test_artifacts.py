@@ -12,18 +12,19 @@ from typing import Any
 
 import pytest
 
-from nativellm import artifact_index, artifacts
-from nativellm.artifact_index import load_index, select_artifact, write_index
-from nativellm.artifacts import ARTIFACT_SCHEMA, InstallOptions, PackOptions, pack, read_meta
-from nativellm.build import SilentReporter
+from nativellm.build import artifacts
+from nativellm.build import index as artifact_index
+from nativellm.build.artifacts import ARTIFACT_SCHEMA, InstallOptions, PackOptions, pack, read_meta
+from nativellm.build.fingerprint import Requirements, fingerprint, requirements_of
+from nativellm.build.index import load_index, select_artifact, write_index
+from nativellm.build.plan import PlanOptions, plan_build
+from nativellm.build.source import SourceRequest
+from nativellm.build.store import Store
 from nativellm.errors import ArtifactError, NotFoundError
-from nativellm.fingerprint import Requirements, fingerprint, requirements_of
 from nativellm.fsutil import sha256_file
 from nativellm.hardware.profile import GpuInfo, HostProfile
 from nativellm.paths import Paths, Scope
-from nativellm.plan import PlanOptions, plan_build
-from nativellm.source import SourceRequest
-from nativellm.store import Store
+from nativellm.progress import SilentReporter
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "profiles"
 DEFAULT = PlanOptions()
@@ -394,7 +395,7 @@ def test_source_matcher_compares_versions() -> None:
 def test_from_index_on_a_host_that_has_the_build_needs_no_download(
     packed: tuple[Paths, Path, HostProfile],
 ) -> None:
-    from nativellm.build import BuildOptions
+    from nativellm.build.options import BuildOptions
 
     paths, path, zen4 = packed
     write_index(path.parent)
@@ -406,7 +407,7 @@ def test_from_index_on_a_host_that_has_the_build_needs_no_download(
 
 
 def test_from_index_dry_run_and_fallback(packed: tuple[Paths, Path, HostProfile], tmp_path: Path) -> None:
-    from nativellm.build import BuildOptions
+    from nativellm.build.options import BuildOptions
 
     _, path, zen4 = packed
     write_index(path.parent)

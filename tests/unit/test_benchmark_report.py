@@ -110,7 +110,7 @@ def test_phases_not_run_say_so() -> None:
 
 
 def test_bench_builds_alternates_the_order_of_builds_every_round() -> None:
-    from nativellm.bench import round_order
+    from nativellm.ops.bench import round_order
 
     rounds = [round_order(["a", "b", "c", "d"], r) for r in range(4)]
     assert rounds == [list("abcd"), list("dcba"), list("abcd"), list("dcba")]
@@ -120,7 +120,7 @@ def test_bench_builds_alternates_the_order_of_builds_every_round() -> None:
 
 def test_ratios_pair_figures_of_the_same_round_so_drift_cancels() -> None:
     """A slow spell that hits (a) in one round must not decide the comparison."""
-    from nativellm.bench import paired_ratios
+    from nativellm.ops.bench import paired_ratios
 
     m = _measurements()
     # Rounds 2 and 3 ran twice as fast as round 1 for every build, except that (a) was caught in a slow

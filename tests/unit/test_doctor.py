@@ -8,14 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from nativellm.doctor import check_disk, check_flags, check_gpu, check_store, missing_libraries
+from nativellm.build.plan import PlanOptions, plan_build
+from nativellm.build.store import Store
+from nativellm.build.toolchain import nvcc_identity
 from nativellm.fsutil import sha256_file
 from nativellm.hardware.nvidia import parse_nvidia_smi_csv
 from nativellm.hardware.profile import GpuInfo, load_profile
+from nativellm.ops.doctor import check_disk, check_flags, check_gpu, check_store, missing_libraries
 from nativellm.paths import Paths, resolve_paths
-from nativellm.plan import PlanOptions, plan_build
-from nativellm.store import Store
-from nativellm.toolchain import nvcc_identity
 
 PROFILES = Path(__file__).resolve().parents[1] / "fixtures" / "profiles"
 
@@ -135,8 +135,8 @@ def test_low_disk_is_found(store: Store) -> None:
 
 def test_instance_problems_are_found(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Hand-edited unit, stolen port and lingering off are each found; a healthy setup is clean."""
-    from nativellm.doctor import check_instances
-    from nativellm.instances import InstanceOptions, Instances
+    from nativellm.ops.doctor import check_instances
+    from nativellm.serve.instances import InstanceOptions, Instances
     from tests.unit.test_instances import _profile, make_paths
 
     paths = make_paths(tmp_path, monkeypatch)
@@ -161,8 +161,8 @@ def test_instance_problems_are_found(tmp_path: Path, monkeypatch: pytest.MonkeyP
 
 
 def test_removed_model_is_found(store: Store, tmp_path: Path) -> None:
-    from nativellm.doctor import check_models
-    from nativellm.models import add_model
+    from nativellm.models.registry import add_model
+    from nativellm.ops.doctor import check_models
     from tests.fixtures.models.ggufs import write_gguf
 
     model = write_gguf(tmp_path / "m.gguf")

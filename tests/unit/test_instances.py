@@ -10,9 +10,9 @@ import pytest
 
 from nativellm.errors import InstanceError, NotFoundError, UsageError
 from nativellm.hardware.profile import CpuInfo, HostProfile, Toolkits
-from nativellm.instance_spec import InstanceSpec, validate_name
-from nativellm.instances import InstanceOptions, Instances, find_error_line, parse_metrics
 from nativellm.paths import Paths, resolve_paths
+from nativellm.serve.instances import InstanceOptions, Instances, find_error_line, parse_metrics
+from nativellm.specs import InstanceSpec, validate_name
 
 FIXTURES = Path(__file__).parents[1] / "fixtures" / "llama_server"
 
@@ -129,7 +129,7 @@ def test_rm_of_the_last_instance_removes_every_file(paths: Paths) -> None:
 
 
 def test_pinned_build_is_seen_by_the_store(paths: Paths) -> None:
-    from nativellm.store import Store
+    from nativellm.build.store import Store
 
     _instances(paths).add("q4", InstanceOptions(model=_model(paths), build="cpu-test"))
     assert Store(paths).pinned() == {"cpu-test": ["q4"]}
@@ -182,7 +182,7 @@ def test_metrics_from_a_real_llama_server() -> None:
 
 def test_no_systemd_bus_is_explained_before_anything_is_written(paths: Paths, tmp_path: Path) -> None:
     from nativellm.paths import Scope
-    from nativellm.systemd import Systemd
+    from nativellm.serve.systemd import Systemd
 
     sd = Systemd(Scope.USER, address=f"unix:path={tmp_path}/no-such-bus")
     inst = Instances(paths, sd, profile=_profile, port_in_use=lambda port, host: False)

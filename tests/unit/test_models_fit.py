@@ -8,9 +8,9 @@ from typing import Any
 import pytest
 
 from nativellm.errors import UsageError
-from nativellm.fit import compute_buffer_bytes, kv_cache_bytes
 from nativellm.hardware.profile import CpuInfo, GpuInfo, HostProfile
-from nativellm.models import estimate_fit
+from nativellm.models.fit import compute_buffer_bytes, kv_cache_bytes
+from nativellm.models.registry import estimate_fit
 
 GiB = 1 << 30
 MiB = 1 << 20

@@ -11,7 +11,7 @@ sys.path.insert(0, str(Path(__file__).parents[1] / "fixtures" / "models"))
 from ggufs import write_gguf, write_split
 
 from nativellm.errors import ModelError
-from nativellm.gguf_check import read_header, split_parts, validate_model
+from nativellm.models.gguf import read_header, split_parts, validate_model
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ sys.path.insert(0, str(Path(__file__).parents[1] / "fixtures" / "models"))
 from ggufs import write_gguf, write_split, write_vocab
 
 from nativellm.errors import ModelError, NotFoundError, UsageError
-from nativellm.models import (
+from nativellm.models.registry import (
     ModelRecord,
     ModelRegistry,
     add_model,
@@ -298,7 +298,7 @@ def test_demo_without_vocab_says_what_to_do(paths: Paths) -> None:
 
 
 def test_url_file_names_stay_inside_the_store() -> None:
-    from nativellm.models_pull import _file_name
+    from nativellm.models.pull import _file_name
 
     assert _file_name("https://h/x/Model-Q4_K_M.gguf?download=true") == "Model-Q4_K_M.gguf"
     assert _file_name("https://h/x/my%20model.gguf") == "model.gguf"

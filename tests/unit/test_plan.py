@@ -14,9 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from nativellm.errors import PlanError, UsageError
-from nativellm.hardware.profile import GpuInfo, HostProfile
-from nativellm.plan import (
+from nativellm.build.plan import (
     FALLBACK_ORDER,
     SCHEMA,
     Backend,
@@ -25,6 +23,8 @@ from nativellm.plan import (
     next_fallback,
     plan_build,
 )
+from nativellm.errors import PlanError, UsageError
+from nativellm.hardware.profile import GpuInfo, HostProfile
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 PROFILES = sorted((FIXTURES / "profiles").glob("*.json"))

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 
 from nativellm.errors import InstanceError, UsageError
-from nativellm.instance_spec import InstanceSpec
-from nativellm.instance_units import server_argv
 from nativellm.paths import Scope
-from nativellm.rpc import RpcWorkerSpec, parse_endpoint, render_rpc_dropin, rpc_argv, rpc_template
+from nativellm.serve.dropins import server_argv
+from nativellm.serve.rpc import RpcWorkerSpec, parse_endpoint, render_rpc_dropin, rpc_argv, rpc_template
+from nativellm.specs import InstanceSpec
 
 GOLDEN = Path(__file__).parents[1] / "fixtures" / "units"
 BIN = Path("/var/lib/nativellm/current/bin/rpc-server")
@@ -94,7 +94,7 @@ def test_add_writes_template_dropin_and_spec_and_remove_takes_them_away(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from nativellm.errors import NotFoundError
-    from nativellm.rpc import RpcWorkers
+    from nativellm.serve.rpc import RpcWorkers
     from tests.unit.test_instances import make_paths
 
     paths = make_paths(tmp_path, monkeypatch)

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from nativellm.build.source import resolve_local, resolve_tarball, tree_hash
+from nativellm.build.toolchain import troubleshoot
 from nativellm.errors import NotFoundError, SourceError
 from nativellm.fsutil import sha256_file
-from nativellm.source import resolve_local, resolve_tarball, tree_hash
-from nativellm.toolchain import troubleshoot
 
 
 def _fake_tree(root: Path) -> Path:
@@ -100,7 +100,7 @@ def test_troubleshoot_recognises_known_failures(log: str, expected: str | None) 
 
 
 def test_old_cmake_and_missing_compiler_are_named(monkeypatch: pytest.MonkeyPatch) -> None:
-    from nativellm import toolchain
+    from nativellm.build import toolchain
     from nativellm.errors import ToolchainError
 
     lines = {

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from nativellm.build.store import Store
 from nativellm.errors import NotFoundError, ResourceError, StoreError
 from nativellm.paths import Paths, resolve_paths
-from nativellm.store import Store
 
 
 @pytest.fixture()

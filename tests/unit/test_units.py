@@ -12,10 +12,9 @@ from pathlib import Path
 import pytest
 
 from nativellm.errors import InstanceError
-from nativellm.instance_spec import InstanceSpec
-from nativellm.instance_units import Resolved, render_dropin, render_watchdog_dropin, server_argv
 from nativellm.paths import Scope
-from nativellm.units import (
+from nativellm.serve.dropins import Resolved, render_dropin, render_watchdog_dropin, server_argv
+from nativellm.serve.units import (
     Section,
     UnitFile,
     exec_line,
@@ -25,6 +24,7 @@ from nativellm.units import (
     render,
     write_unit,
 )
+from nativellm.specs import InstanceSpec
 
 GOLDEN = Path(__file__).parents[1] / "fixtures" / "units"
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from nativellm.errors import UsageError
-from nativellm.instance_spec import InstanceSpec
-from nativellm.upgrade import Step, UpgradeOutcome, build_of_exe, plan_rollout, rollback_error
+from nativellm.ops.upgrade import Step, UpgradeOutcome, build_of_exe, plan_rollout, rollback_error
+from nativellm.specs import InstanceSpec
 
 NEW = "cpu-new"
 OLD = "cpu-old"
@@ -90,8 +90,8 @@ def test_rolled_back_outcome_becomes_an_error_with_its_reason() -> None:
 
 
 def test_a_rebuild_keeps_the_current_builds_shape() -> None:
-    from nativellm.plan import Backend
-    from nativellm.upgrade import plan_like
+    from nativellm.build.plan import Backend
+    from nativellm.ops.upgrade import plan_like
 
     opts = plan_like({"plan": {"backend": "cuda", "targets": ["llama-server", "rpc-server"],
                                "cmake_defines": {"GGML_CPU_ALL_VARIANTS": "ON"}}})  # fmt: skip

@@ -12,9 +12,9 @@ import typer
 from rich.markup import escape
 
 from nativellm import __version__
+from nativellm.cli.output import emit_json, err, error_envelope, out
 from nativellm.errors import Interrupted, NativeLLMError, UsageError
 from nativellm.paths import Scope
-from nativellm.render import emit_json, err, error_envelope, out
 
 app = typer.Typer(
     name="nativellm",

@@ -7,9 +7,9 @@ from typing import Annotated
 import typer
 
 from nativellm.cli.app import STATE, JsonOpt, SystemOpt, _begin, _scope, app
+from nativellm.cli.output import emit_json, err
 from nativellm.errors import UsageError
 from nativellm.paths import resolve_paths
-from nativellm.render import emit_json
 
 
 # --------------------------------------------------------------------------- bench commands (issue 6)
@@ -35,14 +35,25 @@ def bench(
     json_out: JsonOpt = False,
 ) -> None:
     """Measure throughput: `bench builds` compares builds with llama-bench; `bench NAME` loads an instance."""
-    from nativellm import benchview
+    from nativellm.cli import views
+    from nativellm.ops import bench as use_case
+    from nativellm.ops.loadgen import is_loopback, run_load
 
     _begin("bench", json_out)
     paths = resolve_paths(_scope(system))
     if target == "builds":
-        report = benchview.run_bench_builds(
-            paths, build_ids or [], model, repetitions, n_prompt, n_gen, json_out
-        )
+
+        def on_round(round_no: int, build_id: str) -> None:
+            if not json_out:
+                err.print(f"  round {round_no}/{repetitions}: {build_id}")
+
+        builds = use_case.bench_store_builds(
+            paths, build_ids or [], model, repetitions=repetitions, n_prompt=n_prompt, n_gen=n_gen,
+            on_round=on_round,
+        )  # fmt: skip
+        if not json_out:
+            views.show_bench_builds(builds)
+        report = builds.to_dict()
     else:
         try:
             levels = [int(x) for x in concurrency.split(",") if x.strip()]
@@ -50,9 +61,18 @@ def bench(
             raise UsageError(
                 f"--concurrency {concurrency!r} is not a list of integers", "pass e.g. 1,4,8"
             ) from None
-        report = benchview.run_bench_instance(
-            paths, target, url, levels, prompt_tokens, max_tokens, requests, duration, json_out
-        )
+        key = None
+        if url is None:
+            url, key = use_case.instance_endpoint(paths, target)
+        if not is_loopback(url) and not json_out:
+            err.print(
+                f"[yellow]warning:[/yellow] {url} is not a loopback address; this sends real load to it"
+            )
+        load = run_load(url, concurrency=levels, prompt_tokens=prompt_tokens, max_tokens=max_tokens,
+                        requests=requests, duration=duration, api_key=key)  # fmt: skip
+        if not json_out:
+            views.show_load(load)
+        report = {"schema": "nativellm.bench/1", **load.to_dict()}
     if json_out:
         emit_json(report)
 
@@ -60,20 +80,25 @@ def bench(
 @app.command("doctor")
 def doctor(system: SystemOpt = False, json_out: JsonOpt = False) -> None:
     """Check the store, builds, instances, models, disk and hardware; say how to fix each finding."""
-    from nativellm import benchview
+    from nativellm.cli import views
+    from nativellm.ops.doctor import doctor_all
 
     _begin("doctor", json_out)
-    findings = benchview.run_doctor_checks(resolve_paths(_scope(system)))
+    findings = doctor_all(resolve_paths(_scope(system)))
     problems = [f for f in findings if not f.ok]
     if json_out:
         emit_json(
-            {"schema": "nativellm.doctor/1", "ok": not problems, "findings": [f.to_dict() for f in findings]}
+            {
+                "schema": "nativellm.doctor/1",
+                "ok": not problems,
+                "findings": [f.to_dict() for f in findings],
+            }
         )
         STATE.json = False  # that document is the answer; the error below only writes stderr
     else:
-        benchview.show_findings(findings)
+        views.show_findings(findings)
     if problems:
-        from nativellm.doctor import DoctorFoundProblems
+        from nativellm.ops.doctor import DoctorFoundProblems
 
         raise DoctorFoundProblems(f"{len(problems)} problem(s) found", "apply the fixes listed above")
 

@@ -8,9 +8,9 @@ from typing import Annotated, Any
 import typer
 
 from nativellm.cli.app import JsonOpt, SystemOpt, _begin, _scope, app, builds_app
+from nativellm.cli.output import ConsoleReporter, emit_json, envelope, out
 from nativellm.errors import UsageError
 from nativellm.paths import resolve_paths
-from nativellm.render import ConsoleReporter, emit_json, envelope, out
 
 
 # --------------------------------------------------------------------------- detect / plan
@@ -24,13 +24,13 @@ def detect(json_out: JsonOpt = False) -> None:
     if json_out:
         emit_json(profile.to_dict())
         return
-    from nativellm.views import show_profile
+    from nativellm.cli.views import show_profile
 
     show_profile(profile)
 
 
 def _plan_options(backend: str | None, portable: bool, native: bool, baseline: bool, rpc: bool) -> Any:
-    from nativellm.plan import Backend, PlanOptions
+    from nativellm.build.plan import Backend, PlanOptions
 
     chosen: Backend | None = None
     if backend is not None:
@@ -71,9 +71,9 @@ def plan(
     json_out: JsonOpt = False,
 ) -> None:
     """Show the CMake defines a build would use, each with its reason (BuildPlan)."""
+    from nativellm.build.plan import plan_build
     from nativellm.hardware import detect_host
     from nativellm.hardware.profile import load_profile
-    from nativellm.plan import plan_build
 
     _begin("plan", json_out)
     opts = _plan_options(backend, portable, native, baseline, rpc)
@@ -82,7 +82,7 @@ def plan(
     if json_out:
         emit_json(result.to_dict())
         return
-    from nativellm.views import show_plan
+    from nativellm.cli.views import show_plan
 
     show_plan(result)
 
@@ -118,8 +118,9 @@ def build(
     json_out: JsonOpt = False,
 ) -> None:
     """Compile llama.cpp for this machine, smoke-test it and make it current."""
-    from nativellm.build import BuildOptions, build_llama
-    from nativellm.source import DEFAULT_REPO, SourceRequest
+    from nativellm.build.options import BuildOptions
+    from nativellm.build.pipeline import build_llama
+    from nativellm.build.source import DEFAULT_REPO, SourceRequest
 
     _begin("build", json_out)
     if sum(x is not None for x in (source, tarball, ref)) > 1:
@@ -156,7 +157,7 @@ def build(
             )
         )
         return
-    from nativellm.views import show_build_outcome
+    from nativellm.cli.views import show_build_outcome
 
     show_build_outcome(outcome)
 
@@ -165,7 +166,7 @@ def build(
 @builds_app.command("list")
 def builds_list(system: SystemOpt = False, json_out: JsonOpt = False) -> None:
     """List installed builds; the current one is marked."""
-    from nativellm.store import Store
+    from nativellm.build.store import Store
 
     _begin("builds list", json_out)
     store = Store(resolve_paths(_scope(system)))
@@ -191,13 +192,13 @@ def builds_list(system: SystemOpt = False, json_out: JsonOpt = False) -> None:
             }
         )
         return
-    from nativellm.views import show_builds
+    from nativellm.cli.views import show_builds
 
     show_builds(records, current, pins)
 
 
 def _store_action(command: str, json_out: bool, system: bool) -> Any:
-    from nativellm.store import Store
+    from nativellm.build.store import Store
 
     _begin(command, json_out)
     return Store(resolve_paths(_scope(system)))
@@ -223,8 +224,8 @@ def builds_use(build_id: str, system: SystemOpt = False, json_out: JsonOpt = Fal
 @builds_app.command("rollback")
 def builds_rollback(system: SystemOpt = False, json_out: JsonOpt = False) -> None:
     """Make the previously current build current again."""
-    from nativellm.systemd import Systemd
-    from nativellm.upgrade import rollback_and_restart
+    from nativellm.ops.upgrade import rollback_and_restart
+    from nativellm.serve.systemd import Systemd
 
     _begin("builds rollback", json_out)
     scope = _scope(system)

@@ -11,9 +11,9 @@ from rich.markup import escape
 from nativellm.cli.app import STATE, JsonOpt, SystemOpt, _begin, _gpu_indices, _scope, app
 from nativellm.cli.build_cmds import ProfileOpt
 from nativellm.cli.instance_cmds import IBuild, IGpus, INoSystemd, instance_app
+from nativellm.cli.output import ConsoleReporter, emit_json, envelope, err, error_envelope, out
 from nativellm.errors import UsageError
 from nativellm.paths import resolve_paths
-from nativellm.render import ConsoleReporter, emit_json, envelope, err, error_envelope, out
 
 # ---- artifact commands (issue 5)
 artifacts_app = typer.Typer(help="Artifact indexes for fleets: build once, install everywhere.",
@@ -35,7 +35,7 @@ def pack_cmd(
     json_out: JsonOpt = False,
 ) -> None:
     """Pack an installed build into nativellm-<id>-<variant>.tar.zst and print its sha256."""
-    from nativellm.artifacts import PackOptions, pack
+    from nativellm.build.artifacts import PackOptions, pack
 
     _begin("pack", json_out)
     res = pack(resolve_paths(_scope(system)), PackOptions(build_id, output, compression))
@@ -68,7 +68,7 @@ def install_artifact_cmd(
     json_out: JsonOpt = False,
 ) -> None:
     """Verify, check the requirements, unpack, smoke-test and install a packed build."""
-    from nativellm.artifacts import InstallOptions, install_artifact
+    from nativellm.build.artifacts import InstallOptions, install_artifact
 
     _begin("install-artifact", json_out)
     res = install_artifact(
@@ -92,7 +92,7 @@ def install_artifact_cmd(
 @app.command("fingerprint")
 def fingerprint_cmd(profile: ProfileOpt = None, json_out: JsonOpt = False) -> None:
     """Print this host's hardware-class key: hosts with equal keys can share an artifact."""
-    from nativellm.fingerprint import fingerprint
+    from nativellm.build.fingerprint import fingerprint
     from nativellm.hardware import detect_host
     from nativellm.hardware.profile import load_profile
 
@@ -110,7 +110,7 @@ def artifacts_index(
     json_out: JsonOpt = False,
 ) -> None:
     """Write DIR/index.json: {fingerprint, version} -> {file, sha256, size}, for a fleet to read."""
-    from nativellm.artifact_index import write_index
+    from nativellm.build.index import write_index
 
     _begin("artifacts index", json_out)
     res = write_index(directory)
@@ -155,10 +155,10 @@ def upgrade_cmd(
     """Build or install a new llama.cpp beside the old one, then restart the instances that follow
     `current` one at a time, each checked with /health and a real completion; any failure puts
     the old build back and restarts the affected instances on it."""
-    from nativellm.build import BuildOptions
-    from nativellm.source import DEFAULT_REPO, SourceRequest
-    from nativellm.systemd import Systemd
-    from nativellm.upgrade import UpgradeOptions, raise_if_rolled_back, rollback_error, upgrade
+    from nativellm.build.options import BuildOptions
+    from nativellm.build.source import DEFAULT_REPO, SourceRequest
+    from nativellm.ops.upgrade import UpgradeOptions, raise_if_rolled_back, rollback_error, upgrade
+    from nativellm.serve.systemd import Systemd
 
     _begin("upgrade", json_out)
     if sum(x is not None for x in (source, tarball, ref, artifact)) > 1:
@@ -227,8 +227,8 @@ def add_rpc_worker(
     json_out: JsonOpt = False,
 ) -> None:
     """Add a llama.cpp RPC worker (rpc-server) as llama-rpc@NAME.service; needs a `build --rpc`."""
-    from nativellm.rpc import RpcWorkers, RpcWorkerSpec
-    from nativellm.systemd import Systemd
+    from nativellm.serve.rpc import RpcWorkers, RpcWorkerSpec
+    from nativellm.serve.systemd import Systemd
 
     _begin("instance add-rpc-worker", json_out)
     gpu_list = _gpu_indices(gpus)
@@ -254,8 +254,8 @@ def rm_rpc_worker(
     json_out: JsonOpt = False,
 ) -> None:
     """Stop an RPC worker and remove its spec and drop-in."""
-    from nativellm.rpc import RpcWorkers
-    from nativellm.systemd import Systemd
+    from nativellm.serve.rpc import RpcWorkers
+    from nativellm.serve.systemd import Systemd
 
     _begin("instance rm-rpc-worker", json_out)
     scope = _scope(system)

@@ -9,9 +9,9 @@ import typer
 from rich.markup import escape
 
 from nativellm.cli.app import JsonOpt, SystemOpt, _begin, _gpu_indices, _scope, app
+from nativellm.cli.output import emit_json, envelope, err, out
 from nativellm.errors import UsageError
 from nativellm.paths import Scope, resolve_paths
-from nativellm.render import emit_json, envelope, err, out
 
 # --------------------------------------------------------------------------- instance commands (issue 4)
 # (section owned by the instances/systemd work; keep additions between these markers)
@@ -59,8 +59,8 @@ IRpc = Annotated[str | None, typer.Option("--rpc", help="llama.cpp RPC workers, 
 
 
 def _instances(system: bool, no_systemd: bool = False) -> Any:
-    from nativellm.instances import Instances
-    from nativellm.systemd import Systemd
+    from nativellm.serve.instances import Instances
+    from nativellm.serve.systemd import Systemd
 
     scope = _scope(system)
     return Instances(resolve_paths(scope), None if no_systemd else Systemd(scope))
@@ -74,7 +74,7 @@ def _instance_options(
     numa_node: int | None, gpus: str | None, build: str | None, enable: bool | None, start_timeout: int | None,
     extra: list[str] | None, force: bool,
 ) -> Any:  # fmt: skip
-    from nativellm.instances import InstanceOptions
+    from nativellm.serve.instances import InstanceOptions
 
     gpu_list = _gpu_indices(gpus)
     key = str(api_key_file.resolve()) if api_key_file is not None else None
@@ -110,7 +110,7 @@ def _instance_result(command: str, json_out: bool, outcome: Any, warnings: list[
 
 
 def _linger_notes(instances: Any, linger: bool) -> list[str]:
-    from nativellm.instances import enable_linger, linger_enabled
+    from nativellm.serve.instances import enable_linger, linger_enabled
 
     if instances.paths.scope is not Scope.USER:
         return []
@@ -257,7 +257,7 @@ def instance_status(
     if json_out:
         emit_json({"schema": "nativellm.status/1", "instances": rows})
         return
-    from nativellm.instance_views import show_instance_status
+    from nativellm.cli.views import show_instance_status
 
     show_instance_status(rows)
 

@@ -9,9 +9,9 @@ import typer
 
 from nativellm.cli.app import JsonOpt, SystemOpt, _begin, _scope, app
 from nativellm.cli.build_cmds import ProfileOpt, _report
+from nativellm.cli.output import emit_json, envelope, out
 from nativellm.errors import UsageError
 from nativellm.paths import resolve_paths
-from nativellm.render import emit_json, envelope, out
 
 # --------------------------------------------------------------------------- model commands (issue 3)
 # (section owned by the model-store work; keep additions between these markers)
@@ -43,7 +43,7 @@ def model_add(
     json_out: JsonOpt = False,
 ) -> None:
     """Validate and register an existing GGUF file."""
-    from nativellm.models import add_model
+    from nativellm.models.registry import add_model
 
     _begin("model add", json_out)
     if link and copy:
@@ -63,8 +63,8 @@ def model_pull(
     json_out: JsonOpt = False,
 ) -> None:
     """Download a model (resumable, verified), validate it and register it."""
-    from nativellm.models_pull import PullOptions, pull_model
-    from nativellm.models_view import DownloadProgress
+    from nativellm.cli.views import DownloadProgress
+    from nativellm.models.pull import PullOptions, pull_model
 
     _begin("model pull", json_out)
     progress = DownloadProgress(quiet=json_out)
@@ -88,7 +88,7 @@ def model_import_ollama(
     json_out: JsonOpt = False,
 ) -> None:
     """Register Ollama's GGUF blobs in place, with their template and parameters."""
-    from nativellm.models import import_ollama, import_ollama_all
+    from nativellm.models.registry import import_ollama, import_ollama_all
 
     _begin("model import-ollama", json_out)
     paths = resolve_paths(_scope(system))
@@ -115,14 +115,14 @@ def model_import_ollama(
 @model_app.command("list")
 def model_list(system: SystemOpt = False, json_out: JsonOpt = False) -> None:
     """List registered models."""
-    from nativellm.models import ModelRegistry
+    from nativellm.models.registry import ModelRegistry
 
     _begin("model list", json_out)
     records = ModelRegistry(resolve_paths(_scope(system))).list()
     if json_out:
         emit_json({"schema": "nativellm.models/1", "models": [r.to_dict() for r in records]})
         return
-    from nativellm.models_view import show_list
+    from nativellm.cli.views import show_list
 
     show_list(records)
 
@@ -134,14 +134,14 @@ def model_inspect(
     json_out: JsonOpt = False,
 ) -> None:
     """Read the GGUF and show architecture, parameters, quant, context, layers, heads and more."""
-    from nativellm.models import inspect_model
+    from nativellm.models.registry import inspect_model
 
     _begin("model inspect", json_out)
     rec = inspect_model(resolve_paths(_scope(system)), name)
     if json_out:
         emit_json({"schema": "nativellm.model/1", "model": rec.to_dict()})
         return
-    from nativellm.models_view import show_inspect
+    from nativellm.cli.views import show_inspect
 
     show_inspect(rec)
 
@@ -149,7 +149,7 @@ def model_inspect(
 @model_app.command("verify")
 def model_verify(name: str, system: SystemOpt = False, json_out: JsonOpt = False) -> None:
     """Re-hash the model's file(s), compare with the recorded sha256 and re-validate the GGUF."""
-    from nativellm.models import verify_model
+    from nativellm.models.registry import verify_model
 
     _begin("model verify", json_out)
     res = verify_model(resolve_paths(_scope(system)), name)
@@ -165,7 +165,7 @@ def model_rm(
     json_out: JsonOpt = False,
 ) -> None:
     """Unregister a model (deleting its file only if the store owns it)."""
-    from nativellm.models import remove_model
+    from nativellm.models.registry import remove_model
 
     _begin("model rm", json_out)
     rec = remove_model(resolve_paths(_scope(system)), name, force=force)
@@ -184,7 +184,7 @@ def model_demo(
     json_out: JsonOpt = False,
 ) -> None:
     """Write a random-weight llama model with a real tokenizer (its output is gibberish) and register it."""
-    from nativellm.models import write_demo_model
+    from nativellm.models.registry import write_demo_model
 
     _begin("model demo", json_out)
     rec, changed = write_demo_model(resolve_paths(_scope(system)), name, size, vocab)
@@ -206,7 +206,7 @@ def model_fit(
     """Estimate the memory the model needs and say whether it fits this host (or --profile)."""
     from nativellm.hardware import detect_host
     from nativellm.hardware.profile import load_profile
-    from nativellm.models import fit_model
+    from nativellm.models.registry import fit_model
 
     _begin("model fit", json_out)
     host = load_profile(profile) if profile else detect_host(verify=False)
@@ -216,7 +216,7 @@ def model_fit(
     if json_out:
         emit_json({"schema": "nativellm.fit/1", "model": name, "ctx": ctx, **report.to_dict()})
         return
-    from nativellm.models_view import show_fit
+    from nativellm.cli.views import show_fit
 
     show_fit(report)
 

@@ -13,74 +13,29 @@ import os
 import re
 import shutil
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from nativellm import __version__, run
+from nativellm.build.index import build_from_index
+from nativellm.build.options import BuildOptions, BuildOutcome, runs_here
+from nativellm.build.plan import Backend, BuildPlan, next_fallback, plan_build
+from nativellm.build.smoke import SmokeResult, base_model, smoke_test
+from nativellm.build.source import Source, check_request, resolve_source
+from nativellm.build.store import Store
+from nativellm.build.synth import VOCAB_FILE, find_vocab
+from nativellm.build.toolchain import Toolchain, find_toolchain, troubleshoot
 from nativellm.errors import BuildError, ResourceError, SmokeTestError
 from nativellm.fsutil import canonical_hash, sha256_file
 from nativellm.hardware import HostProfile, detect_host
 from nativellm.hardware.profile import load_profile
 from nativellm.paths import Paths, package_data
-from nativellm.plan import Backend, BuildPlan, PlanOptions, next_fallback, plan_build
-from nativellm.smoke import SmokeResult, base_model, smoke_test
-from nativellm.source import Source, SourceRequest, check_request, resolve_source
-from nativellm.store import BuildRecord, Store
-from nativellm.synth import VOCAB_FILE, find_vocab
-from nativellm.toolchain import Toolchain, find_toolchain, troubleshoot
+from nativellm.progress import Reporter, SilentReporter
 
 BUILD_FORMAT = 1  # bump when the store layout or superbuild changes the output
 MIN_FREE_BYTES = 3 << 30
 _NINJA_RE = re.compile(r"^\[(\d+)/(\d+)\]")
 MAX_FALLBACKS = 2
-
-
-class Reporter(Protocol):
-    """How a build tells the user what it is doing (the CLI renders it)."""
-
-    def stage(self, message: str) -> None: ...
-    def progress(self, done: int, total: int) -> None: ...
-    def warn(self, message: str) -> None: ...
-
-
-class SilentReporter:
-    def stage(self, message: str) -> None:
-        pass
-
-    def progress(self, done: int, total: int) -> None:
-        pass
-
-    def warn(self, message: str) -> None:
-        pass
-
-
-@dataclass(frozen=True)
-class BuildOptions:
-    """Everything `nativellm build` was asked to do."""
-
-    auto: bool = True  # retry without the suspect ISA family when the smoke test crashes
-    profile: Path | None = None
-    plan: PlanOptions = field(default_factory=PlanOptions)
-    source: SourceRequest = field(default_factory=SourceRequest)
-    jobs: int | None = None
-    dry_run: bool = False
-    activate: bool = True
-    from_index: str | None = None  # artifact index (URL or dir): install a match instead of compiling
-
-
-@dataclass(frozen=True)
-class BuildOutcome:
-    plan: BuildPlan
-    build_id: str | None
-    cached: bool = False
-    changed: bool = False
-    activated: bool = False
-    record: BuildRecord | None = None
-    fallbacks: tuple[dict[str, Any], ...] = ()
-    jobs: int = 0
-    duration_s: float = 0.0
-    notes: tuple[str, ...] = ()
 
 
 def default_jobs(profile: HostProfile, backend: Backend) -> int:
@@ -113,10 +68,6 @@ def compute_build_id(plan: BuildPlan, source: Source, tools: Toolchain, profile:
         "target": [profile.os, profile.arch],
     }
     return f"{plan.backend.value}-{canonical_hash(inputs)[:12]}"
-
-
-def _is_this_host(target: HostProfile, here: HostProfile) -> bool:
-    return target.arch == here.arch and set(target.cpu.flags) <= set(here.cpu.flags)
 
 
 class _Builder:
@@ -203,8 +154,6 @@ class _Builder:
         target = load_profile(opts.profile) if opts.profile else here
         plan = plan_build(target, opts.plan)
         if opts.from_index:  # issue 5: a matching artifact replaces the compile (no toolchain needed)
-            from nativellm.artifact_index import build_from_index
-
             from_index, why_not = build_from_index(self.paths, opts, plan, target, here, self.rep)
             if from_index is not None:
                 return from_index
@@ -214,7 +163,7 @@ class _Builder:
         tools = find_toolchain(need_nvcc=backend is Backend.CUDA)
         if opts.dry_run:
             return BuildOutcome(plan, None, jobs=jobs, notes=("dry run: nothing was fetched or compiled",))
-        can_smoke = _is_this_host(target, here)
+        can_smoke = runs_here(target, here)
 
         with self.store.lock():
             self.rep.stage("fetching llama.cpp source")

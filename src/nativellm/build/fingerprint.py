@@ -14,11 +14,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+# The ISA tables in plan.py are the single source of truth for which CPU flags change a plan.
+from nativellm.build.plan import _ARM, _X86
 from nativellm.fsutil import canonical_hash
 from nativellm.hardware.profile import HostProfile
-
-# The ISA tables in plan.py are the single source of truth for which CPU flags change a plan.
-from nativellm.plan import _ARM, _X86
 
 FINGERPRINT_SCHEMA = "nativellm.fingerprint/1"
 FINGERPRINT_VERSION = 1  # bump when the key's parts change; old keys then stop matching

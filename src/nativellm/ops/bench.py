@@ -15,8 +15,10 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from nativellm import run
-from nativellm.errors import UsageError
-from nativellm.store import BuildRecord
+from nativellm.build.store import BuildRecord, Store
+from nativellm.errors import NotFoundError, UsageError
+from nativellm.paths import Paths
+from nativellm.specs import load_spec
 
 T = TypeVar("T")
 
@@ -161,3 +163,72 @@ def bench_builds(
             )
         )
     return out
+
+
+@dataclass(frozen=True)
+class BuildsReport:
+    """`bench builds`: every build's llama-bench figures on one model."""
+
+    model: Path
+    repetitions: int
+    n_prompt: int
+    n_gen: int
+    builds: tuple[BuildBench, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"schema": "nativellm.bench-builds/1", "model": str(self.model), "repetitions": self.repetitions,
+                "n_prompt": self.n_prompt, "n_gen": self.n_gen, "builds": [b.to_dict() for b in self.builds]}  # fmt: skip
+
+
+def resolve_model(paths: Paths, model: str | None) -> Path:
+    """A GGUF path, or the file of a registered model."""
+    if model is None:
+        raise UsageError("`bench builds` needs --model", "pass a registered model name or a GGUF path")
+    path = Path(model).expanduser()
+    if path.is_file():
+        return path
+    from nativellm.models.registry import ModelRegistry
+
+    try:
+        return ModelRegistry(paths).get(model).path
+    except NotFoundError:
+        raise NotFoundError(
+            f"model {model!r} is neither a file nor a registered model", "see `nativellm model list`"
+        ) from None
+
+
+def bench_store_builds(
+    paths: Paths,
+    ids: Sequence[str],
+    model: str | None,
+    *,
+    repetitions: int,
+    n_prompt: int,
+    n_gen: int,
+    on_round: Callable[[int, str], None] | None = None,
+) -> BuildsReport:
+    """The use case behind `bench builds`: the named builds (default: all) of the store, on one model."""
+    store = Store(paths)
+    records = [store.get(i) for i in ids] if ids else store.list_builds()
+    gguf = resolve_model(paths, model)
+    results = bench_builds(
+        records, gguf, repetitions=repetitions, n_prompt=n_prompt, n_gen=n_gen, on_round=on_round
+    )
+    return BuildsReport(gguf, repetitions, n_prompt, n_gen, tuple(results))
+
+
+def instance_endpoint(paths: Paths, name: str) -> tuple[str, str | None]:
+    """The base URL (and API key, if any) of a configured instance."""
+    from nativellm.serve.dropins import base_url
+
+    spec = load_spec(paths.config, name)
+    if spec is None:
+        raise NotFoundError(f"no instance named {name!r}", "see `nativellm instance list`, or pass --url")
+    key = None
+    if spec.api_key_file:
+        try:
+            key = Path(spec.api_key_file).read_text().strip()
+        except OSError as exc:
+            raise NotFoundError(f"cannot read the API key file {spec.api_key_file}: {exc.strerror}",
+                                "run bench as a user who can read it") from None  # fmt: skip
+    return base_url(spec), key

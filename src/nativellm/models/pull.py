@@ -17,8 +17,8 @@ from urllib.parse import unquote
 
 from nativellm.errors import ModelError, UsageError
 from nativellm.fsutil import sha256_file
-from nativellm.gguf_check import validate_model
-from nativellm.models import (
+from nativellm.models.gguf import validate_model
+from nativellm.models.registry import (
     ModelRecord,
     ModelRegistry,
     ProgressFn,
@@ -44,7 +44,8 @@ def pull_model(
     on_wait: Callable[[], None] | None = None,
 ) -> tuple[ModelRecord, bool]:
     """Download a model from `hf:...` or an http(s) URL, validate it and register it."""
-    from nativellm.download import SHA256_RE, HfSpec
+    from nativellm.download import SHA256_RE
+    from nativellm.models.hf import HfSpec
 
     expected = opts.sha256.lower() if opts.sha256 else None
     if expected and not SHA256_RE.match(expected):
@@ -80,7 +81,8 @@ def pull_model(
 def _pull_url(
     reg: ModelRegistry, name: str, opts: PullOptions, expected: str | None, progress: ProgressFn | None
 ) -> tuple[ModelRecord, bool]:
-    from nativellm.download import download_url, split_urls
+    from nativellm.download import download_url
+    from nativellm.models.hf import split_urls
 
     urls = split_urls(opts.spec)
     if expected and len(urls) > 1:
@@ -121,7 +123,7 @@ def _file_name(url: str) -> str:
 def _pull_hf(
     reg: ModelRegistry, name: str, hf: Any, opts: PullOptions, expected: str | None
 ) -> tuple[ModelRecord, bool]:
-    from nativellm.download import hf_fetch, hf_list_files, select_hf_files
+    from nativellm.models.hf import hf_fetch, hf_list_files, select_hf_files
 
     listing = hf_list_files(hf)
     files = select_hf_files(listing, hf)

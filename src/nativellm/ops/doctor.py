@@ -9,12 +9,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from nativellm.build.plan import BuildPlan
+from nativellm.build.store import Store
 from nativellm.errors import NativeLLMError
 from nativellm.fsutil import sha256_file
 from nativellm.hardware import HostProfile
 from nativellm.paths import Paths
-from nativellm.plan import BuildPlan
-from nativellm.store import Store
 
 MIN_FREE_BYTES = 5 << 30  # room for one more build and a model download
 
@@ -169,7 +169,7 @@ def check_disk(paths: Paths, minimum: int = MIN_FREE_BYTES) -> list[Finding]:
 
 
 def check_models(paths: Paths) -> list[Finding]:
-    from nativellm.models import ModelRegistry, verify_model
+    from nativellm.models.registry import ModelRegistry, verify_model
 
     out: list[Finding] = []
     for rec in ModelRegistry(paths).list():
@@ -187,9 +187,9 @@ def check_instances(
     port_in_use: Callable[[int, str], bool] | None = None,
 ) -> list[Finding]:
     """Rendered units match their specs, lingering is on for user instances, ports are ours."""
-    from nativellm import server
-    from nativellm.instance_units import template_files, unit_name
+    from nativellm import client
     from nativellm.paths import Scope
+    from nativellm.serve.dropins import template_files, unit_name
 
     specs = inst.specs()
     if not specs:
@@ -201,7 +201,7 @@ def check_instances(
             out.append(Finding("units", False, f"{units / rel} differs from the shipped template",
                                "re-render it with `nativellm instance edit NAME` for any instance"))  # fmt: skip
     sd = inst.systemd if inst.systemd is not None and inst.systemd.available() else None
-    busy = port_in_use or server.port_in_use
+    busy = port_in_use or client.port_in_use
     for spec in specs:
         try:
             files = inst.rendered(spec.name)
@@ -229,7 +229,7 @@ def check_instances(
 
 
 def _linger() -> bool | None:
-    from nativellm.instances import linger_enabled
+    from nativellm.serve.instances import linger_enabled
 
     return linger_enabled()
 
@@ -243,3 +243,13 @@ def run_doctor(
     for check in extra or []:
         findings += check()
     return findings
+
+
+def doctor_all(paths: Paths) -> list[Finding]:
+    """The use case behind `nativellm doctor`: every check, instances included."""
+    from nativellm.hardware import detect_host
+    from nativellm.serve.instances import Instances
+    from nativellm.serve.systemd import Systemd
+
+    instances = Instances(paths, Systemd(paths.scope))
+    return run_doctor(paths, detect_host(), extra=[lambda: check_instances(instances)])

@@ -24,9 +24,9 @@ from pathlib import Path
 from typing import Any
 
 from nativellm.errors import ModelError, NotFoundError, ResourceError, UsageError
-from nativellm.fit import FitReport, estimate_fit
 from nativellm.fsutil import sha256_file, write_json_atomic
-from nativellm.gguf_check import SPLIT_RE, split_parts, validate_model
+from nativellm.models.fit import FitReport, estimate_fit
+from nativellm.models.gguf import SPLIT_RE, split_parts, validate_model
 from nativellm.paths import Paths
 
 __all__ = [
@@ -318,7 +318,7 @@ def import_ollama(
     paths: Paths, ref: str, *, ollama_dir: Path | None = None, name: str | None = None
 ) -> tuple[ModelRecord, bool]:
     """Register an Ollama model's GGUF blob where it lies: no copy."""
-    from nativellm.ollama import OllamaRef, find_ollama_dir, read_model
+    from nativellm.models.ollama import OllamaRef, find_ollama_dir, read_model
 
     root = _ollama_root(ollama_dir, find_ollama_dir)
     om = read_model(root, OllamaRef.parse(ref))
@@ -337,7 +337,7 @@ def import_ollama(
 
 
 def import_ollama_all(paths: Paths, *, ollama_dir: Path | None = None) -> list[tuple[ModelRecord, bool]]:
-    from nativellm.ollama import find_ollama_dir, list_refs
+    from nativellm.models.ollama import find_ollama_dir, list_refs
 
     root = _ollama_root(ollama_dir, find_ollama_dir)
     return [import_ollama(paths, r.display, ollama_dir=root) for r in list_refs(root)]
@@ -432,8 +432,8 @@ def inspect_model(paths: Paths, name_or_path: str) -> ModelRecord:
 # --------------------------------------------------------------------------- demo
 def find_demo_vocab(paths: Paths, vocab: Path | None) -> Path:
     """The vocab GGUF: --vocab (a file, or a llama.cpp tree), else the one the current build ships."""
-    from nativellm.store import Store
-    from nativellm.synth import VOCAB_FILE, find_vocab
+    from nativellm.build.store import Store
+    from nativellm.build.synth import VOCAB_FILE, find_vocab
 
     if vocab is not None:
         vocab = vocab.expanduser()
@@ -459,7 +459,7 @@ def write_demo_model(
     paths: Paths, name: str = "demo", size: str = "tiny", vocab: Path | None = None
 ) -> tuple[ModelRecord, bool]:
     """Write a random-weight llama GGUF with a real tokenizer and register it. Its output is gibberish."""
-    from nativellm.synth import SynthSize, write_synthetic_llama
+    from nativellm.build.synth import SynthSize, write_synthetic_llama
 
     try:
         synth = SynthSize(size)

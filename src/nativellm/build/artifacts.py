@@ -25,22 +25,20 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, Any
 
 from nativellm import __version__
+from nativellm.build.fingerprint import Requirements, fingerprint, requirements_of
+from nativellm.build.smoke import base_model, smoke_test
+from nativellm.build.source import _safe_extract
+from nativellm.build.store import BuildRecord, Store
+from nativellm.build.synth import VOCAB_FILE
 from nativellm.errors import ArtifactError, NativeLLMError, NotFoundError, SmokeTestError, UsageError
-from nativellm.fingerprint import Requirements, fingerprint, requirements_of
 from nativellm.fsutil import sha256_file, write_atomic
 from nativellm.hardware import HostProfile, detect_host
 from nativellm.hardware.profile import load_profile
 from nativellm.paths import Paths
-from nativellm.smoke import base_model, smoke_test
-from nativellm.source import _safe_extract
-from nativellm.store import BuildRecord, Store
-from nativellm.synth import VOCAB_FILE
-
-if TYPE_CHECKING:
-    from nativellm.build import Reporter
+from nativellm.progress import Reporter, SilentReporter
 
 ARTIFACT_SCHEMA = "nativellm.artifact/1"
 META_FILE = "artifact.json"
@@ -505,8 +503,6 @@ def install_locked(
 
 def install_artifact(paths: Paths, opts: InstallOptions, reporter: Reporter | None = None) -> InstallOutcome:
     """Verify, check, unpack, smoke-test, install (and by default activate) one artifact."""
-    from nativellm.build import SilentReporter
-
     here = detect_host()
     host = load_profile(opts.profile) if opts.profile else here
     with Store(paths).lock():

@@ -11,9 +11,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from nativellm.instance_spec import InstanceSpec
 from nativellm.paths import Scope, package_data
-from nativellm.units import Section, UnitFile, exec_line, plain_value, quote_env, render
+from nativellm.serve.units import Section, UnitFile, exec_line, plain_value, quote_env, render
+from nativellm.specs import InstanceSpec
 
 TEMPLATE_FILES = ("llama@.service", "llama.target", "llama-watchdog@.service", "llama-watchdog@.timer")
 DROPIN_NAME = "50-nativellm.conf"

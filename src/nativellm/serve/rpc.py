@@ -19,15 +19,15 @@ from typing import Any
 
 import tomli_w
 
-from nativellm import server
+from nativellm import client
+from nativellm.build.store import Store
 from nativellm.errors import InstanceError, NotFoundError, UsageError
 from nativellm.fsutil import write_atomic
-from nativellm.instance_spec import is_loopback, validate_name
-from nativellm.instance_units import DROPIN_NAME, DeviceClass
 from nativellm.paths import Paths, Scope, package_data
-from nativellm.store import Store
-from nativellm.systemd import Systemd
-from nativellm.units import Section, UnitFile, exec_line, plain_value, render, write_unit
+from nativellm.serve.dropins import DROPIN_NAME, DeviceClass
+from nativellm.serve.systemd import Systemd
+from nativellm.serve.units import Section, UnitFile, exec_line, plain_value, render, write_unit
+from nativellm.specs import is_loopback, validate_name
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -263,7 +263,7 @@ class RpcWorkers:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             st = sd.state(unit)
-            if st.active_state == "active" and server.port_in_use(spec.port, probe):
+            if st.active_state == "active" and client.port_in_use(spec.port, probe):
                 return
             if st.active_state == "failed":
                 break

@@ -17,19 +17,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from nativellm import healthcheck, run, server
+from nativellm import client, run
+from nativellm.build.store import Store
 from nativellm.errors import InstanceError, ModelError, NotFoundError, UsageError
 from nativellm.hardware.profile import HostProfile
-from nativellm.instance_spec import (
-    InstanceSpec,
-    is_loopback,
-    list_specs,
-    load_spec,
-    spec_path,
-    validate_name,
-    write_spec,
-)
-from nativellm.instance_units import (
+from nativellm.paths import Paths, Scope
+from nativellm.serve import healthcheck
+from nativellm.serve.dropins import (
     DROPIN_NAME,
     Resolved,
     base_url,
@@ -39,10 +33,17 @@ from nativellm.instance_units import (
     unit_name,
     watchdog_unit,
 )
-from nativellm.paths import Paths, Scope
-from nativellm.store import Store
-from nativellm.systemd import Systemd, UnitState
-from nativellm.units import write_unit
+from nativellm.serve.systemd import Systemd, UnitState
+from nativellm.serve.units import write_unit
+from nativellm.specs import (
+    InstanceSpec,
+    is_loopback,
+    list_specs,
+    load_spec,
+    spec_path,
+    validate_name,
+    write_spec,
+)
 
 FIRST_PORT = 8080
 
@@ -150,7 +151,7 @@ class Instances:
         systemd: Systemd | None,
         *,
         profile: Callable[[], HostProfile] = _default_profile,
-        port_in_use: Callable[[int, str], bool] = server.port_in_use,
+        port_in_use: Callable[[int, str], bool] = client.port_in_use,
     ) -> None:
         self.paths = paths
         self.systemd = systemd
@@ -159,7 +160,7 @@ class Instances:
 
     # -- resolution ----------------------------------------------------------------------
     def _model_path(self, model: str) -> Path:
-        from nativellm.models import ModelRegistry
+        from nativellm.models.registry import ModelRegistry
 
         rec = ModelRegistry(self.paths).find(model)
         if rec is not None:
@@ -227,8 +228,8 @@ class Instances:
             raise InstanceError(f"port {spec.port} is in use by another process", "choose another --port")
 
     def _check_fit(self, spec: InstanceSpec, force: bool) -> str | None:
-        from nativellm.fit import estimate_fit
-        from nativellm.models import ModelRegistry
+        from nativellm.models.fit import estimate_fit
+        from nativellm.models.registry import ModelRegistry
 
         rec = ModelRegistry(self.paths).find(spec.model)
         if rec is None or not rec.facts:
@@ -472,7 +473,7 @@ class Instances:
         for spec in specs:
             st = sd.state(unit_name(spec.name)) if sd is not None else None
             base = base_url(spec)
-            h = server.health(base, timeout=2.0).status
+            h = client.health(base, timeout=2.0).status
             metrics = read_metrics(base) if h == "ok" and spec.metrics else {}
             err_line = self.error_line(spec.name) if st is not None and st.active_state != "active" else None
             result.append(InstanceStatus(spec.name, spec, st, h, metrics, err_line))

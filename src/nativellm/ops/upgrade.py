@@ -23,12 +23,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from nativellm.build.store import Store
 from nativellm.errors import InstanceError, NativeLLMError, ResourceError, UsageError
-from nativellm.instance_spec import InstanceSpec
-from nativellm.instance_units import base_url, unit_name
 from nativellm.paths import Paths
-from nativellm.store import Store
-from nativellm.systemd import Systemd
+from nativellm.serve.dropins import base_url, unit_name
+from nativellm.serve.systemd import Systemd
+from nativellm.specs import InstanceSpec
 
 
 class UpgradeError(NativeLLMError):
@@ -204,7 +204,7 @@ def _upgrade_lock(paths: Paths) -> Iterator[None]:
 
 def plan_like(manifest: dict[str, Any]) -> Any:
     """PlanOptions that rebuild the shape of an installed build: its backend, `--rpc`, `--portable`."""
-    from nativellm.plan import Backend, PlanOptions
+    from nativellm.build.plan import Backend, PlanOptions
 
     plan = manifest.get("plan", {})
     defines = plan.get("cmake_defines", {})
@@ -218,8 +218,8 @@ def plan_like(manifest: dict[str, Any]) -> Any:
 def _build_options(store: Store, given: Any | None) -> Any:
     """The new version's source (given, or the current build's again) built in the current shape,
     so an upgrade never drops the backend or rpc-server that instances and workers rely on."""
-    from nativellm.build import BuildOptions
-    from nativellm.source import SourceRequest
+    from nativellm.build.options import BuildOptions
+    from nativellm.build.source import SourceRequest
 
     cur = store.current()
     if cur is None:
@@ -251,7 +251,7 @@ class _Rollout:
 
 
 def _instances(paths: Paths, sd: Systemd) -> Any:
-    from nativellm.instances import Instances
+    from nativellm.serve.instances import Instances
 
     return Instances(paths, sd)
 
@@ -260,7 +260,8 @@ def upgrade(
     paths: Paths, opts: UpgradeOptions, systemd: Systemd, reporter: Any | None = None
 ) -> UpgradeOutcome:
     """Install the new build beside the old one, then move the instances one at a time."""
-    from nativellm.build import SilentReporter, build_llama
+    from nativellm.build.pipeline import build_llama
+    from nativellm.progress import SilentReporter
 
     rep = reporter or SilentReporter()
     t0 = time.monotonic()
@@ -279,7 +280,7 @@ def upgrade(
         plan_rollout(insts.specs(), selected=opts.instances, canary=opts.canary,
                      running=lambda n: False, on_build=lambda n: None, new_id="")  # fmt: skip
         if opts.artifact is not None:
-            from nativellm.artifacts import InstallOptions, install_artifact
+            from nativellm.build.artifacts import InstallOptions, install_artifact
 
             res = install_artifact(paths, InstallOptions(opts.artifact, opts.sha256, activate=False), rep)
             new_id = res.build_id

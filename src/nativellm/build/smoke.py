@@ -14,8 +14,8 @@ from typing import Any
 import httpx
 
 from nativellm import run
-from nativellm.server import complete, free_port, wait_ready
-from nativellm.synth import SynthSize, write_synthetic_llama
+from nativellm.build.synth import SynthSize, write_synthetic_llama
+from nativellm.client import complete, free_port, wait_ready
 
 SMOKE_QUANTS = ("Q4_0", "Q8_0", "Q4_K_M")
 READY_TIMEOUT = 120.0

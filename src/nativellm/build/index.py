@@ -13,10 +13,10 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import urljoin
 
-from nativellm.artifacts import (
+from nativellm.build.artifacts import (
     NAME_RE,
     URL_RE,
     InstallOptions,
@@ -25,17 +25,16 @@ from nativellm.artifacts import (
     plan_key,
     read_meta,
 )
+from nativellm.build.fingerprint import Requirements, fingerprint
+from nativellm.build.options import BuildOptions, BuildOutcome, runs_here
+from nativellm.build.plan import BuildPlan, plan_build
+from nativellm.build.source import DEFAULT_REF, SourceRequest, resolve_local
+from nativellm.build.store import Store
 from nativellm.errors import ArtifactError, NativeLLMError, NotFoundError, SmokeTestError
-from nativellm.fingerprint import Requirements, fingerprint
 from nativellm.fsutil import sha256_file, write_atomic
 from nativellm.hardware import HostProfile
 from nativellm.paths import Paths
-from nativellm.plan import BuildPlan, plan_build
-from nativellm.source import DEFAULT_REF, SourceRequest, resolve_local
-from nativellm.store import Store
-
-if TYPE_CHECKING:
-    from nativellm.build import BuildOptions, BuildOutcome, Reporter
+from nativellm.progress import Reporter
 
 INDEX_SCHEMA = "nativellm.artifact-index/1"
 
@@ -204,11 +203,9 @@ def build_from_index(
     reporter: Reporter,
 ) -> tuple[BuildOutcome | None, str]:
     """The `build --from-index` step: (outcome, "") after installing a match, else (None, why not)."""
-    from nativellm.build import BuildOutcome, _is_this_host
-
     assert opts.from_index is not None
     t0 = time.monotonic()
-    if opts.profile is not None and not _is_this_host(target, here):
+    if opts.profile is not None and not runs_here(target, here):
         return None, "--from-index is ignored when building for another host (--profile); compiling"
     reporter.stage(f"looking for a matching artifact in {opts.from_index}")
     index = load_index(opts.from_index)

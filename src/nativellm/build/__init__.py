@@ -1,0 +1,1 @@
+"""The build pipeline: plan, source, toolchain, compile, smoke test, store, artifacts."""

@@ -1,0 +1,1 @@
+"""The model store: registry, downloads, GGUF validation, memory fit, Ollama import."""

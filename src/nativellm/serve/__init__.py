@@ -1,0 +1,1 @@
+"""Serving: unit files and drop-ins, the systemd adapter, instances, RPC workers."""
