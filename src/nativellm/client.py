@@ -1,4 +1,8 @@
-"""httpx client for a llama-server: /health, /completion, /metrics, /v1/models, wait_ready."""
+"""The llama-server HTTP client (httpx): /health and readiness, /completion, OpenAI completions, /metrics.
+
+Everything in nativellm that talks to a llama-server goes through here (the load generator excepted: it
+needs httpx's async streaming and connection limits, and is an HTTP client by nature).
+"""
 
 from __future__ import annotations
 
@@ -65,13 +69,46 @@ def wait_ready(
     return last
 
 
+class RequestFailed(Exception):
+    """A request to llama-server failed: no connection, a timeout, or a non-2xx answer."""
+
+
 def complete(base_url: str, prompt: str, n_predict: int, timeout: float = 120.0) -> dict[str, Any]:
-    """One /completion request; raises httpx errors to the caller."""
-    r = httpx.post(
-        f"{base_url}/completion",
-        json={"prompt": prompt, "n_predict": n_predict, "temperature": 0, "cache_prompt": False},
-        timeout=timeout,
-    )
-    r.raise_for_status()
+    """One /completion request; raises RequestFailed."""
+    try:
+        r = httpx.post(
+            f"{base_url}/completion",
+            json={"prompt": prompt, "n_predict": n_predict, "temperature": 0, "cache_prompt": False},
+            timeout=timeout,
+        )
+        r.raise_for_status()
+    except httpx.HTTPError as exc:
+        raise RequestFailed(f"{type(exc).__name__}: {exc}") from exc
     data: dict[str, Any] = r.json()
     return data
+
+
+def openai_completion_problem(base_url: str, api_key: str | None, timeout: float = 120.0) -> str | None:
+    """A real OpenAI-style completion; None when it worked, else why not."""
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    body = {"prompt": "Hello", "max_tokens": 4, "temperature": 0}
+    try:
+        r = httpx.post(f"{base_url}/v1/completions", json=body, headers=headers, timeout=timeout)
+    except httpx.HTTPError as exc:
+        return f"the completion request failed: {exc}"
+    if r.status_code != 200:
+        return f"the completion answered HTTP {r.status_code}: {r.text[:200]}"
+    try:
+        choices = r.json()["choices"]
+    except (ValueError, KeyError, TypeError):
+        return "the completion answer was not OpenAI-shaped JSON"
+    return None if choices else "the completion returned no choices"
+
+
+def metrics_text(base_url: str, timeout: float = 2.0) -> str | None:
+    """The Prometheus text of /metrics, None when the server doesn't answer it (metrics off)."""
+    try:
+        r = httpx.get(f"{base_url}/metrics", timeout=timeout)
+    except httpx.HTTPError:
+        return None
+    return r.text if r.status_code == 200 else None

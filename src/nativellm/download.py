@@ -173,3 +173,16 @@ def download_url(
             "check --sha256 and the URL",
         )
     return Fetched(part, digest, size, True)
+
+
+def get_text(url: str) -> str | None:
+    """A small text document over HTTP(S) (an index, a checksum sidecar); None on 404."""
+    try:
+        resp = httpx.get(url, follow_redirects=True, timeout=30)
+    except httpx.HTTPError as exc:
+        raise DownloadError(f"cannot fetch {url}: {exc}", "check the URL and the network") from exc
+    if resp.status_code == 404:
+        return None
+    if resp.status_code != 200:
+        raise DownloadError(f"{url} answered HTTP {resp.status_code}", "check the URL")
+    return resp.text

@@ -27,13 +27,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from nativellm import __version__
+from nativellm import __version__, download
 from nativellm.build.fingerprint import Requirements, fingerprint, requirements_of
 from nativellm.build.smoke import base_model, smoke_test
 from nativellm.build.source import _safe_extract
 from nativellm.build.store import BuildRecord, Store
 from nativellm.build.synth import VOCAB_FILE
-from nativellm.errors import ArtifactError, NativeLLMError, NotFoundError, SmokeTestError, UsageError
+from nativellm.download import download_url
+from nativellm.errors import (
+    ArtifactError,
+    DownloadError,
+    NativeLLMError,
+    NotFoundError,
+    SmokeTestError,
+    UsageError,
+)
 from nativellm.fsutil import sha256_file, write_atomic
 from nativellm.hardware import HostProfile, detect_host
 from nativellm.hardware.profile import load_profile
@@ -328,17 +336,11 @@ class InstallOutcome:
 
 
 def get_text(url: str) -> str | None:
-    import httpx
-
+    """An index or checksum sidecar over HTTP; None on 404. Failures are artifact errors (exit 14)."""
     try:
-        resp = httpx.get(url, follow_redirects=True, timeout=30)
-    except httpx.HTTPError as exc:
-        raise ArtifactError(f"cannot fetch {url}: {exc}", "check the URL and the network") from exc
-    if resp.status_code == 404:
-        return None
-    if resp.status_code != 200:
-        raise ArtifactError(f"{url} answered HTTP {resp.status_code}", "check the URL")
-    return resp.text
+        return download.get_text(url)
+    except DownloadError as exc:
+        raise ArtifactError(exc.message, exc.hint) from None
 
 
 def _sidecar_sha(location: str) -> str | None:
@@ -365,9 +367,6 @@ def _expected_sha(location: str, given: str | None) -> str:
 
 def _fetch(location: str, sha: str, downloads: Path) -> Path:
     if URL_RE.match(location):
-        from nativellm.download import download_url
-        from nativellm.errors import DownloadError
-
         name = location.rstrip("/").rsplit("/", 1)[-1].split("?")[0] or "artifact"
         dest = downloads / f"{sha[:16]}-{name}"
         try:

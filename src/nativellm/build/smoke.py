@@ -11,11 +11,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 from nativellm import run
 from nativellm.build.synth import SynthSize, write_synthetic_llama
-from nativellm.client import complete, free_port, wait_ready
+from nativellm.client import RequestFailed, complete, free_port, wait_ready
 
 SMOKE_QUANTS = ("Q4_0", "Q8_0", "Q4_K_M")
 READY_TIMEOUT = 120.0
@@ -105,7 +103,7 @@ def serve_once(bin_dir: Path, model: Path, quant: str, log: Path, threads: int) 
             return SmokeCase(quant, False, f"not ready within {READY_TIMEOUT:.0f}s ({h.status})")
         try:
             data = complete(base, "The quick brown fox", n_predict=8)
-        except httpx.HTTPError as exc:
+        except RequestFailed as exc:
             rc = proc.poll()
             if rc is not None:
                 detail, sig = _describe_exit(rc)

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from nativellm import run
+from nativellm.download import download_url
 from nativellm.errors import NotFoundError, SourceError
 from nativellm.fsutil import sha256_file
 
@@ -120,7 +121,6 @@ def resolve_tarball(
     if re.match(r"^https?://", spec):
         archive = cache / ("download-" + hashlib.sha256(spec.encode()).hexdigest()[:16] + ".tar")
         if not archive.exists():
-            from nativellm.download import download_url
 
             def progress(label: str, done: int, total: int) -> None:
                 if on_progress:

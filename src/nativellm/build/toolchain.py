@@ -8,6 +8,7 @@ from pathlib import Path
 
 from nativellm import run
 from nativellm.errors import ToolchainError
+from nativellm.hardware.nvidia import find_nvcc
 
 MIN_CMAKE = (3, 21)
 
@@ -80,8 +81,6 @@ def find_toolchain(need_nvcc: bool = False) -> Toolchain:
         )
     nvcc = None
     if need_nvcc:
-        from nativellm.hardware.nvidia import find_nvcc
-
         nvcc_path = find_nvcc()
         if nvcc_path is None:
             raise ToolchainError(

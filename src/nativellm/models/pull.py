@@ -15,9 +15,11 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
 
+from nativellm.download import SHA256_RE, download_url
 from nativellm.errors import ModelError, UsageError
 from nativellm.fsutil import sha256_file
 from nativellm.models.gguf import validate_model
+from nativellm.models.hf import HfSpec, hf_fetch, hf_list_files, select_hf_files, split_urls
 from nativellm.models.registry import (
     ModelRecord,
     ModelRegistry,
@@ -44,9 +46,6 @@ def pull_model(
     on_wait: Callable[[], None] | None = None,
 ) -> tuple[ModelRecord, bool]:
     """Download a model from `hf:...` or an http(s) URL, validate it and register it."""
-    from nativellm.download import SHA256_RE
-    from nativellm.models.hf import HfSpec
-
     expected = opts.sha256.lower() if opts.sha256 else None
     if expected and not SHA256_RE.match(expected):
         raise UsageError(f"--sha256 {opts.sha256!r} is not a sha256", "give 64 hexadecimal digits")
@@ -81,9 +80,6 @@ def pull_model(
 def _pull_url(
     reg: ModelRegistry, name: str, opts: PullOptions, expected: str | None, progress: ProgressFn | None
 ) -> tuple[ModelRecord, bool]:
-    from nativellm.download import download_url
-    from nativellm.models.hf import split_urls
-
     urls = split_urls(opts.spec)
     if expected and len(urls) > 1:
         raise UsageError("--sha256 checks a single file, and this model is split", "drop --sha256")
@@ -123,8 +119,6 @@ def _file_name(url: str) -> str:
 def _pull_hf(
     reg: ModelRegistry, name: str, hf: Any, opts: PullOptions, expected: str | None
 ) -> tuple[ModelRecord, bool]:
-    from nativellm.models.hf import hf_fetch, hf_list_files, select_hf_files
-
     listing = hf_list_files(hf)
     files = select_hf_files(listing, hf)
     if expected and len(files) > 1:

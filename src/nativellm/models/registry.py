@@ -23,10 +23,14 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from nativellm.build.store import Store
+from nativellm.build.synth import VOCAB_FILE, SynthSize, find_vocab, write_synthetic_llama
+from nativellm.download import check_free_space
 from nativellm.errors import ModelError, NotFoundError, ResourceError, UsageError
 from nativellm.fsutil import sha256_file, write_json_atomic
 from nativellm.models.fit import FitReport, estimate_fit
 from nativellm.models.gguf import SPLIT_RE, split_parts, validate_model
+from nativellm.models.ollama import OllamaRef, find_ollama_dir, list_refs, read_model
 from nativellm.paths import Paths
 
 __all__ = [
@@ -299,7 +303,6 @@ def add_model(
     validate_model(parts)  # refuse before copying gigabytes
     with reg.model_lock(name):
         dest_dir = reg.files_dir(name)
-        from nativellm.download import check_free_space
 
         check_free_space(dest_dir, sum(p.stat().st_size for p in parts), str(src))
         copies = []
@@ -318,8 +321,6 @@ def import_ollama(
     paths: Paths, ref: str, *, ollama_dir: Path | None = None, name: str | None = None
 ) -> tuple[ModelRecord, bool]:
     """Register an Ollama model's GGUF blob where it lies: no copy."""
-    from nativellm.models.ollama import OllamaRef, find_ollama_dir, read_model
-
     root = _ollama_root(ollama_dir, find_ollama_dir)
     om = read_model(root, OllamaRef.parse(ref))
     reg = ModelRegistry(paths)
@@ -337,8 +338,6 @@ def import_ollama(
 
 
 def import_ollama_all(paths: Paths, *, ollama_dir: Path | None = None) -> list[tuple[ModelRecord, bool]]:
-    from nativellm.models.ollama import find_ollama_dir, list_refs
-
     root = _ollama_root(ollama_dir, find_ollama_dir)
     return [import_ollama(paths, r.display, ollama_dir=root) for r in list_refs(root)]
 
@@ -432,9 +431,6 @@ def inspect_model(paths: Paths, name_or_path: str) -> ModelRecord:
 # --------------------------------------------------------------------------- demo
 def find_demo_vocab(paths: Paths, vocab: Path | None) -> Path:
     """The vocab GGUF: --vocab (a file, or a llama.cpp tree), else the one the current build ships."""
-    from nativellm.build.store import Store
-    from nativellm.build.synth import VOCAB_FILE, find_vocab
-
     if vocab is not None:
         vocab = vocab.expanduser()
         if vocab.is_dir():
@@ -459,8 +455,6 @@ def write_demo_model(
     paths: Paths, name: str = "demo", size: str = "tiny", vocab: Path | None = None
 ) -> tuple[ModelRecord, bool]:
     """Write a random-weight llama GGUF with a real tokenizer and register it. Its output is gibberish."""
-    from nativellm.build.synth import SynthSize, write_synthetic_llama
-
     try:
         synth = SynthSize(size)
     except ValueError:

@@ -17,7 +17,9 @@ from typing import Any, TypeVar
 from nativellm import run
 from nativellm.build.store import BuildRecord, Store
 from nativellm.errors import NotFoundError, UsageError
+from nativellm.models.registry import ModelRegistry
 from nativellm.paths import Paths
+from nativellm.serve.dropins import base_url
 from nativellm.specs import load_spec
 
 T = TypeVar("T")
@@ -187,7 +189,6 @@ def resolve_model(paths: Paths, model: str | None) -> Path:
     path = Path(model).expanduser()
     if path.is_file():
         return path
-    from nativellm.models.registry import ModelRegistry
 
     try:
         return ModelRegistry(paths).get(model).path
@@ -219,8 +220,6 @@ def bench_store_builds(
 
 def instance_endpoint(paths: Paths, name: str) -> tuple[str, str | None]:
     """The base URL (and API key, if any) of a configured instance."""
-    from nativellm.serve.dropins import base_url
-
     spec = load_spec(paths.config, name)
     if spec is None:
         raise NotFoundError(f"no instance named {name!r}", "see `nativellm instance list`, or pass --url")

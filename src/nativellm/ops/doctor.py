@@ -9,12 +9,18 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from nativellm import client, run
 from nativellm.build.plan import BuildPlan
 from nativellm.build.store import Store
 from nativellm.errors import NativeLLMError
 from nativellm.fsutil import sha256_file
-from nativellm.hardware import HostProfile
-from nativellm.paths import Paths
+from nativellm.hardware import HostProfile, detect_host
+from nativellm.hardware.nvidia import parse_nvcc_version
+from nativellm.models.registry import ModelRegistry, verify_model
+from nativellm.paths import Paths, Scope
+from nativellm.serve.dropins import template_files, unit_name
+from nativellm.serve.instances import Instances, linger_enabled
+from nativellm.serve.systemd import Systemd
 
 MIN_FREE_BYTES = 5 << 30  # room for one more build and a model download
 
@@ -66,7 +72,6 @@ def missing_libraries(ldd_output: str) -> list[str]:
 def check_libraries(store: Store) -> list[Finding]:
     """The current build's executables load: every shared library they need resolves
     (a CUDA runtime removed with its toolkit, a libgomp missing on a minimal host)."""
-    from nativellm import run
 
     rec = store.current()
     if rec is None:
@@ -121,8 +126,6 @@ def _version_tuple(text: str) -> tuple[int, ...]:
 
 def check_gpu(store: Store, host: HostProfile, dev: Path = Path("/dev")) -> list[Finding]:
     """A CUDA build: driver loaded, every GPU's device node present, driver new enough, archs built."""
-    from nativellm.hardware.nvidia import parse_nvcc_version
-
     rec = store.current()
     if rec is None or rec.backend != "cuda":
         return []
@@ -169,8 +172,6 @@ def check_disk(paths: Paths, minimum: int = MIN_FREE_BYTES) -> list[Finding]:
 
 
 def check_models(paths: Paths) -> list[Finding]:
-    from nativellm.models.registry import ModelRegistry, verify_model
-
     out: list[Finding] = []
     for rec in ModelRegistry(paths).list():
         try:
@@ -187,10 +188,6 @@ def check_instances(
     port_in_use: Callable[[int, str], bool] | None = None,
 ) -> list[Finding]:
     """Rendered units match their specs, lingering is on for user instances, ports are ours."""
-    from nativellm import client
-    from nativellm.paths import Scope
-    from nativellm.serve.dropins import template_files, unit_name
-
     specs = inst.specs()
     if not specs:
         return []
@@ -229,8 +226,6 @@ def check_instances(
 
 
 def _linger() -> bool | None:
-    from nativellm.serve.instances import linger_enabled
-
     return linger_enabled()
 
 
@@ -247,9 +242,5 @@ def run_doctor(
 
 def doctor_all(paths: Paths) -> list[Finding]:
     """The use case behind `nativellm doctor`: every check, instances included."""
-    from nativellm.hardware import detect_host
-    from nativellm.serve.instances import Instances
-    from nativellm.serve.systemd import Systemd
-
     instances = Instances(paths, Systemd(paths.scope))
     return run_doctor(paths, detect_host(), extra=[lambda: check_instances(instances)])

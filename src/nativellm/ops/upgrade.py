@@ -23,10 +23,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from nativellm import client
+from nativellm.build.artifacts import InstallOptions, install_artifact
+from nativellm.build.options import BuildOptions
+from nativellm.build.pipeline import build_llama
+from nativellm.build.plan import Backend, PlanOptions
+from nativellm.build.source import SourceRequest
 from nativellm.build.store import Store
 from nativellm.errors import InstanceError, NativeLLMError, ResourceError, UsageError
 from nativellm.paths import Paths
+from nativellm.progress import SilentReporter
 from nativellm.serve.dropins import base_url, unit_name
+from nativellm.serve.instances import Instances
 from nativellm.serve.systemd import Systemd
 from nativellm.specs import InstanceSpec
 
@@ -112,26 +120,13 @@ def running_build(pid: int) -> str | None:
 # --------------------------------------------------------------------------- checks
 def completion_check(spec: InstanceSpec, timeout: float = 120.0) -> str | None:
     """A real completion through the instance; None when it worked, else why not."""
-    import httpx
-
-    headers = {}
+    key = None
     if spec.api_key_file:
         try:
-            headers["Authorization"] = "Bearer " + Path(spec.api_key_file).read_text().strip()
+            key = Path(spec.api_key_file).read_text().strip()
         except OSError as exc:
             return f"cannot read the API key file {spec.api_key_file}: {exc.strerror}"
-    body = {"prompt": "Hello", "max_tokens": 4, "temperature": 0}
-    try:
-        r = httpx.post(f"{base_url(spec)}/v1/completions", json=body, headers=headers, timeout=timeout)
-    except httpx.HTTPError as exc:
-        return f"the completion request failed: {exc}"
-    if r.status_code != 200:
-        return f"the completion answered HTTP {r.status_code}: {r.text[:200]}"
-    try:
-        choices = r.json()["choices"]
-    except (ValueError, KeyError, TypeError):
-        return "the completion answer was not OpenAI-shaped JSON"
-    return None if choices else "the completion returned no choices"
+    return client.openai_completion_problem(base_url(spec), key, timeout)
 
 
 # --------------------------------------------------------------------------- the driver
@@ -204,8 +199,6 @@ def _upgrade_lock(paths: Paths) -> Iterator[None]:
 
 def plan_like(manifest: dict[str, Any]) -> Any:
     """PlanOptions that rebuild the shape of an installed build: its backend, `--rpc`, `--portable`."""
-    from nativellm.build.plan import Backend, PlanOptions
-
     plan = manifest.get("plan", {})
     defines = plan.get("cmake_defines", {})
     return PlanOptions(
@@ -218,9 +211,6 @@ def plan_like(manifest: dict[str, Any]) -> Any:
 def _build_options(store: Store, given: Any | None) -> Any:
     """The new version's source (given, or the current build's again) built in the current shape,
     so an upgrade never drops the backend or rpc-server that instances and workers rely on."""
-    from nativellm.build.options import BuildOptions
-    from nativellm.build.source import SourceRequest
-
     cur = store.current()
     if cur is None:
         raise UpgradeError(
@@ -251,8 +241,6 @@ class _Rollout:
 
 
 def _instances(paths: Paths, sd: Systemd) -> Any:
-    from nativellm.serve.instances import Instances
-
     return Instances(paths, sd)
 
 
@@ -260,9 +248,6 @@ def upgrade(
     paths: Paths, opts: UpgradeOptions, systemd: Systemd, reporter: Any | None = None
 ) -> UpgradeOutcome:
     """Install the new build beside the old one, then move the instances one at a time."""
-    from nativellm.build.pipeline import build_llama
-    from nativellm.progress import SilentReporter
-
     rep = reporter or SilentReporter()
     t0 = time.monotonic()
     store = Store(paths)
@@ -280,8 +265,6 @@ def upgrade(
         plan_rollout(insts.specs(), selected=opts.instances, canary=opts.canary,
                      running=lambda n: False, on_build=lambda n: None, new_id="")  # fmt: skip
         if opts.artifact is not None:
-            from nativellm.build.artifacts import InstallOptions, install_artifact
-
             res = install_artifact(paths, InstallOptions(opts.artifact, opts.sha256, activate=False), rep)
             new_id = res.build_id
         else:

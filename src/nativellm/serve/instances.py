@@ -20,7 +20,10 @@ from typing import Any
 from nativellm import client, run
 from nativellm.build.store import Store
 from nativellm.errors import InstanceError, ModelError, NotFoundError, UsageError
+from nativellm.hardware import detect_host
 from nativellm.hardware.profile import HostProfile
+from nativellm.models.fit import estimate_fit
+from nativellm.models.registry import ModelRegistry
 from nativellm.paths import Paths, Scope
 from nativellm.serve import healthcheck
 from nativellm.serve.dropins import (
@@ -134,8 +137,6 @@ def _insecure_warning(spec: InstanceSpec) -> str | None:
 
 
 def _default_profile() -> HostProfile:
-    from nativellm.hardware import detect_host
-
     return detect_host(verify=False)
 
 
@@ -160,8 +161,6 @@ class Instances:
 
     # -- resolution ----------------------------------------------------------------------
     def _model_path(self, model: str) -> Path:
-        from nativellm.models.registry import ModelRegistry
-
         rec = ModelRegistry(self.paths).find(model)
         if rec is not None:
             return rec.path
@@ -228,9 +227,6 @@ class Instances:
             raise InstanceError(f"port {spec.port} is in use by another process", "choose another --port")
 
     def _check_fit(self, spec: InstanceSpec, force: bool) -> str | None:
-        from nativellm.models.fit import estimate_fit
-        from nativellm.models.registry import ModelRegistry
-
         rec = ModelRegistry(self.paths).find(spec.model)
         if rec is None or not rec.facts:
             return None
@@ -549,13 +545,8 @@ def parse_metrics(text: str) -> dict[str, float]:
 
 
 def read_metrics(base_url: str) -> dict[str, float]:
-    import httpx
-
-    try:
-        r = httpx.get(f"{base_url}/metrics", timeout=2.0)
-    except httpx.HTTPError:
-        return {}
-    return parse_metrics(r.text) if r.status_code == 200 else {}
+    text = client.metrics_text(base_url)
+    return parse_metrics(text) if text is not None else {}
 
 
 def find_mlock_args(binary: Path) -> tuple[str, ...]:
