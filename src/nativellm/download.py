@@ -27,7 +27,6 @@ log = logging.getLogger(__name__)
 ProgressFn = Callable[[str, int, int], None]  # (label, done, total; 0 = unknown)
 CHUNK = 1 << 20
 ATTEMPTS = 5
-SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 
 
 @dataclass(frozen=True)

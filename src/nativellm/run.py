@@ -35,6 +35,30 @@ class Completed:
         return self.returncode == 0
 
 
+def signal_name(returncode: int) -> str | None:
+    """ "SIGILL" for a process killed by signal 4 (returncode -4), None for a normal exit."""
+    if returncode >= 0:
+        return None
+    try:
+        return signal.Signals(-returncode).name
+    except ValueError:
+        return f"signal {-returncode}"
+
+
+def describe_exit(returncode: int, what: str = "the process") -> str:
+    """The one wording of how a child ended: killed by a signal (SIGILL explained) or an exit status."""
+    name = signal_name(returncode)
+    if name is None:
+        return f"{what} exited with status {returncode}"
+    extra = " (illegal instruction)" if -returncode == signal.SIGILL else ""
+    return f"{what} was killed by {name}{extra}"
+
+
+def short_exit(returncode: int) -> str:
+    """ "SIGILL" or "exit 1": the short form for tables."""
+    return signal_name(returncode) or f"exit {returncode}"
+
+
 def _env(extra: Mapping[str, str] | None) -> dict[str, str]:
     env = dict(os.environ)
     env["LC_ALL"] = "C"

@@ -14,11 +14,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import tomli_w
 
 from nativellm.errors import InstanceError, UsageError
-from nativellm.fsutil import write_atomic
+from nativellm.fsutil import write_if_changed
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -34,22 +35,64 @@ FLASH_ATTN = ("on", "off", "auto")
 CACHE_TYPES = ("f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "iq4_nl", "q5_0", "q5_1")
 
 
-def validate_name(name: str) -> str:
-    if not _NAME.fullmatch(name) or name.endswith((".service", ".d")):
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+def validate_name(name: str, kind: str = "instance") -> str:
+    """The one name rule for instances, RPC workers and models: it is used in unit names, file names,
+    journal matches and URLs unescaped. fullmatch, so a trailing newline is refused too."""
+    if not _NAME.fullmatch(name) or (kind != "model" and name.endswith((".service", ".d"))):
         raise UsageError(
-            f"invalid instance name {name!r}",
+            f"invalid {kind} name {name!r}",
             "use 1-64 letters, digits, '_', '.' or '-', starting with a letter or digit (for example q4)",
         )
     return name
 
 
+def validate_sha256(text: str, what: str = "--sha256") -> str:
+    """64 hexadecimal digits, returned lowercase."""
+    digest = text.strip().lower()
+    if not _SHA256.fullmatch(digest):
+        raise UsageError(f"{what} {text!r} is not a sha256", "give all 64 hexadecimal digits")
+    return digest
+
+
+def parse_endpoint(text: str, what: str = "RPC endpoint") -> tuple[str, int]:
+    """host:port or [v6]:port -> (host, port)."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise UsageError(f"{what} {text!r} is not host:port", "write it as 127.0.0.1:50052")
+    return host.strip("[]"), int(port)
+
+
 def is_loopback(host: str) -> bool:
+    """A loopback address or name (brackets of an IPv6 URL host allowed)."""
+    host = host.strip("[]")
     if host == "localhost":
         return True
     try:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def url_is_loopback(url: str) -> bool:
+    return is_loopback(urlparse(url).hostname or "")
+
+
+def reach_host(host: str) -> str:
+    """The address this machine reaches a server bound to `host` on: loopback for a wildcard bind."""
+    if host in ("0.0.0.0", ""):
+        return "127.0.0.1"
+    if host == "::":
+        return "::1"
+    return host.strip("[]")
+
+
+def http_url(host: str, port: int) -> str:
+    """The base URL nativellm itself uses for a server bound to host:port (IPv6 bracketed)."""
+    h = reach_host(host)
+    return f"http://[{h}]:{port}" if ":" in h else f"http://{h}:{port}"
 
 
 @dataclass(frozen=True)
@@ -115,9 +158,7 @@ class InstanceSpec:
                 "add --api-key-file FILE (or --insecure-no-api-key if you really mean it)",
             )
         for endpoint in self.rpc or ():
-            host, sep, port = endpoint.rpartition(":")
-            if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
-                raise UsageError(f"--rpc {endpoint!r} is not host:port", "write it as 127.0.0.1:50052")
+            parse_endpoint(endpoint, "--rpc")
         if any("\n" in a or "\0" in a for a in self.extra_args):
             raise UsageError("an extra llama-server argument contains a newline", "remove it")
         return self
@@ -199,12 +240,4 @@ def list_specs(config: Path) -> list[InstanceSpec]:
 
 
 def write_spec(config: Path, spec: InstanceSpec) -> bool:
-    path = spec_path(config, spec.name)
-    text = spec.to_toml()
-    try:
-        if path.read_text(encoding="utf-8") == text:
-            return False
-    except OSError:
-        pass
-    write_atomic(path, text, 0o644)
-    return True
+    return write_if_changed(spec_path(config, spec.name), spec.to_toml())

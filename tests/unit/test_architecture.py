@@ -18,7 +18,7 @@ PKG = SRC / "nativellm"
 
 # Lower layers first; a module may import its own layer and those before it, never one after it.
 LAYERS = ("foundation", "hardware", "build", "models", "serve", "ops", "cli")
-FOUNDATION = {"__init__", "errors", "run", "paths", "fsutil", "progress", "download", "specs", "client"}
+FOUNDATION = {"__init__", "errors", "run", "paths", "fsutil", "progress", "versions", "download", "specs", "client"}
 
 # Third-party boundaries and the modules allowed to import them.
 OWNERS = {
@@ -96,6 +96,7 @@ def find_cycle(edges: dict[str, set[str]]) -> list[str] | None:
 
 def package_edges(edges: dict[str, set[str]]) -> dict[str, set[str]]:
     """Edges between packages (a foundation module counts as its own package)."""
+
     def pkg(m: str) -> str:
         return m if layer_of(m) == "foundation" else ".".join(m.split(".")[:2])
 

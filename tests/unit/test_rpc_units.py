@@ -10,8 +10,8 @@ import pytest
 from nativellm.errors import InstanceError, UsageError
 from nativellm.paths import Scope
 from nativellm.serve.dropins import server_argv
-from nativellm.serve.rpc import RpcWorkerSpec, parse_endpoint, render_rpc_dropin, rpc_argv, rpc_template
-from nativellm.specs import InstanceSpec
+from nativellm.serve.rpc import RpcWorkerSpec, render_rpc_dropin, rpc_argv, rpc_template
+from nativellm.specs import InstanceSpec, parse_endpoint
 
 GOLDEN = Path(__file__).parents[1] / "fixtures" / "units"
 BIN = Path("/var/lib/nativellm/current/bin/rpc-server")

@@ -42,17 +42,17 @@ from nativellm.errors import (
     SmokeTestError,
     UsageError,
 )
-from nativellm.fsutil import sha256_file, write_atomic
+from nativellm.fsutil import sha256_file, write_if_changed
 from nativellm.hardware import HostProfile, detect_host
 from nativellm.hardware.profile import load_profile
 from nativellm.paths import Paths
 from nativellm.progress import Reporter, SilentReporter
+from nativellm.specs import validate_sha256
 
 ARTIFACT_SCHEMA = "nativellm.artifact/1"
 META_FILE = "artifact.json"
 _PACKED_DIRS = ("bin", "lib", "share")
 _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
-_SHA_RE = re.compile(r"^[0-9a-f]{64}$")
 NAME_RE = re.compile(r"^nativellm-.+\.tar\.(zst|gz)$")
 URL_RE = re.compile(r"^https?://")
 
@@ -236,9 +236,7 @@ def pack(paths: Paths, opts: PackOptions) -> PackOutcome:
         tmp.unlink(missing_ok=True)
     sidecar = dest.with_name(dest.name + ".sha256")
     line = f"{digest}  {dest.name}\n"
-    if not (sidecar.is_file() and sidecar.read_text() == line):
-        write_atomic(sidecar, line)
-        changed = True
+    changed = write_if_changed(sidecar, line) or changed
     size = dest.stat().st_size
     return PackOutcome(dest, digest, size, changed, rec.id, meta, time.monotonic() - t0)
 
@@ -360,9 +358,7 @@ def _expected_sha(location: str, given: str | None) -> str:
             f"no sha256 for {location}: an artifact is installed only after its sha256 is checked",
             f"pass --sha256 HEX, or keep {Path(location).name}.sha256 (written by `nativellm pack`) beside it",
         )
-    if not _SHA_RE.match(sha):
-        raise UsageError(f"sha256 {sha!r} is not 64 hex digits", "copy the full sha256 printed by `pack`")
-    return sha
+    return validate_sha256(sha, "sha256")
 
 
 def _fetch(location: str, sha: str, downloads: Path) -> Path:

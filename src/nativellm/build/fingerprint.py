@@ -18,6 +18,7 @@ from typing import Any
 from nativellm.build.plan import _ARM, _X86
 from nativellm.fsutil import canonical_hash
 from nativellm.hardware.profile import HostProfile
+from nativellm.versions import major_minor_text, version_tuple
 
 FINGERPRINT_SCHEMA = "nativellm.fingerprint/1"
 FINGERPRINT_VERSION = 1  # bump when the key's parts change; old keys then stop matching
@@ -77,10 +78,6 @@ def fingerprint(profile: HostProfile) -> Fingerprint:
     }
     digest = canonical_hash({"v": FINGERPRINT_VERSION, **parts})[:16]
     return Fingerprint(f"{profile.os}-{profile.arch}-{digest}", parts)
-
-
-def _version_tuple(text: str) -> tuple[int, ...]:
-    return tuple(int(x) for x in re.findall(r"\d+", text))
 
 
 def _plural(items: list[str], one: str, many: str) -> str:
@@ -170,7 +167,7 @@ class Requirements:
         have = libc_version(host.libc)
         if have is None:  # unknown here: the smoke test on this host is the guard
             return []
-        need = _version_tuple(self.glibc)
+        need = version_tuple(self.glibc)
         if have[0] != "glibc":
             return [f"this build needs glibc >= {self.glibc}, this host has {host.libc}"]
         if have[1] < need:
@@ -193,9 +190,9 @@ class Requirements:
                         f"this build has device code for {wanted} only, GPU {g.index} {g.name} is {g.arch}"
                     )
         if self.cuda_driver_min:
-            need = _version_tuple(self.cuda_driver_min)
+            need = version_tuple(self.cuda_driver_min)
             for g in gpus:
-                if g.driver and _version_tuple(g.driver) < need:
+                if g.driver and version_tuple(g.driver) < need:
                     problems.append(
                         f"this build needs NVIDIA driver >= {self.cuda_driver_min} (CUDA {self.cuda}), "
                         f"GPU {g.index} has {g.driver}"
@@ -263,12 +260,11 @@ def requirements_of(manifest: Mapping[str, Any]) -> Requirements:
     if backend == "cuda":
         gpu_vendor = "nvidia"
         real, ptx = _cuda_archs(defines.get("CMAKE_CUDA_ARCHITECTURES", ""))
-        m = re.search(r"release (\d+)\.(\d+)", str(manifest.get("toolchain", {}).get("nvcc") or ""))
-        if m is None:
-            m = re.match(r"(\d+)\.(\d+)", str(built_on.get("toolkits", {}).get("cuda") or ""))
-        if m:
-            cuda = f"{m.group(1)}.{m.group(2)}"
-            driver = CUDA_MIN_DRIVER.get(int(m.group(1)))
+        cuda = major_minor_text(str(manifest.get("toolchain", {}).get("nvcc") or ""), after="release")
+        if cuda is None:
+            cuda = major_minor_text(str(built_on.get("toolkits", {}).get("cuda") or ""))
+        if cuda:
+            driver = CUDA_MIN_DRIVER.get(version_tuple(cuda)[0])
     elif backend == "hip":
         gpu_vendor = "amd"
         real = tuple(sorted(filter(None, defines.get("GPU_TARGETS", "").split(";"))))

@@ -31,7 +31,7 @@ from nativellm.build.plan import BuildPlan, plan_build
 from nativellm.build.source import DEFAULT_REF, SourceRequest, resolve_local
 from nativellm.build.store import Store
 from nativellm.errors import ArtifactError, NativeLLMError, NotFoundError, SmokeTestError
-from nativellm.fsutil import sha256_file, write_atomic
+from nativellm.fsutil import sha256_file, write_if_changed
 from nativellm.hardware import HostProfile
 from nativellm.paths import Paths
 from nativellm.progress import Reporter
@@ -79,9 +79,7 @@ def write_index(directory: Path) -> IndexOutcome:
     doc = {"schema": INDEX_SCHEMA, "artifacts": entries, "fingerprints": by_fp}
     text = json.dumps(doc, indent=2, sort_keys=True) + "\n"
     path = directory / "index.json"
-    changed = not (path.is_file() and path.read_text() == text)
-    if changed:
-        write_atomic(path, text)
+    changed = write_if_changed(path, text)
     return IndexOutcome(path, changed, tuple(entries))
 
 

@@ -16,6 +16,7 @@ from typing import Any
 
 from nativellm.errors import PlanError, UsageError
 from nativellm.hardware.profile import GpuInfo, HostProfile
+from nativellm.versions import major_minor
 
 SCHEMA = "nativellm.plan/1"
 TARGETS: tuple[str, ...] = ("llama-server", "llama-bench", "llama-quantize")
@@ -529,7 +530,7 @@ def _no_gpu(backend: str, what: str) -> PlanError:
 
 
 def _version(text: str, what: str) -> tuple[int, int]:
-    m = re.match(r"(\d+)\.(\d+)", text.strip())
-    if m is None:
+    mm = major_minor(text)
+    if mm is None:
         raise PlanError(f"{what} version {text!r} is not major.minor", "re-run `nativellm detect`")
-    return int(m.group(1)), int(m.group(2))
+    return mm

@@ -6,7 +6,6 @@ VMs an F16 model works while Q4_0/Q8_0 die at once in the AMX kernels.
 
 from __future__ import annotations
 
-import signal
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -48,13 +47,7 @@ class SmokeResult:
 
 
 def _describe_exit(rc: int) -> tuple[str, str | None]:
-    if rc < 0:
-        try:
-            name = signal.Signals(-rc).name
-        except ValueError:
-            name = f"signal {-rc}"
-        return f"llama-server died with {name}", name
-    return f"llama-server exited with status {rc}", None
+    return run.describe_exit(rc, "llama-server"), run.signal_name(rc)
 
 
 def base_model(cache: Path, vocab: Path) -> Path:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import shutil
@@ -14,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from nativellm.errors import NotFoundError, ResourceError, StoreError
-from nativellm.fsutil import symlink_atomic, write_json_atomic
+from nativellm.fsutil import file_lock, symlink_atomic, write_json_atomic
 from nativellm.paths import Paths
 
 if sys.version_info >= (3, 11):
@@ -133,22 +132,15 @@ class Store:
     @contextmanager
     def lock(self) -> Iterator[None]:
         """One builder at a time, across processes (flock on <home>/build.lock)."""
-        self.paths.home.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.paths.lock, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
-                raise ResourceError(
-                    f"another nativellm build is running (pid {holder})",
-                    "wait for it to finish; builds never run concurrently",
-                ) from None
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, str(os.getpid()).encode(), 0)
+
+        def busy(holder: str) -> None:
+            raise ResourceError(
+                f"another nativellm build is running (pid {holder})",
+                "wait for it to finish; builds never run concurrently",
+            )
+
+        with file_lock(self.paths.lock, on_busy=busy, record_pid=True):
             yield
-        finally:
-            os.close(fd)
 
     def install(self, staged: Path, manifest: dict[str, Any]) -> BuildRecord:
         """Move a smoke-tested staging tree into builds/<id> in one rename."""

@@ -9,6 +9,7 @@ from pathlib import Path
 from nativellm import run
 from nativellm.errors import ToolchainError
 from nativellm.hardware.nvidia import find_nvcc
+from nativellm.versions import dotted, major_minor
 
 MIN_CMAKE = (3, 21)
 
@@ -63,13 +64,13 @@ def find_toolchain(need_nvcc: bool = False) -> Toolchain:
     if ninja is None:
         raise ToolchainError("ninja is not installed", "pip install ninja (it comes with nativellm)")
     version_line = _first_line([cmake, "--version"]) or ""
-    m = re.search(r"(\d+)\.(\d+)(?:\.(\d+))?", version_line)
-    if not m:
+    full = dotted(version_line)
+    version = major_minor(full or "")
+    if full is None or version is None:
         raise ToolchainError(f"cannot tell the version of {cmake}", "reinstall cmake: pip install -U cmake")
-    version = (int(m.group(1)), int(m.group(2)))
     if version < MIN_CMAKE:
         raise ToolchainError(
-            f"cmake {m.group(0)} is too old; llama.cpp needs {MIN_CMAKE[0]}.{MIN_CMAKE[1]} or newer",
+            f"cmake {full} is too old; llama.cpp needs {MIN_CMAKE[0]}.{MIN_CMAKE[1]} or newer",
             "pip install -U cmake",
         )
     cc = _first_line(["cc", "--version"])
@@ -89,7 +90,7 @@ def find_toolchain(need_nvcc: bool = False) -> Toolchain:
             )
         res = run.probe([nvcc_path, "--version"])
         nvcc = nvcc_identity(res.stdout if res is not None and res.ok else "") or nvcc_path
-    return Toolchain(cmake, ninja, m.group(0), cc, cxx, nvcc)
+    return Toolchain(cmake, ninja, full, cc, cxx, nvcc)
 
 
 # (pattern in the build log, what to do) for failures we know.

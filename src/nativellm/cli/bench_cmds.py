@@ -37,7 +37,8 @@ def bench(
     """Measure throughput: `bench builds` compares builds with llama-bench; `bench NAME` loads an instance."""
     from nativellm.cli import views
     from nativellm.ops import bench as use_case
-    from nativellm.ops.loadgen import is_loopback, run_load
+    from nativellm.ops.loadgen import run_load
+    from nativellm.specs import url_is_loopback
 
     _begin("bench", json_out)
     paths = resolve_paths(_scope(system))
@@ -64,7 +65,7 @@ def bench(
         key = None
         if url is None:
             url, key = use_case.instance_endpoint(paths, target)
-        if not is_loopback(url) and not json_out:
+        if not url_is_loopback(url) and not json_out:
             err.print(
                 f"[yellow]warning:[/yellow] {url} is not a loopback address; this sends real load to it"
             )

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from nativellm import run
 from nativellm.hardware.profile import GpuInfo
+from nativellm.versions import major_minor_text
 
 log = logging.getLogger(__name__)
 
@@ -106,8 +107,7 @@ def parse_rocm_smi_vram(text: str) -> list[int]:
 
 def parse_rocm_version(text: str) -> str | None:
     """``6.2.41133-dd7f95766`` (hipconfig) or ``6.2.0-66`` (.info/version) -> ``"6.2"``."""
-    m = re.search(r"(\d+)\.(\d+)", text)
-    return f"{m.group(1)}.{m.group(2)}" if m else None
+    return major_minor_text(text)
 
 
 def _sysfs_vram() -> list[int]:

@@ -13,7 +13,6 @@ import logging
 import os
 import platform
 import re
-import signal
 import sys
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -188,17 +187,6 @@ class IsaRunner(Protocol):
         ...
 
 
-def _describe_exit(rc: int) -> str:
-    if rc < 0:
-        try:
-            name = signal.Signals(-rc).name
-        except ValueError:
-            name = f"signal {-rc}"
-        extra = " (illegal instruction)" if -rc == signal.SIGILL else ""
-        return f"the probe process was killed by {name}{extra}"
-    return f"the probe process exited with status {rc}"
-
-
 class ChildRunner:
     """Runs isa_exec in child processes through nativellm.run, one crash per child."""
 
@@ -215,7 +203,9 @@ class ChildRunner:
         if done.returncode == 0:
             return lines, ""
         tail = done.stderr.strip().splitlines()[-1:] if done.stderr.strip() else []
-        return lines, _describe_exit(done.returncode) + (f": {tail[0]}" if tail else "")
+        return lines, run.describe_exit(done.returncode, "the probe process") + (
+            f": {tail[0]}" if tail else ""
+        )
 
     def info(self) -> IsaInfo:
         lines, why = self._run(["--info"])

@@ -12,6 +12,7 @@ from typing import Any
 
 from nativellm import run
 from nativellm.hardware.profile import GpuInfo
+from nativellm.versions import major_minor_text
 
 log = logging.getLogger(__name__)
 
@@ -130,8 +131,7 @@ def parse_nvidia_smi_csv(text: str, fields: Sequence[str] = QUERY_FIELDS) -> lis
 
 def parse_nvcc_version(text: str) -> str | None:
     """``Cuda compilation tools, release 12.8, V12.8.93`` -> ``"12.8"``."""
-    m = re.search(r"release (\d+)\.(\d+)", text)
-    return f"{m.group(1)}.{m.group(2)}" if m else None
+    return major_minor_text(text, after="release")
 
 
 def _from_nvml() -> list[GpuInfo] | None:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
 
-from nativellm.download import SHA256_RE, download_url
+from nativellm.download import download_url
 from nativellm.errors import ModelError, UsageError
 from nativellm.fsutil import sha256_file
 from nativellm.models.gguf import validate_model
@@ -29,6 +29,7 @@ from nativellm.models.registry import (
     validate_name,
 )
 from nativellm.paths import Paths
+from nativellm.specs import validate_sha256
 
 
 @dataclass(frozen=True)
@@ -46,9 +47,7 @@ def pull_model(
     on_wait: Callable[[], None] | None = None,
 ) -> tuple[ModelRecord, bool]:
     """Download a model from `hf:...` or an http(s) URL, validate it and register it."""
-    expected = opts.sha256.lower() if opts.sha256 else None
-    if expected and not SHA256_RE.match(expected):
-        raise UsageError(f"--sha256 {opts.sha256!r} is not a sha256", "give 64 hexadecimal digits")
+    expected = validate_sha256(opts.sha256) if opts.sha256 else None
     if opts.spec.startswith("hf:"):
         hf = HfSpec.parse(opts.spec)
         default = name_from_file(Path(hf.filename)) if hf.filename else f"{hf.repo.split('/')[1]}-{hf.quant}"

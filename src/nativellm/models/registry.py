@@ -10,7 +10,6 @@ its file passed validation (gguf_check).
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import importlib
 import json
 import os
@@ -23,11 +22,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from nativellm import specs
 from nativellm.build.store import Store
 from nativellm.build.synth import VOCAB_FILE, SynthSize, find_vocab, write_synthetic_llama
 from nativellm.download import check_free_space
 from nativellm.errors import ModelError, NotFoundError, ResourceError, UsageError
-from nativellm.fsutil import sha256_file, write_json_atomic
+from nativellm.fsutil import file_lock, sha256_file, write_json_atomic
 from nativellm.models.fit import FitReport, estimate_fit
 from nativellm.models.gguf import SPLIT_RE, split_parts, validate_model
 from nativellm.models.ollama import OllamaRef, find_ollama_dir, list_refs, read_model
@@ -43,7 +43,6 @@ __all__ = [
 
 tomllib = importlib.import_module("tomllib" if sys.version_info >= (3, 11) else "tomli")
 INDEX_SCHEMA = "nativellm.models/1"
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 SOURCES = ("file", "hf", "url", "ollama", "demo")
 ProgressFn = Callable[[str, int, int], None]
 
@@ -96,12 +95,7 @@ class ModelRecord:
 
 
 def validate_name(name: str) -> str:
-    if not NAME_RE.match(name):
-        raise UsageError(
-            f"invalid model name {name!r}",
-            "use 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit",
-        )
-    return name
+    return specs.validate_name(name, "model")
 
 
 def name_from_file(path: Path) -> str:
@@ -149,9 +143,7 @@ class ModelRegistry:
     @contextlib.contextmanager
     def _locked(self) -> Iterator[dict[str, ModelRecord]]:
         """Read-modify-write under an exclusive lock; the dict is saved if the body returns."""
-        self.root.mkdir(parents=True, exist_ok=True)
-        with (self.root / ".index.lock").open("a") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
+        with file_lock(self.root / ".index.lock"):
             records = self._load()
             before = dict(records)
             yield records
@@ -200,15 +192,10 @@ class ModelRegistry:
     @contextlib.contextmanager
     def model_lock(self, name: str, on_wait: Callable[[], None] | None = None) -> Iterator[None]:
         """One writer per model name: a second concurrent pull waits, then finds the work done."""
-        locks = self.root / ".locks"
-        locks.mkdir(parents=True, exist_ok=True)
-        with (locks / f"{validate_name(name)}.lock").open("a") as f:
-            try:
-                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                if on_wait:
-                    on_wait()
-                fcntl.flock(f, fcntl.LOCK_EX)
+        with file_lock(
+            self.root / ".locks" / f"{validate_name(name)}.lock",
+            on_busy=(lambda holder: on_wait()) if on_wait else None,
+        ):
             yield
 
 
@@ -281,7 +268,7 @@ def add_model(
     reg = ModelRegistry(paths)
     name = validate_name(name or name_from_file(src))
     parts = _parts_of(src)
-    want = sha256.lower() if sha256 else None
+    want = specs.validate_sha256(sha256) if sha256 else None
     existing = reg.find(name)
     if existing is not None and (existing.path == src or existing.metadata.get("origin") == str(src)):
         if want is not None and existing.sha256 != want:

@@ -7,7 +7,6 @@ alike, so the ratios compare like with like.
 from __future__ import annotations
 
 import json
-import signal
 import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -100,15 +99,6 @@ def parse_llama_bench_json(text: str) -> tuple[float | None, float | None]:
     return pp, tg
 
 
-def _failure(rc: int) -> str:
-    if rc < 0:
-        try:
-            return signal.Signals(-rc).name
-        except ValueError:
-            return f"signal {-rc}"
-    return f"exit {rc}"
-
-
 def round_order(items: Sequence[T], round_no: int) -> list[T]:
     """A B C, then C B A, then A B C ...: every build sits at every position equally often, so a
     position effect (the first run after a pause, a neighbour's periodic load) favours none."""
@@ -146,7 +136,7 @@ def bench_builds(
             res = run.run(argv, timeout=1800)
             p, t = parse_llama_bench_json(res.stdout) if res.ok else (None, None)
             if p is None or t is None:
-                crashed[rec.id] = _failure(res.returncode) if not res.ok else "no result"
+                crashed[rec.id] = run.short_exit(res.returncode) if not res.ok else "no result"
                 continue
             pp[rec.id].append(p)
             tg[rec.id].append(t)

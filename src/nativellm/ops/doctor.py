@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import shutil
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -20,7 +19,8 @@ from nativellm.models.registry import ModelRegistry, verify_model
 from nativellm.paths import Paths, Scope
 from nativellm.serve.dropins import template_files, unit_name
 from nativellm.serve.instances import Instances, linger_enabled
-from nativellm.serve.systemd import Systemd
+from nativellm.serve.systemd import Systemd, reachable
+from nativellm.versions import version_tuple
 
 MIN_FREE_BYTES = 5 << 30  # room for one more build and a model download
 
@@ -120,10 +120,6 @@ def check_flags(store: Store, host: HostProfile) -> list[Finding]:
 CUDA_MIN_DRIVER: dict[int, tuple[int, ...]] = {11: (450, 80, 2), 12: (525, 60, 13), 13: (580,)}
 
 
-def _version_tuple(text: str) -> tuple[int, ...]:
-    return tuple(int(x) for x in re.findall(r"\d+", text)[:3])
-
-
 def check_gpu(store: Store, host: HostProfile, dev: Path = Path("/dev")) -> list[Finding]:
     """A CUDA build: driver loaded, every GPU's device node present, driver new enough, archs built."""
     rec = store.current()
@@ -152,7 +148,7 @@ def check_gpu(store: Store, host: HostProfile, dev: Path = Path("/dev")) -> list
     cuda = parse_nvcc_version(str(rec.manifest.get("toolchain", {}).get("nvcc") or ""))
     driver = next((g.driver for g in present if g.driver), None)
     need = CUDA_MIN_DRIVER.get(int(cuda.split(".")[0])) if cuda else None
-    if need and driver and _version_tuple(driver) < need:
+    if need and driver and version_tuple(driver, 3) < need:
         wanted = ".".join(map(str, need))
         out.append(Finding("gpu", False, f"driver {driver} is too old for this CUDA {cuda} build (needs >= {wanted})",
                            f"upgrade the NVIDIA driver to {wanted} or newer, or rebuild with an older CUDA toolkit"))  # fmt: skip
@@ -197,7 +193,7 @@ def check_instances(
         if (units / rel).is_file() and (units / rel).read_text() != text:
             out.append(Finding("units", False, f"{units / rel} differs from the shipped template",
                                "re-render it with `nativellm instance edit NAME` for any instance"))  # fmt: skip
-    sd = inst.systemd if inst.systemd is not None and inst.systemd.available() else None
+    sd = reachable(inst.systemd)
     busy = port_in_use or client.port_in_use
     for spec in specs:
         try:
@@ -213,7 +209,7 @@ def check_instances(
             elif path.read_text() != text:
                 out.append(Finding("units", False, f"instance {spec.name}: {path} was edited by hand",
                                    f"put changes in the spec and re-render: `nativellm instance edit {spec.name}`"))  # fmt: skip
-        active = sd is not None and sd.state(unit_name(spec.name)).active_state in ("active", "activating")
+        active = sd is not None and sd.state(unit_name(spec.name)).running
         if not active and busy(spec.port, spec.host):
             out.append(Finding("ports", False, f"instance {spec.name}'s port {spec.port} is taken by another process",
                                f"free it, or move the instance: `nativellm instance edit {spec.name} --port N`"))  # fmt: skip

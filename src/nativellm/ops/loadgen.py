@@ -14,13 +14,10 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from typing import Any
-from urllib.parse import urlparse
 
 import httpx
 
 from nativellm.errors import UsageError
-
-LOOPBACK = ("127.", "localhost", "::1", "[::1]")
 
 
 @dataclass(frozen=True)
@@ -71,11 +68,6 @@ class LoadReport:
             "warmup": asdict(self.warmup),
             "levels": [lv.to_dict() for lv in self.levels],
         }
-
-
-def is_loopback(url: str) -> bool:
-    host = urlparse(url).hostname or ""
-    return host.startswith(LOOPBACK) or host in ("localhost", "::1")
 
 
 def _percentile(values: Sequence[float], q: float) -> float:

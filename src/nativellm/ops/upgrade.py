@@ -14,7 +14,6 @@ and restarting is what moves an instance. Pinned instances (`build = "<id>"`) ar
 from __future__ import annotations
 
 import dataclasses
-import fcntl
 import os
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -30,12 +29,13 @@ from nativellm.build.pipeline import build_llama
 from nativellm.build.plan import Backend, PlanOptions
 from nativellm.build.source import SourceRequest
 from nativellm.build.store import Store
-from nativellm.errors import InstanceError, NativeLLMError, ResourceError, UsageError
+from nativellm.errors import NativeLLMError, ResourceError, UsageError
+from nativellm.fsutil import file_lock
 from nativellm.paths import Paths
 from nativellm.progress import SilentReporter
 from nativellm.serve.dropins import base_url, unit_name
 from nativellm.serve.instances import Instances
-from nativellm.serve.systemd import Systemd
+from nativellm.serve.systemd import Systemd, reachable, require_reachable
 from nativellm.specs import InstanceSpec
 
 
@@ -185,16 +185,12 @@ class UpgradeOutcome:
 @contextmanager
 def _upgrade_lock(paths: Paths) -> Iterator[None]:
     """One upgrade at a time (a separate lock: the build inside takes the store lock)."""
-    paths.home.mkdir(parents=True, exist_ok=True)
-    fd = os.open(paths.home / "upgrade.lock", os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise ResourceError("another nativellm upgrade is running", "wait for it to finish") from None
+
+    def busy(holder: str) -> None:
+        raise ResourceError("another nativellm upgrade is running", "wait for it to finish")
+
+    with file_lock(paths.home / "upgrade.lock", on_busy=busy):
         yield
-    finally:
-        os.close(fd)
 
 
 def plan_like(manifest: dict[str, Any]) -> Any:
@@ -252,11 +248,10 @@ def upgrade(
     t0 = time.monotonic()
     store = Store(paths)
     insts = _instances(paths, systemd)
-    if not systemd.available():
-        raise InstanceError(
-            f"systemd is not reachable on {systemd.address}",
-            "upgrade restarts instances under systemd; on a host without it use `nativellm build` and restart by hand",
-        )
+    require_reachable(
+        systemd,
+        "upgrade restarts instances under systemd; on a host without it use `nativellm build` and restart by hand",
+    )
     if opts.canary and opts.instances is not None:
         raise UsageError("--canary and --instances exclude each other", "give one of them")
     with _upgrade_lock(paths):
@@ -275,7 +270,7 @@ def upgrade(
             new_id = built.build_id
 
         def running(name: str) -> bool:
-            return systemd.state(unit_name(name)).active_state in ("active", "activating", "reloading")
+            return systemd.state(unit_name(name)).running
 
         def on_build(name: str) -> str | None:
             return running_build(systemd.state(unit_name(name)).main_pid)
@@ -381,15 +376,16 @@ def rollback_and_restart(paths: Paths, systemd: Systemd | None) -> RollbackOutco
     store = Store(paths)
     before = store.current_id()
     rec = store.rollback()
-    if systemd is None or not systemd.available():
+    sd = reachable(systemd)
+    if sd is None:
         return RollbackOutcome(before, rec.id, (), (), False)
-    insts = _instances(paths, systemd)
+    insts = _instances(paths, sd)
     restarted: list[str] = []
     idle: list[str] = []
     for spec in insts.specs():
         if spec.build != "current":
             continue
-        if systemd.state(unit_name(spec.name)).active_state not in ("active", "activating", "reloading"):
+        if not sd.state(unit_name(spec.name)).running:
             idle.append(spec.name)
             continue
         insts.restart(spec.name)

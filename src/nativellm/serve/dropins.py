@@ -13,7 +13,7 @@ from pathlib import Path
 
 from nativellm.paths import Scope, package_data
 from nativellm.serve.units import Section, UnitFile, exec_line, plain_value, quote_env, render
-from nativellm.specs import InstanceSpec
+from nativellm.specs import InstanceSpec, http_url
 
 TEMPLATE_FILES = ("llama@.service", "llama.target", "llama-watchdog@.service", "llama-watchdog@.timer")
 DROPIN_NAME = "50-nativellm.conf"
@@ -89,18 +89,9 @@ def watchdog_unit(name: str) -> str:
     return f"llama-watchdog@{name}.service"
 
 
-def probe_host(host: str) -> str:
-    """Where the readiness and hang probes reach the server."""
-    if host in ("0.0.0.0", ""):
-        return "127.0.0.1"
-    if host == "::":
-        return "[::1]"
-    return f"[{host}]" if ":" in host else host
-
-
 def base_url(spec: InstanceSpec) -> str:
-    """Where nativellm itself reaches the server (loopback for a wildcard bind)."""
-    return f"http://{probe_host(spec.host)}:{spec.port}"
+    """Where nativellm itself (and the readiness and hang probes) reach the server."""
+    return http_url(spec.host, spec.port)
 
 
 def health_url(spec: InstanceSpec) -> str:

@@ -11,7 +11,6 @@ import dataclasses
 import os
 import re
 import sys
-import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,7 +35,7 @@ from nativellm.serve.dropins import (
     unit_name,
     watchdog_unit,
 )
-from nativellm.serve.systemd import Systemd, UnitState
+from nativellm.serve.systemd import Systemd, UnitState, reachable, require_reachable
 from nativellm.serve.units import write_unit
 from nativellm.specs import (
     InstanceSpec,
@@ -258,15 +257,15 @@ class Instances:
         return InstanceSpec(name=name, **given)
 
     def _require_systemd(self, *, writing: bool = True) -> Systemd | None:
-        if self.systemd is not None and not self.systemd.available():
-            hint = (
-                "nothing was written; on a machine without systemd use `instance add --no-systemd` "
-                "and `nativellm run NAME`"
-                if writing
-                else "run the instance in the foreground instead: `nativellm run NAME`"
-            )
-            raise InstanceError(f"systemd is not reachable on {self.systemd.address}", hint)
-        return self.systemd
+        if self.systemd is None:
+            return None
+        hint = (
+            "nothing was written; on a machine without systemd use `instance add --no-systemd` "
+            "and `nativellm run NAME`"
+            if writing
+            else "run the instance in the foreground instead: `nativellm run NAME`"
+        )
+        return require_reachable(self.systemd, hint)
 
     # -- writing -------------------------------------------------------------------------
     def _files(self, spec: InstanceSpec) -> dict[Path, str]:
@@ -328,11 +327,7 @@ class Instances:
             sd.daemon_reload()
             if spec.enable != existing.enable:
                 (sd.enable if spec.enable else sd.disable)([unit_name(name)])
-            if units_changed and sd.state(unit_name(name)).active_state in (
-                "active",
-                "activating",
-                "reloading",
-            ):
+            if units_changed and sd.state(unit_name(name)).running:
                 self._start(sd, spec, restart=True)
                 restarted = True
         msg = (
@@ -407,13 +402,7 @@ class Instances:
         start limit, and the caller sees that final state.
         """
         unit = unit_name(spec.name)
-        sd.reset_failed(unit)
-        (sd.restart if restart else sd.start)(unit)
-        deadline = time.monotonic() + spec.start_timeout + 60
-        st = sd.wait_settled(unit, timeout=spec.start_timeout + 60)
-        while st.active_state == "activating" and time.monotonic() < deadline:
-            time.sleep(0.2)
-            st = sd.wait_settled(unit, timeout=max(1.0, deadline - time.monotonic()))
+        st = sd.start_and_wait(unit, restart=restart, timeout=spec.start_timeout + 60)
         if st.active_state != "active":
             line = self.error_line(spec.name)
             why = f"result {st.result}"
@@ -443,7 +432,7 @@ class Instances:
     def stop(self, name: str) -> Outcome:
         spec = self.get(name)
         sd = self._sd()
-        if sd.state(unit_name(name)).active_state in ("inactive", "failed"):
+        if sd.state(unit_name(name)).stopped:
             return Outcome(name, False, f"{unit_name(name)} is not running", spec)
         sd.stop(unit_name(name))
         sd.wait_settled(unit_name(name), timeout=120)
@@ -464,7 +453,7 @@ class Instances:
 
     def status(self, name: str | None = None) -> list[InstanceStatus]:
         specs = [self.get(name)] if name else self.specs()
-        sd = self.systemd if self.systemd is not None and self.systemd.available() else None
+        sd = reachable(self.systemd)
         result = []
         for spec in specs:
             st = sd.state(unit_name(spec.name)) if sd is not None else None

@@ -12,7 +12,6 @@ import dataclasses
 import ipaddress
 import os
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,12 +21,12 @@ import tomli_w
 from nativellm import client
 from nativellm.build.store import Store
 from nativellm.errors import InstanceError, NotFoundError, UsageError
-from nativellm.fsutil import write_atomic
+from nativellm.fsutil import write_if_changed
 from nativellm.paths import Paths, Scope, package_data
 from nativellm.serve.dropins import DROPIN_NAME, DeviceClass
-from nativellm.serve.systemd import Systemd
+from nativellm.serve.systemd import Systemd, UnitState, reachable, require_reachable
 from nativellm.serve.units import Section, UnitFile, exec_line, plain_value, render, write_unit
-from nativellm.specs import is_loopback, validate_name
+from nativellm.specs import is_loopback, reach_host, validate_name
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -61,14 +60,6 @@ def _check_peer(peer: str) -> str:
             "--allow any would let anyone reach the worker", "list the head instances' addresses"
         )
     return peer
-
-
-def parse_endpoint(text: str) -> tuple[str, int]:
-    """host:port or [v6]:port -> (host, port)."""
-    host, sep, port = text.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
-        raise UsageError(f"RPC endpoint {text!r} is not host:port", "write it as 127.0.0.1:50052")
-    return host.strip("[]"), int(port)
 
 
 @dataclass(frozen=True)
@@ -222,21 +213,15 @@ class RpcWorkers:
     def add(self, spec: RpcWorkerSpec, *, start: bool = False) -> RpcOutcome:
         spec.validate()
         files = self.files(spec)
-        sd = self.systemd if self.systemd is not None and self.systemd.available() else None
-        if self.systemd is not None and sd is None:
-            raise InstanceError(f"systemd is not reachable on {self.systemd.address}", "use --no-systemd")
+        sd = require_reachable(self.systemd, "use --no-systemd") if self.systemd is not None else None
         written = [str(p) for p, text in files.items() if write_unit(p, text)]
-        path = self._spec_path(spec.name)
-        text = spec.to_toml()
-        spec_changed = not (path.is_file() and path.read_text(encoding="utf-8") == text)
-        if spec_changed:
-            write_atomic(path, text, 0o644)
+        spec_changed = write_if_changed(self._spec_path(spec.name), spec.to_toml())
         changed = spec_changed or bool(written)
         started = False
         if sd is not None:
             if changed:
                 sd.daemon_reload()
-            active = sd.state(rpc_unit(spec.name)).active_state == "active"
+            active = sd.state(rpc_unit(spec.name)).running
             if start and (changed or not active):
                 self._start(sd, spec, restart=active)
                 started = True
@@ -257,17 +242,14 @@ class RpcWorkers:
 
     def _start(self, sd: Systemd, spec: RpcWorkerSpec, *, restart: bool, timeout: float = 60) -> None:
         unit = rpc_unit(spec.name)
-        sd.reset_failed(unit)
-        (sd.restart if restart else sd.start)(unit)
-        probe = "127.0.0.1" if spec.host in ("0.0.0.0", "::") else spec.host
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            st = sd.state(unit)
-            if st.active_state == "active" and client.port_in_use(spec.port, probe):
-                return
-            if st.active_state == "failed":
-                break
-            time.sleep(0.1)
+        probe = reach_host(spec.host)
+
+        def listening(st: UnitState) -> bool:
+            return client.port_in_use(spec.port, probe)
+
+        st = sd.start_and_wait(unit, restart=restart, timeout=timeout, ready=listening, interval=0.1)
+        if st.active_state == "active" and listening(st):
+            return
         raise InstanceError(
             f"{unit} did not start listening on {spec.endpoint}",
             f"see `journalctl --user -u {unit}` (or without --user in system scope)",
@@ -278,7 +260,7 @@ class RpcWorkers:
         if not path.is_file():
             raise NotFoundError(f"no RPC worker named {name!r}", "see the files under config/rpc-workers")
         spec = RpcWorkerSpec.from_toml(path.read_text(encoding="utf-8"), str(path))
-        sd = self.systemd if self.systemd is not None and self.systemd.available() else None
+        sd = reachable(self.systemd)
         if sd is not None:
             sd.stop(rpc_unit(name))
             sd.wait_settled(rpc_unit(name), timeout=60)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +40,15 @@ class UnitState:
     job_pending: bool
     unit_file_state: str
     start_limit_burst: int = 0
+
+    @property
+    def running(self) -> bool:
+        """Up, or on its way up or reloading: the one definition of "the unit is running"."""
+        return self.active_state in ("active", "activating", "reloading")
+
+    @property
+    def stopped(self) -> bool:
+        return self.active_state in ("inactive", "failed")
 
     @property
     def start_limit_hit(self) -> bool:
@@ -190,6 +199,34 @@ class Systemd:
                 start_limit_burst=int(props.StartLimitBurst),
             )
 
+    def start_and_wait(
+        self,
+        unit: str,
+        *,
+        restart: bool,
+        timeout: float,
+        ready: Callable[[UnitState], bool] | None = None,
+        interval: float = 0.2,
+    ) -> UnitState:
+        """Clear a failed state, (re)start, and follow the unit until it is active and `ready`, has
+        failed for good, or `timeout` passes; returns the state it ended in.
+
+        A start job ends at the first failed attempt while Restart=on-failure tries again, so an
+        "activating" unit (auto-restart included) is followed until systemd settles it.
+        """
+        self.reset_failed(unit)
+        (self.restart if restart else self.start)(unit)
+        deadline = time.monotonic() + timeout
+        st = self.wait_settled(unit, timeout=timeout)
+        while time.monotonic() < deadline:
+            if st.active_state == "active" and (ready is None or ready(st)):
+                break
+            if st.active_state not in ("active", "activating", "reloading"):
+                break
+            time.sleep(interval)
+            st = self.wait_settled(unit, timeout=max(1.0, deadline - time.monotonic()))
+        return st
+
     def wait_settled(self, unit: str, timeout: float, interval: float = 0.1) -> UnitState:
         """Wait until no job is pending on unit (a start job ends after ExecStartPost=)."""
         deadline = time.monotonic() + timeout
@@ -198,3 +235,15 @@ class Systemd:
             time.sleep(interval)
             st = self.state(unit)
         return st
+
+
+def reachable(sd: Systemd | None) -> Systemd | None:
+    """`sd` when its manager answers on the bus, else None: the one test of "is systemd there"."""
+    return sd if sd is not None and sd.available() else None
+
+
+def require_reachable(sd: Systemd, hint: str) -> Systemd:
+    """`sd`, or an InstanceError that names the bus and says what to do instead."""
+    if not sd.available():
+        raise InstanceError(f"systemd is not reachable on {sd.address}", hint)
+    return sd

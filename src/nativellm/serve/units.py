@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from nativellm.errors import InstanceError
-from nativellm.fsutil import write_atomic
+from nativellm.fsutil import write_if_changed
 
 # Characters that need no quoting in an ExecStart= word. Everything else goes in double quotes.
 _SAFE_WORD = re.compile(r"[A-Za-z0-9_@+=:,./-]+")
@@ -125,10 +125,4 @@ def render(unit: UnitFile) -> str:
 
 def write_unit(path: Path, text: str, mode: int = 0o644) -> bool:
     """Atomically write a unit; False (and no write) when the file already has this text."""
-    try:
-        if path.read_text(encoding="utf-8") == text:
-            return False
-    except OSError:
-        pass
-    write_atomic(path, text, mode)
-    return True
+    return write_if_changed(path, text, mode)
