@@ -10,6 +10,11 @@ export PATH="$PWD/.venv/bin:$PATH"
 export CCACHE_DIR="${CCACHE_DIR:-$HOME/.cache/ccache}"
 ccache --max-size=5G >/dev/null 2>&1 || true
 echo "== ruff"; ruff check src tests benchmarks; ruff format --check src tests benchmarks
-echo "== mypy"; mypy
+echo "== mypy"; mypy; mypy tests
 echo "== pytest"
-python -m pytest "$@"
+# Every tier by name (a bare `pytest` runs only tests/unit), unless the arguments name tests themselves.
+tiers=(tests/unit tests/integration tests/e2e)
+for arg in "$@"; do
+  case "$arg" in tests/*|./tests/*) tiers=(); break ;; esac
+done
+python -m pytest "${tiers[@]}" "$@"

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import CACHE, CliResult, _fetch_sdist, nativellm
+from tests.helpers import CACHE, CliResult, _fetch_sdist, cannot_run, nativellm
 
 TESTS = Path(__file__).parent
 
@@ -56,3 +56,10 @@ def trap_binary(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (d / "trap.c").write_text("int main(void) { __builtin_trap(); }\n")
     subprocess.run(["cc", "-O0", "-o", str(d / "trap"), str(d / "trap.c")], check=True)
     return d / "trap"
+
+
+@pytest.fixture
+def systemd_analyze() -> None:
+    """Tests that grade unit files with the real `systemd-analyze security --offline`."""
+    if shutil.which("systemd-analyze") is None:
+        cannot_run("systemd-analyze is not installed (Debian package systemd)")

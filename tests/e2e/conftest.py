@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from tests.e2e.sandbox import Sandbox, find_unavailable_reason
-from tests.helpers import CACHE, CliResult, borrow_build, nativellm
+from tests.helpers import CACHE, CliResult, borrow_build, cannot_run, nativellm
 
 USER_UNIT_DIR = "/root/.config/systemd/user"
 CHECKOUT = Path(__file__).resolve().parents[2]
@@ -35,7 +35,7 @@ def sandbox_reason() -> str | None:
 @pytest.fixture(scope="session")
 def sandbox(sandbox_reason: str | None) -> Iterator[Sandbox]:
     if sandbox_reason:
-        pytest.skip(f"no systemd sandbox: {sandbox_reason}")
+        cannot_run(f"no systemd sandbox: {sandbox_reason}")
     workdir = CACHE / "sandboxes" / uuid.uuid4().hex[:8]
     try:
         # The checkout and the interpreter's prefix too: a CI clone (and its .venv) may live

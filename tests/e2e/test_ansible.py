@@ -28,7 +28,7 @@ import pytest
 
 from tests.e2e.conftest import CHECKOUT, USER_UNIT_DIR
 from tests.e2e.sandbox import Sandbox
-from tests.helpers import CACHE, borrow_build, nativellm
+from tests.helpers import CACHE, borrow_build, cannot_run, nativellm
 
 BIN = Path(sys.executable).parent
 ANSIBLE_PLAYBOOK = BIN / "ansible-playbook"
@@ -36,9 +36,14 @@ ANSIBLE_LINT = BIN / "ansible-lint"
 ROLES = CHECKOUT / "ansible" / "roles"
 PLAYBOOK = CHECKOUT / "ansible" / "playbook.yml"
 
-needs_ansible = pytest.mark.skipif(
-    not ANSIBLE_PLAYBOOK.exists(), reason="ansible-core is not installed (pip install -e '.[test]')"
-)
+
+@pytest.fixture
+def needs_ansible_fixture() -> None:
+    if not ANSIBLE_PLAYBOOK.exists():
+        cannot_run("ansible-core is not installed (pip install -e '.[test]')")
+
+
+needs_ansible = pytest.mark.usefixtures("needs_ansible_fixture")
 
 RECAP = re.compile(
     r"^(?P<host>\S+)\s*:\s*ok=(?P<ok>\d+)\s+changed=(?P<changed>\d+)\s+unreachable=(?P<unreachable>\d+)"
@@ -204,8 +209,9 @@ def test_role_is_idempotent_and_serves(
         )  # fmt: skip
 
 
-@pytest.mark.skipif(not ANSIBLE_LINT.exists(), reason="ansible-lint is not installed")
 def test_ansible_lint_is_clean() -> None:
+    if not ANSIBLE_LINT.exists():
+        cannot_run("ansible-lint is not installed (pip install -e '.[test]')")
     res = subprocess.run(
         [str(ANSIBLE_LINT), "--profile", "production", "--nocolor", "roles/nativellm", "playbook.yml"],
         cwd=CHECKOUT / "ansible",

@@ -24,7 +24,7 @@ import httpx
 import pytest
 
 from tests.e2e.conftest import CHECKOUT
-from tests.e2e.sandbox import Sandbox, find_unavailable_reason
+from tests.e2e.sandbox import Sandbox
 from tests.e2e.test_ansible import (
     demo_model,
     free_port,
@@ -34,7 +34,7 @@ from tests.e2e.test_ansible import (
     write_inventory,
     write_playbook,
 )
-from tests.helpers import CACHE, borrow_build
+from tests.helpers import CACHE, borrow_build, cannot_run
 
 HOSTS = ("host-a", "host-b", "host-c")
 BUILD_TASK = "Build llama.cpp for this host (or install its artifact from the index)"
@@ -52,10 +52,7 @@ def fleet_dir() -> Iterator[Path]:
 def fleet(sandbox_reason: str | None, fleet_dir: Path) -> Iterator[dict[str, Sandbox]]:
     """Three booted sandboxes (a few seconds and some 100 MB each)."""
     if sandbox_reason:
-        pytest.skip(f"no systemd sandbox: {sandbox_reason}")
-    reason = find_unavailable_reason()
-    if reason:
-        pytest.skip(reason)
+        cannot_run(f"no systemd sandbox: {sandbox_reason}")
     binds = [b for b in dict.fromkeys([CACHE, CHECKOUT, Path(sys.prefix).resolve()]) if b != Path("/")]
     boxes: dict[str, Sandbox] = {}
     try:

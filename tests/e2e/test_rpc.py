@@ -10,7 +10,6 @@ connections grow), and stopping the worker breaks the head's completions.
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
 import time
 from collections.abc import Iterator
@@ -106,7 +105,7 @@ def test_non_loopback_worker_needs_peers_and_warns(cli: InnerCli, rpc_build: str
     cli("instance", "rm-rpc-worker", "lan", "--no-systemd", check=True)
 
 
-@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze is not installed")
+@pytest.mark.usefixtures("systemd_analyze")
 @pytest.mark.parametrize(("backend", "spec"), [
     ("cpu", RpcWorkerSpec("cpu", 50052)),
     ("cuda", RpcWorkerSpec("gpu", 50052, "10.0.0.2", gpus=(0,), allow=("10.0.0.5",))),

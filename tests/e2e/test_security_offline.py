@@ -4,7 +4,6 @@ on the rendered system-scope units (exposure <= 1.5 for CPU and GPU instances)."
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -41,7 +40,7 @@ def _exposure(root: Path, unit: str) -> tuple[float, str]:
     return float(m.group(1)), res.stdout
 
 
-@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze is not installed")
+@pytest.mark.usefixtures("systemd_analyze")
 @pytest.mark.parametrize(("backend", "spec"), [
     ("cpu", InstanceSpec(name="cpu", model="demo", port=8080, threads=4, mlock=True, numa_node=0)),
     ("cuda", InstanceSpec(name="gpu", model="demo", port=8081, gpu_layers=99, gpus=(0,),

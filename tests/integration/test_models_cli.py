@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sys
 from pathlib import Path
 
-from tests.helpers import nativellm
-
-sys.path.insert(0, str(Path(__file__).parents[1] / "fixtures" / "models"))
 from ggufs import write_gguf
+
+from tests.helpers import nativellm
 
 
 def test_add_list_inspect_verify_rm(tmp_path: Path) -> None:

@@ -16,13 +16,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+from ggufs import write_gguf, write_split
 
 from nativellm.download import download_url
 from nativellm.errors import DownloadError, ResourceError
 from tests.helpers import nativellm
-
-sys.path.insert(0, str(Path(__file__).parents[1] / "fixtures" / "models"))
-from ggufs import write_gguf, write_split
 
 
 @dataclass

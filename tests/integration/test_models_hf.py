@@ -6,7 +6,6 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import sys
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -14,11 +13,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+from ggufs import write_gguf, write_split
 
 from tests.helpers import CliResult, nativellm
-
-sys.path.insert(0, str(Path(__file__).parents[1] / "fixtures" / "models"))
-from ggufs import write_gguf, write_split
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 REPO = "acme/tiny-GGUF"

@@ -18,7 +18,18 @@ PKG = SRC / "nativellm"
 
 # Lower layers first; a module may import its own layer and those before it, never one after it.
 LAYERS = ("foundation", "hardware", "build", "models", "serve", "ops", "cli")
-FOUNDATION = {"__init__", "errors", "run", "paths", "fsutil", "progress", "versions", "download", "specs", "client"}
+FOUNDATION = {
+    "__init__",
+    "errors",
+    "run",
+    "paths",
+    "fsutil",
+    "progress",
+    "versions",
+    "download",
+    "specs",
+    "client",
+}
 
 # Third-party boundaries and the modules allowed to import them.
 OWNERS = {

@@ -5,12 +5,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import sys
 from pathlib import Path
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).parents[1] / "fixtures" / "models"))
 from ggufs import write_gguf, write_split, write_vocab
 
 from nativellm.errors import ModelError, NotFoundError, UsageError
