@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -11,6 +11,10 @@ from nativellm.cli.app import JsonOpt, SystemOpt, _begin, _scope, app, builds_ap
 from nativellm.cli.output import ConsoleReporter, emit_json, envelope, out
 from nativellm.errors import UsageError
 from nativellm.paths import resolve_paths
+
+if TYPE_CHECKING:
+    from nativellm.build.plan import PlanOptions
+    from nativellm.build.store import Store
 
 
 # --------------------------------------------------------------------------- detect / plan
@@ -29,7 +33,9 @@ def detect(json_out: JsonOpt = False) -> None:
     show_profile(profile)
 
 
-def _plan_options(backend: str | None, portable: bool, native: bool, baseline: bool, rpc: bool) -> Any:
+def _plan_options(
+    backend: str | None, portable: bool, native: bool, baseline: bool, rpc: bool
+) -> PlanOptions:
     from nativellm.build.plan import Backend, PlanOptions
 
     chosen: Backend | None = None
@@ -197,7 +203,7 @@ def builds_list(system: SystemOpt = False, json_out: JsonOpt = False) -> None:
     show_builds(records, current, pins)
 
 
-def _store_action(command: str, json_out: bool, system: bool) -> Any:
+def _store_action(command: str, json_out: bool, system: bool) -> Store:
     from nativellm.build.store import Store
 
     _begin(command, json_out)

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.markup import escape
@@ -12,6 +13,9 @@ from nativellm.cli.app import JsonOpt, SystemOpt, _begin, _gpu_indices, _scope, 
 from nativellm.cli.output import emit_json, envelope, err, out
 from nativellm.errors import UsageError
 from nativellm.paths import Scope, resolve_paths
+
+if TYPE_CHECKING:
+    from nativellm.serve.instances import InstanceOptions, Instances, Outcome
 
 # --------------------------------------------------------------------------- instance commands (issue 4)
 # (section owned by the instances/systemd work; keep additions between these markers)
@@ -58,7 +62,7 @@ INameArg = Annotated[str, typer.Argument(help="Instance name, e.g. q4.")]
 IRpc = Annotated[str | None, typer.Option("--rpc", help="llama.cpp RPC workers, host:port,... (issue 5).")]
 
 
-def _instances(system: bool, no_systemd: bool = False) -> Any:
+def _instances(system: bool, no_systemd: bool = False) -> Instances:
     from nativellm.serve.instances import Instances
     from nativellm.serve.systemd import Systemd
 
@@ -73,7 +77,7 @@ def _instance_options(
     api_key_file: Path | None, insecure_no_api_key: bool | None, memory_max: str | None, cpus: str | None,
     numa_node: int | None, gpus: str | None, build: str | None, enable: bool | None, start_timeout: int | None,
     extra: list[str] | None, force: bool,
-) -> Any:  # fmt: skip
+) -> InstanceOptions:  # fmt: skip
     from nativellm.serve.instances import InstanceOptions
 
     gpu_list = _gpu_indices(gpus)
@@ -89,7 +93,7 @@ def _instance_options(
     )  # fmt: skip
 
 
-def _with_rpc(opts: Any, rpc: str | None) -> Any:
+def _with_rpc(opts: InstanceOptions, rpc: str | None) -> InstanceOptions:
     import dataclasses
 
     if rpc is None:
@@ -97,7 +101,9 @@ def _with_rpc(opts: Any, rpc: str | None) -> Any:
     return dataclasses.replace(opts, rpc=tuple(e.strip() for e in rpc.split(",") if e.strip()))
 
 
-def _instance_result(command: str, json_out: bool, outcome: Any, warnings: list[str] | None = None) -> None:
+def _instance_result(
+    command: str, json_out: bool, outcome: Outcome, warnings: list[str] | None = None
+) -> None:
     if json_out:
         data = {"name": outcome.name, "message": outcome.message, "files": list(outcome.files),
                 "restarted": outcome.restarted, "warnings": warnings or [],
@@ -109,7 +115,7 @@ def _instance_result(command: str, json_out: bool, outcome: Any, warnings: list[
         err.print(f"[yellow]warning:[/yellow] {escape(w)}")
 
 
-def _linger_notes(instances: Any, linger: bool) -> list[str]:
+def _linger_notes(instances: Instances, linger: bool) -> list[str]:
     from nativellm.serve.instances import enable_linger, linger_enabled
 
     if instances.paths.scope is not Scope.USER:
@@ -208,10 +214,11 @@ def instance_show(name: INameArg, system: SystemOpt = False, json_out: JsonOpt =
 def _lifecycle(command: str, name: str, system: bool, json_out: bool, action: str) -> None:
     _begin(command, json_out)
     inst = _instances(system)
-    outcome = {
+    actions: dict[str, Callable[[str], Outcome]] = {
         "start": inst.start, "stop": inst.stop, "restart": inst.restart,
         "enable": lambda n: inst.set_enabled(n, True), "disable": lambda n: inst.set_enabled(n, False),
-    }[action](name)  # fmt: skip
+    }  # fmt: skip
+    outcome = actions[action](name)
     _instance_result(command, json_out, outcome)
 
 

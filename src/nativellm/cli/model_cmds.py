@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -12,6 +12,9 @@ from nativellm.cli.build_cmds import ProfileOpt, _report
 from nativellm.cli.output import emit_json, envelope, out
 from nativellm.errors import UsageError
 from nativellm.paths import resolve_paths
+
+if TYPE_CHECKING:
+    from nativellm.models.registry import ModelRecord
 
 # --------------------------------------------------------------------------- model commands (issue 3)
 # (section owned by the model-store work; keep additions between these markers)
@@ -22,7 +25,7 @@ app.add_typer(model_app, name="model")
 NameOpt = Annotated[str | None, typer.Option("--name", help="Registry name (default: from the file).")]
 
 
-def _model_result(command: str, json_out: bool, changed: bool, rec: Any, done: str) -> None:
+def _model_result(command: str, json_out: bool, changed: bool, rec: ModelRecord, done: str) -> None:
     if json_out:
         emit_json(envelope(command, changed, {"model": rec.to_dict()}))
     else:

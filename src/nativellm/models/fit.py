@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from nativellm.errors import UsageError
 from nativellm.hardware.profile import HostProfile
@@ -145,8 +145,17 @@ def _level(need: int, have: int) -> int:
     return 1 if need <= have else 2
 
 
+class HasFacts(Protocol):
+    """What a fit needs of a model: its name and the facts read from its GGUF header."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def facts(self) -> Mapping[str, Any]: ...
+
+
 def estimate_fit(
-    record: Any,
+    record: HasFacts,
     profile: HostProfile,
     *,
     ctx: int,

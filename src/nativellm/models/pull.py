@@ -12,7 +12,6 @@ import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 from urllib.parse import unquote
 
 from nativellm.download import download_url
@@ -116,7 +115,7 @@ def _file_name(url: str) -> str:
 
 
 def _pull_hf(
-    reg: ModelRegistry, name: str, hf: Any, opts: PullOptions, expected: str | None
+    reg: ModelRegistry, name: str, hf: HfSpec, opts: PullOptions, expected: str | None
 ) -> tuple[ModelRecord, bool]:
     listing = hf_list_files(hf)
     files = select_hf_files(listing, hf)

@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from nativellm import specs
 from nativellm.build.store import Store
@@ -32,6 +32,9 @@ from nativellm.models.fit import FitReport, estimate_fit
 from nativellm.models.gguf import SPLIT_RE, split_parts, validate_model
 from nativellm.models.ollama import OllamaRef, find_ollama_dir, list_refs, read_model
 from nativellm.paths import Paths
+
+if TYPE_CHECKING:
+    from nativellm.hardware.profile import HostProfile
 
 __all__ = [
     "FitReport",
@@ -481,7 +484,7 @@ def write_demo_model(
 def fit_model(
     paths: Paths,
     name: str,
-    profile: Any,
+    profile: HostProfile,
     *,
     ctx: int,
     parallel: int = 1,

@@ -178,7 +178,7 @@ def check_models(paths: Paths) -> list[Finding]:
 
 
 def check_instances(
-    inst: Any,
+    inst: Instances,
     *,
     linger: Callable[[], bool | None] | None = None,
     port_in_use: Callable[[int, str], bool] | None = None,

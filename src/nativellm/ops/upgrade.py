@@ -32,7 +32,7 @@ from nativellm.build.store import Store
 from nativellm.errors import NativeLLMError, ResourceError, UsageError
 from nativellm.fsutil import file_lock
 from nativellm.paths import Paths
-from nativellm.progress import SilentReporter
+from nativellm.progress import Reporter, SilentReporter
 from nativellm.serve.dropins import base_url, unit_name
 from nativellm.serve.instances import Instances
 from nativellm.serve.systemd import Systemd, reachable, require_reachable
@@ -134,7 +134,7 @@ def completion_check(spec: InstanceSpec, timeout: float = 120.0) -> str | None:
 class UpgradeOptions:
     """`nativellm upgrade`. Exactly one of build/artifact; neither: the current source again."""
 
-    build: Any | None = None  # build.BuildOptions (activate=False is forced)
+    build: BuildOptions | None = None  # activate=False is forced
     artifact: str | None = None
     sha256: str | None = None
     instances: tuple[str, ...] | None = None  # None: all
@@ -204,7 +204,7 @@ def plan_like(manifest: dict[str, Any]) -> Any:
     )
 
 
-def _build_options(store: Store, given: Any | None) -> Any:
+def _build_options(store: Store, given: BuildOptions | None) -> BuildOptions:
     """The new version's source (given, or the current build's again) built in the current shape,
     so an upgrade never drops the backend or rpc-server that instances and workers rely on."""
     cur = store.current()
@@ -236,12 +236,12 @@ class _Rollout:
     steps: list[Step] = field(default_factory=list)
 
 
-def _instances(paths: Paths, sd: Systemd) -> Any:
+def _instances(paths: Paths, sd: Systemd) -> Instances:
     return Instances(paths, sd)
 
 
 def upgrade(
-    paths: Paths, opts: UpgradeOptions, systemd: Systemd, reporter: Any | None = None
+    paths: Paths, opts: UpgradeOptions, systemd: Systemd, reporter: Reporter | None = None
 ) -> UpgradeOutcome:
     """Install the new build beside the old one, then move the instances one at a time."""
     rep = reporter or SilentReporter()
@@ -326,7 +326,7 @@ def upgrade(
         )  # fmt: skip
 
 
-def _restart_and_check(insts: Any, spec: InstanceSpec) -> str | None:
+def _restart_and_check(insts: Instances, spec: InstanceSpec) -> str | None:
     try:
         insts.restart(spec.name)  # returns once the unit is active, i.e. /health answered 200
     except NativeLLMError as exc:
@@ -335,7 +335,12 @@ def _restart_and_check(insts: Any, spec: InstanceSpec) -> str | None:
 
 
 def _roll_back(
-    ro: _Rollout, store: Store, insts: Any, by_name: dict[str, InstanceSpec], previous: str | None, rep: Any
+    ro: _Rollout,
+    store: Store,
+    insts: Instances,
+    by_name: dict[str, InstanceSpec],
+    previous: str | None,
+    rep: Reporter,
 ) -> float:
     t = time.monotonic()
     if previous is not None:
