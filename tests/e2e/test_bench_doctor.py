@@ -15,9 +15,9 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.conftest import CACHE, USER_UNIT_DIR, InnerCli
+from tests.e2e.conftest import USER_UNIT_DIR, InnerCli
 from tests.e2e.sandbox import Sandbox
-from tests.helpers import borrow_build
+from tests.helpers import CACHE, borrow_build
 
 NAME = "bd"
 

@@ -19,8 +19,9 @@ import httpx
 import pytest
 from openai import OpenAI  # imported up front: its import time is not start-up time
 
-from tests.e2e.conftest import CACHE, CHECKOUT, USER_UNIT_DIR, InnerCli
+from tests.e2e.conftest import CHECKOUT, USER_UNIT_DIR, InnerCli
 from tests.e2e.sandbox import Sandbox
+from tests.helpers import CACHE
 
 TIMINGS: dict[str, float] = {}
 

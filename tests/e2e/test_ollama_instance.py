@@ -9,9 +9,9 @@ import uuid
 from pathlib import Path
 
 from nativellm.build.synth import SynthSize, find_vocab, write_synthetic_llama
-from tests.e2e.conftest import CACHE, InnerCli
+from tests.e2e.conftest import InnerCli
 from tests.e2e.test_instances import chat, healthy, port_of
-from tests.helpers import nativellm
+from tests.helpers import CACHE, nativellm
 from tests.integration.test_models_serve import _ollama_layout
 
 

@@ -9,8 +9,8 @@ import sys
 import uuid
 
 from nativellm.serve.units import Section, UnitFile, exec_line, quote_env, render
-from tests.e2e.conftest import CACHE
 from tests.e2e.sandbox import Sandbox
+from tests.helpers import CACHE
 
 NASTY = [
     "plain",

@@ -17,7 +17,7 @@ def _no_subprocess(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(subprocess, "Popen", _forbidden)
     monkeypatch.setattr(subprocess, "run", _forbidden)
     try:
-        import pystemd.dbuslib  # type: ignore[import-untyped]
+        import pystemd.dbuslib
     except ImportError:
         return
     monkeypatch.setattr(pystemd.dbuslib, "DBus", _forbidden)

@@ -161,9 +161,10 @@ def test_instance_problems_are_found(tmp_path: Path, monkeypatch: pytest.MonkeyP
 
 
 def test_removed_model_is_found(store: Store, tmp_path: Path) -> None:
+    from ggufs import write_gguf
+
     from nativellm.models.registry import add_model
     from nativellm.ops.doctor import check_models
-    from tests.fixtures.models.ggufs import write_gguf
 
     model = write_gguf(tmp_path / "m.gguf")
     add_model(store.paths, model, name="m")
