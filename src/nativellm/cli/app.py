@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+import importlib
 import logging
 import sys
 from dataclasses import dataclass
 from typing import Annotated
 
-import click
 import typer
 from rich.markup import escape
 
@@ -84,19 +84,53 @@ def _root(
 
 
 # --------------------------------------------------------------------------- entry point
+def _exception_classes(name: str) -> tuple[type[BaseException], ...]:
+    """`name` from click and from the click that typer vendors (typer >= 0.26 raises its own copy)."""
+    found: list[type[BaseException]] = []
+    for module in ("click.exceptions", "typer._click.exceptions", "typer.exceptions"):
+        try:
+            cls = getattr(importlib.import_module(module), name, None)
+        except ImportError:
+            continue
+        if isinstance(cls, type) and issubclass(cls, BaseException) and cls not in found:
+            found.append(cls)
+    return tuple(found)
+
+
+_CLICK_ERRORS = _exception_classes("ClickException")
+_EXIT = _exception_classes("Exit")
+_INTERRUPT: tuple[type[BaseException], ...] = (KeyboardInterrupt, *_exception_classes("Abort"))
+
+
+def _usage_error(exc: BaseException) -> NativeLLMError:
+    """A parse error (unknown option, missing argument, bad value, range) as one line and a hint."""
+    message = str(getattr(exc, "format_message", lambda: str(exc))()).strip().splitlines()
+    ctx = getattr(exc, "ctx", None)
+    where = getattr(ctx, "command_path", None) or "nativellm"
+    error: NativeLLMError = UsageError(message[0] if message else "invalid usage", f"see `{where} --help`")
+    if getattr(exc, "exit_code", 2) != 2:  # a ClickException that is not a usage error (file errors...)
+        error = NativeLLMError(error.message, error.hint)
+        error.exit_code = int(getattr(exc, "exit_code", 1))
+    return error
+
+
 def main(argv: list[str] | None = None) -> None:
     """Run the CLI; every NativeLLMError becomes one line plus a hint and its exit code."""
     try:
         rv = app(args=argv, standalone_mode=False)
     except NativeLLMError as exc:
         _fail(exc)
-    except (KeyboardInterrupt, click.exceptions.Abort):
+    except _INTERRUPT:
         _fail(Interrupted("interrupted; nothing was changed", "run the command again"))
-    except click.exceptions.Exit as exc:
-        sys.exit(exc.exit_code)
-    except click.ClickException as exc:
-        exc.show()
-        sys.exit(exc.exit_code)
+    except _EXIT as exc:
+        sys.exit(getattr(exc, "exit_code", 0))
+    except _CLICK_ERRORS as exc:
+        args = sys.argv[1:] if argv is None else argv
+        if "--json" in args:  # the command never began: say which one, as an error envelope
+            STATE.json = True
+            ctx = getattr(exc, "ctx", None)
+            STATE.command = " ".join(str(getattr(ctx, "command_path", "")).split()[1:])
+        _fail(_usage_error(exc))
     except Exception as exc:
         if STATE.debug:
             raise
