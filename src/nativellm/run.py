@@ -13,6 +13,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -170,13 +171,52 @@ def stream(
         finally:
             if proc.poll() is None:
                 _kill_group(proc)
+            if proc.stdout is not None:
+                proc.stdout.close()
 
 
-def _kill_group(proc: subprocess.Popen[str]) -> None:
+def _session_members(sid: int) -> list[int]:
+    """Live (not zombie) processes of session `sid`, from /proc; [] where there is no /proc."""
+    members = []
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return []
+    for name in entries:
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat", encoding="ascii", errors="replace") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if len(fields) > 3 and fields[3] == str(sid) and fields[0] != "Z":
+            members.append(int(name))
+    return members
+
+
+def _kill_group(proc: subprocess.Popen[str], grace: float = 10.0) -> None:
+    """Kill the child and everything it started, and return only when they are gone.
+
+    Killing the process group is not enough: ninja starts every compile command in a process group
+    of its own, so the compilers of a `cmake --build` survive a killpg of cmake's group. They all
+    keep the session the child leads (start_new_session), so the session is swept until empty.
+    The child is reaped last, so its pid (the session id) can't be reused while the sweep runs.
+    """
     try:
         os.killpg(proc.pid, signal.SIGKILL)
     except ProcessLookupError:
         pass
+    deadline = time.monotonic() + grace
+    while (left := [pid for pid in _session_members(proc.pid) if pid != proc.pid]) and (
+        time.monotonic() < deadline
+    ):
+        for pid in left:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        time.sleep(0.02)  # SIGKILL is delivered asynchronously; re-read /proc until the session is empty
     proc.wait()
 
 
