@@ -21,11 +21,16 @@ else
 fi
 
 PY=${PYTHON:-python3}
-[ -x .venv/bin/python ] || "$PY" -m venv .venv
-.venv/bin/python -m pip install -q --upgrade pip
+VENV=${NATIVELLM_VENV:-.venv}
+[ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
+"$VENV/bin/python" -m pip install -q --upgrade pip
+# The locked set (constraints.txt) is what CI tests; NATIVELLM_UNLOCKED=1 takes the newest releases
+# that pyproject.toml allows instead (scripts/check-latest.sh does that in CI).
+LOCK=(-c constraints.txt)
+[ -n "${NATIVELLM_UNLOCKED:-}" ] && LOCK=(--upgrade --upgrade-strategy eager)
 if [ "${1:-}" = "--test" ]; then
-  .venv/bin/python -m pip install -q -e ".[test]"
+  "$VENV/bin/python" -m pip install -q "${LOCK[@]}" -e ".[test]"
 else
-  .venv/bin/python -m pip install -q -e .
+  "$VENV/bin/python" -m pip install -q "${LOCK[@]}" -e .
 fi
-echo "bootstrap: $(.venv/bin/nativellm --version) installed in .venv"
+echo "bootstrap: $("$VENV/bin/nativellm" --version) installed in $VENV"

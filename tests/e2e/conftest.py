@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
@@ -112,3 +113,17 @@ def demo_home(request: pytest.FixtureRequest, session_home: Path) -> Path:
 @pytest.fixture(scope="session")
 def cli(demo_home: Path, sandbox: Sandbox) -> InnerCli:
     return InnerCli(sandbox, demo_home)
+
+
+@pytest.fixture(scope="session")
+def wheelhouse() -> Iterator[Path]:
+    """What a controller hands its fleet: nativellm as a wheel plus every dependency as a wheel, at
+    the locked versions (pystemd compiled here against libsystemd-dev), so hosts install offline."""
+    d = CACHE / "wheelhouse" / uuid.uuid4().hex[:8]
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "-c", str(CHECKOUT / "constraints.txt"),
+         "-w", str(d), str(CHECKOUT)],
+        check=True,
+    )  # fmt: skip
+    yield d
+    shutil.rmtree(d, ignore_errors=True)

@@ -3,8 +3,8 @@ same playbook reports changed=0 (Molecule's idempotence step), the instance serv
 ansible-lint passes on the role and the example playbook.
 
 ansible-core and ansible-lint come from PyPI (the `test` extra). ansible-playbook runs *inside*
-the systemd sandbox with `connection: local`; the role installs nativellm into a venv from this
-checkout (`nativellm_pip_spec`) and builds with `--auto`, which is a cache hit on the session's
+the systemd sandbox with `connection: local`; the role installs nativellm into a venv from the
+wheelhouse the controller built from this checkout (`nativellm_pip_spec`, offline) and builds with `--auto`, which is a cache hit on the session's
 auto build (borrowed into the role's NATIVELLM_HOME), so no compile happens here.
 """
 
@@ -91,18 +91,19 @@ def write_inventory(workdir: Path, groups: dict[str, list[str]]) -> Path:
     return inventory
 
 
-def role_vars(home: Path, venv: str, **extra: Any) -> dict[str, Any]:
-    """The role's variables for a test host: no system packages (none to install here, and no
-    network), a venv that reuses this interpreter's packages, nativellm from this checkout."""
+def role_vars(home: Path, venv: str, wheelhouse: Path, **extra: Any) -> dict[str, Any]:
+    """The role's variables for a test host: no system packages (the sandbox shares this machine's),
+    and nativellm with every dependency installed from the controller's wheelhouse, offline: the
+    host needs neither a package index nor a build backend."""
+    wheel = next(wheelhouse.glob("nativellm-*.whl"))
     return {
         "nativellm_home": str(home),
         "nativellm_environment": {"NATIVELLM_UNIT_DIR": USER_UNIT_DIR},
         "nativellm_manage_system_packages": False,
         "nativellm_python": sys.executable,
         "nativellm_venv": venv,
-        "nativellm_venv_site_packages": True,
-        "nativellm_pip_spec": str(CHECKOUT),
-        "nativellm_pip_extra_args": "--no-deps --no-build-isolation",
+        "nativellm_pip_spec": str(wheel),
+        "nativellm_pip_extra_args": f"--no-index --find-links {wheelhouse}",
         **extra,
     }
 
@@ -156,7 +157,7 @@ def workdir() -> Any:
 
 @needs_ansible
 def test_role_is_idempotent_and_serves(
-    sandbox: Sandbox, demo_home: Path, llama_source: Path, workdir: Path
+    sandbox: Sandbox, demo_home: Path, llama_source: Path, workdir: Path, wheelhouse: Path
 ) -> None:
     home = workdir / "home"
     borrow_build(demo_home, home)
@@ -165,6 +166,7 @@ def test_role_is_idempotent_and_serves(
     extra = role_vars(
         home,
         f"/opt/nativellm-{workdir.name}/venv",
+        wheelhouse,
         nativellm_build_source=str(llama_source),
         nativellm_models=[
             {"name": "tiny", "source": model["path"], "sha256": model["sha256"]},

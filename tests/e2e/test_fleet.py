@@ -90,7 +90,7 @@ def store_builds(root: Path) -> dict[str, dict[str, object]]:
 
 @needs_ansible
 def test_fleet_compiles_once(
-    fleet: dict[str, Sandbox], fleet_dir: Path, demo_home: Path, llama_source: Path
+    fleet: dict[str, Sandbox], fleet_dir: Path, demo_home: Path, llama_source: Path, wheelhouse: Path
 ) -> None:
     share = fleet_dir / "artifacts"
     model = demo_model(demo_home)
@@ -111,7 +111,7 @@ def test_fleet_compiles_once(
         publish = {"nativellm_artifact_publish_dir": str(share)} if host == "host-a" else {}
         index = {} if host == "host-a" else {"nativellm_artifact_index": str(share)}
         extra = role_vars(
-            homes[host], "/opt/nativellm/venv",
+            homes[host], "/opt/nativellm/venv", wheelhouse,
             nativellm_build_source=str(llama_source),
             nativellm_models=[{"name": "tiny", "source": model["path"], "sha256": model["sha256"]}],
             nativellm_instances=[{"name": "fleet", "model": "tiny", "port": ports[host], "ctx": 256,
