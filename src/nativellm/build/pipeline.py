@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from nativellm import __version__, run
+from nativellm.build import cmake
 from nativellm.build.index import build_from_index
 from nativellm.build.options import BuildOptions, BuildOutcome, runs_here
 from nativellm.build.plan import Backend, BuildPlan, next_fallback, plan_build
@@ -80,32 +81,8 @@ class _Builder:
         self.store = Store(paths)
 
     def compile(self, plan: BuildPlan, source: Source, tools: Toolchain, work: Path, jobs: int) -> Path:
-        build_dir, stage, log = work / "build", work / "stage", work / "build.log"
+        stage, log = work / "stage", work / "build.log"
         shutil.rmtree(stage, ignore_errors=True)
-        configure = [
-            tools.cmake, "-G", "Ninja", "-S", str(package_data("cpp")), "-B", str(build_dir),
-            f"-DCMAKE_MAKE_PROGRAM={tools.ninja}",
-            f"-DNATIVELLM_LLAMA_SOURCE={source.path}",
-            f"-DNATIVELLM_TARGETS={';'.join(plan.targets)}",
-            "-Wno-dev",
-            *(f"-D{k}={v}" for k, v in sorted(plan.cmake_defines.items())),
-        ]  # fmt: skip
-        steps: list[tuple[str, list[str]]] = [
-            ("configure", configure),
-            ("compile", [tools.cmake, "--build", str(build_dir), "--parallel", str(jobs)]),
-            (
-                "install",
-                [
-                    tools.cmake,
-                    "--install",
-                    str(build_dir),
-                    "--component",
-                    "nativellm",
-                    "--prefix",
-                    str(stage),
-                ],
-            ),
-        ]
 
         # Work dirs sit at one depth, so with a base dir ccache sees identical relative
         # paths across build ids and reuses objects a different plan left behind.
@@ -116,7 +93,7 @@ class _Builder:
             if m:
                 self.rep.progress(int(m.group(1)), int(m.group(2)))
 
-        for name, argv in steps:
+        for name, argv in cmake.steps(tools, plan, source.path, work, jobs):
             self.rep.stage(f"{name} ({'ninja' if name == 'compile' else 'cmake'}, log: {log})")
             rc = run.stream(argv, log_path=log, on_line=on_line, env=ccache_env)
             if rc != 0:
