@@ -30,10 +30,15 @@ class RequestResult:
     prompt_tps: float | None = None  # from the server's timings
     error: str = ""
     retried: bool = False  # sent again after the server closed a kept-alive connection
+    server_decode_tps: float | None = None  # the server's own figure (timings.predicted_per_second)
 
     @property
     def decode_tps(self) -> float:
-        """Per-stream decode speed: tokens after the first over the time after the first."""
+        """Per-stream decode speed. The server's own timing where it reports one: tokens reach the client
+        in bursts (a short stream can arrive in one read), which makes a client-side span meaningless.
+        Otherwise tokens after the first over the time after the first, as the client saw them."""
+        if self.server_decode_tps:
+            return self.server_decode_tps
         span = self.total_s - self.ttft_s
         return (self.completion_tokens - 1) / span if self.completion_tokens > 1 and span > 0 else 0.0
 
@@ -132,6 +137,9 @@ async def _stream_one(
         completion_tokens=int(usage.get("completion_tokens", tokens)),
         prompt_tokens=int(usage.get("prompt_tokens", timings.get("prompt_n", 0))),
         prompt_tps=float(timings["prompt_per_second"]) if "prompt_per_second" in timings else None,
+        server_decode_tps=float(timings["predicted_per_second"])
+        if "predicted_per_second" in timings
+        else None,
         error="" if tokens > 0 else "no tokens",
     )
 
