@@ -102,6 +102,16 @@ _EXIT = _exception_classes("Exit")
 _INTERRUPT: tuple[type[BaseException], ...] = (KeyboardInterrupt, *_exception_classes("Abort"))
 
 
+def _command_name(ctx: object) -> str:
+    """ "builds use" from click's context chain (the program's own name, which is three words under
+    `python -m nativellm`, left out)."""
+    names: list[str] = []
+    while ctx is not None and getattr(ctx, "parent", None) is not None:
+        names.append(str(getattr(ctx, "info_name", "")))
+        ctx = getattr(ctx, "parent", None)
+    return " ".join(reversed(names))
+
+
 def _usage_error(exc: BaseException) -> NativeLLMError:
     """A parse error (unknown option, missing argument, bad value, range) as one line and a hint."""
     message = str(getattr(exc, "format_message", lambda: str(exc))()).strip().splitlines()
@@ -128,8 +138,7 @@ def main(argv: list[str] | None = None) -> None:
         args = sys.argv[1:] if argv is None else argv
         if "--json" in args:  # the command never began: say which one, as an error envelope
             STATE.json = True
-            ctx = getattr(exc, "ctx", None)
-            STATE.command = " ".join(str(getattr(ctx, "command_path", "")).split()[1:])
+            STATE.command = _command_name(getattr(exc, "ctx", None))
         _fail(_usage_error(exc))
     except Exception as exc:
         if STATE.debug:
