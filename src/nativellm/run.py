@@ -175,13 +175,13 @@ def stream(
                 proc.stdout.close()
 
 
-def _session_members(sid: int) -> list[int]:
-    """Live (not zombie) processes of session `sid`, from /proc; [] where there is no /proc."""
-    members = []
+def _live_children() -> dict[int, list[int]]:
+    """parent pid -> its live (not zombie) children, from /proc; {} where there is no /proc."""
+    children: dict[int, list[int]] = {}
     try:
         entries = os.listdir("/proc")
     except OSError:
-        return []
+        return children
     for name in entries:
         if not name.isdigit():
             continue
@@ -190,34 +190,70 @@ def _session_members(sid: int) -> list[int]:
                 fields = f.read().rsplit(")", 1)[1].split()
         except (OSError, IndexError):
             continue
-        if len(fields) > 3 and fields[3] == str(sid) and fields[0] != "Z":
-            members.append(int(name))
-    return members
+        if len(fields) > 1 and fields[0] != "Z":
+            children.setdefault(int(fields[1]), []).append(int(name))
+    return children
+
+
+def _tree(root: int) -> set[int]:
+    """The live descendants of `root`."""
+    children, found, todo = _live_children(), set(), [root]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
+    return found
+
+
+def _signal(pids: set[int], sig: signal.Signals) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
 
 
 def _kill_group(proc: subprocess.Popen[str], grace: float = 10.0) -> None:
     """Kill the child and everything it started, and return only when they are gone.
 
-    Killing the process group is not enough: ninja starts every compile command in a process group
-    of its own, so the compilers of a `cmake --build` survive a killpg of cmake's group. They all
-    keep the session the child leads (start_new_session), so the session is swept until empty.
-    The child is reaped last, so its pid (the session id) can't be reused while the sweep runs.
+    Neither its process group nor its session is enough: ninja starts every compile command in a
+    session of its own (setsid), so the compilers of a `cmake --build` survive both. The tree is
+    frozen top-down (SIGSTOP, so nothing spawns), until a pass finds no new descendant, then killed;
+    the child is reaped last so its pid can't be reused meanwhile.
     """
+    try:
+        os.killpg(proc.pid, signal.SIGSTOP)
+    except ProcessLookupError:
+        pass
+    seen: set[int] = set()
+    for _ in range(100):
+        new = _tree(proc.pid) - seen
+        if not new:
+            break
+        _signal(new, signal.SIGSTOP)
+        seen |= new
+    _signal(seen, signal.SIGKILL)
     try:
         os.killpg(proc.pid, signal.SIGKILL)
     except ProcessLookupError:
         pass
     deadline = time.monotonic() + grace
-    while (left := [pid for pid in _session_members(proc.pid) if pid != proc.pid]) and (
-        time.monotonic() < deadline
-    ):
-        for pid in left:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        time.sleep(0.02)  # SIGKILL is delivered asynchronously; re-read /proc until the session is empty
+    while _alive(seen) and time.monotonic() < deadline:
+        time.sleep(0.02)  # SIGKILL is delivered asynchronously; look again until they are gone
     proc.wait()
+
+
+def _alive(pids: set[int]) -> set[int]:
+    alive = set()
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
+                if f.read().rsplit(")", 1)[1].split()[0] != "Z":
+                    alive.add(pid)
+        except (OSError, IndexError):
+            continue
+    return alive
 
 
 class Process:

@@ -127,3 +127,10 @@ def wheelhouse() -> Iterator[Path]:
     )  # fmt: skip
     yield d
     shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture
+def ansible_installed() -> None:
+    """The Ansible tests need ansible-playbook beside this interpreter (the `test` extra)."""
+    if not (Path(sys.executable).parent / "ansible-playbook").exists():
+        cannot_run("ansible-core is not installed (pip install -e '.[test]')")

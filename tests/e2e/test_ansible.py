@@ -37,13 +37,7 @@ ROLES = CHECKOUT / "ansible" / "roles"
 PLAYBOOK = CHECKOUT / "ansible" / "playbook.yml"
 
 
-@pytest.fixture
-def needs_ansible_fixture() -> None:
-    if not ANSIBLE_PLAYBOOK.exists():
-        cannot_run("ansible-core is not installed (pip install -e '.[test]')")
-
-
-needs_ansible = pytest.mark.usefixtures("needs_ansible_fixture")
+needs_ansible = pytest.mark.usefixtures("ansible_installed")  # the fixture is in tests/e2e/conftest.py
 
 RECAP = re.compile(
     r"^(?P<host>\S+)\s*:\s*ok=(?P<ok>\d+)\s+changed=(?P<changed>\d+)\s+unreachable=(?P<unreachable>\d+)"

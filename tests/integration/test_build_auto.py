@@ -47,7 +47,7 @@ def _serve_completion(build: Path, model: Path) -> dict[str, object]:
         return data
     finally:
         proc.terminate()
-        proc.wait(30)
+        proc.communicate(timeout=30)
 
 
 def test_auto_build_is_current_and_serves_quantized_models(

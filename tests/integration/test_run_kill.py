@@ -20,20 +20,25 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def test_ctrl_c_kills_grandchildren_in_their_own_process_groups(tmp_path: Path) -> None:
-    # `set -m` gives each background job its own process group, like ninja does for its commands.
-    script = "set -m; sleep 300 & echo pid=$!; sleep 300 & echo pid=$!; echo started; wait"
+def test_ctrl_c_kills_descendants_in_their_own_process_groups_and_sessions(tmp_path: Path) -> None:
+    # `set -m` gives a background job its own process group, and setsid a session of its own, as ninja
+    # (setsid since 1.12, a process group before) does for every compile command.
+    script = (
+        "set -m; sleep 300 & echo pid=$!; setsid sleep 301 & echo pid=$!; "
+        "sh -c 'sleep 302 & echo pid=$!; wait' & wait"
+    )
     pids: list[int] = []
 
     def on_line(line: str) -> None:
         if line.startswith("pid="):
             pids.append(int(line[4:]))
-        if line == "started":
-            assert all(os.getpgid(p) != os.getpgid(os.getpid()) for p in pids)
+        if len(pids) == 3:
+            assert os.getpgid(pids[0]) != os.getpgid(os.getpid())
+            assert os.getsid(pids[1]) == pids[1]  # a session of its own
             raise KeyboardInterrupt  # what Ctrl-C raises in the reading loop
 
     with pytest.raises(Interrupted):
         run.stream(["sh", "-c", script], log_path=tmp_path / "log", on_line=on_line)
-    assert len(pids) == 2
+    assert len(pids) == 3
     assert [p for p in pids if _alive(p)] == []
     assert "interrupted by user" in (tmp_path / "log").read_text()
