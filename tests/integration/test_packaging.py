@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import platform
 import subprocess
 import sys
 import zipfile
@@ -46,3 +47,24 @@ def test_installed_wheel_finds_its_package_data(wheel: Path, tmp_path: Path) -> 
     cpp, units = (Path(line) for line in res.stdout.split())
     assert venv in cpp.parents and venv in units.parents, res.stdout
     assert (cpp / "CMakeLists.txt").read_text() == (ROOT / "cpp" / "CMakeLists.txt").read_text()
+
+
+def test_files_run_by_path_work_from_the_installed_wheel(wheel: Path, tmp_path: Path) -> None:
+    """The ISA probe and the health helper are run by path, isolated (-I -S), not imported: after the
+    move into hardware/ and serve/ they must still be in the wheel and run with the stdlib alone."""
+    target = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(target),
+                    str(wheel)], check=True, timeout=300)  # fmt: skip
+    isa = target / "nativellm" / "hardware" / "isa_exec.py"
+    health = target / "nativellm" / "serve" / "healthcheck.py"
+    assert isa.is_file() and health.is_file()
+    if platform.machine() in ("x86_64", "AMD64"):  # the instruction probes exist for x86-64 only
+        res = subprocess.run([sys.executable, "-I", "-S", str(isa), "--info"], capture_output=True, text=True)
+        assert res.returncode == 0 and "ok base" in res.stdout.splitlines(), res.stdout + res.stderr
+    # Nothing listens on port 9: the probe answers "down" with its own exit status, not an ImportError.
+    res = subprocess.run(
+        [sys.executable, "-I", "-S", str(health), "probe", "--url", "http://127.0.0.1:9/health",
+         "--tries", "1", "--timeout", "1", "--pause", "0"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert res.returncode != 0 and "Traceback" not in res.stderr, res.stderr
