@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from nativellm import specs
 from nativellm.build.store import Store
@@ -28,13 +28,11 @@ from nativellm.build.synth import VOCAB_FILE, SynthSize, find_vocab, write_synth
 from nativellm.download import check_free_space
 from nativellm.errors import ModelError, NotFoundError, ResourceError, UsageError
 from nativellm.fsutil import file_lock, sha256_file, write_json_atomic
+from nativellm.hardware.profile import HostProfile
 from nativellm.models.fit import FitReport, estimate_fit
 from nativellm.models.gguf import SPLIT_RE, split_parts, validate_model
 from nativellm.models.ollama import OllamaRef, find_ollama_dir, list_refs, read_model
 from nativellm.paths import Paths
-
-if TYPE_CHECKING:
-    from nativellm.hardware.profile import HostProfile
 
 __all__ = [
     "FitReport",
