@@ -52,22 +52,31 @@ def _linger(sandbox: Sandbox) -> bool:
     return out.strip() == "yes"
 
 
+# Enough tokens per request that decoding, not per-request overhead, sets the aggregate: with 8 tokens
+# a request took ~30 ms and the concurrency-2 ratio swung between runs (0.67 to 1.3 on this VM).
+TOKENS = 48
+
+
 def test_bench_by_instance_name_against_the_systemd_instance(bd: InnerCli) -> None:
     res = bd("bench", NAME, "--concurrency", "1,2", "--requests", "4", "--prompt-tokens", "32",
-             "--max-tokens", "8", "--json", check=True)  # fmt: skip
+             "--max-tokens", str(TOKENS), "--json", check=True)  # fmt: skip
     doc = json.loads(res.stdout)
     port = bd.json("instance", "show", NAME)["spec"]["port"]
     assert doc["url"] == f"http://127.0.0.1:{port}"
-    assert doc["warmup"]["ok"] and doc["warmup"]["completion_tokens"] == 8
+    assert doc["warmup"]["ok"] and doc["warmup"]["completion_tokens"] == TOKENS
     by_level = {lv["concurrency"]: lv for lv in doc["levels"]}
     assert sorted(by_level) == [1, 2]
     for lv in by_level.values():
-        assert lv["errors"] == 0 and lv["completion_tokens"] == 4 * 8
+        assert lv["errors"] == 0 and lv["completion_tokens"] == 4 * TOKENS
         assert 0 < lv["ttft_p50_s"] <= lv["ttft_p95_s"]
         assert lv["decode_tps_per_stream"] > 0 and lv["prompt_tps"] > 0 and lv["aggregate_tps"] > 0
     # Two streams at once share two cores: more tokens in all, each stream no faster than alone.
     assert by_level[2]["aggregate_tps"] >= by_level[1]["aggregate_tps"] * 0.8
     assert by_level[2]["decode_tps_per_stream"] <= by_level[1]["decode_tps_per_stream"] * 1.25
+    print(
+        f"\nbench c1/c2 aggregate {by_level[1]['aggregate_tps']:.0f}/{by_level[2]['aggregate_tps']:.0f} t/s, "
+        f"per stream {by_level[1]['decode_tps_per_stream']:.0f}/{by_level[2]['decode_tps_per_stream']:.0f}"
+    )
 
 
 def test_doctor_finds_a_hand_edited_unit_a_stolen_port_and_lingering_off(
