@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
+import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,6 +15,15 @@ import pytest
 from tests.helpers import CACHE, CliResult, _fetch_sdist, cannot_run, nativellm
 
 TESTS = Path(__file__).parent
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """NATIVELLM_HOME moves state, not units: a test that sets only NATIVELLM_HOME would write
+    units into this machine's real ~/.config/systemd/user. Every process this session starts
+    inherits a throwaway unit directory instead (the systemd sandbox sets its own)."""
+    if "NATIVELLM_UNIT_DIR" not in os.environ:
+        os.environ["NATIVELLM_UNIT_DIR"] = tempfile.mkdtemp(prefix="nativellm-test-units-")
+        config.add_cleanup(lambda: shutil.rmtree(os.environ["NATIVELLM_UNIT_DIR"], ignore_errors=True))
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

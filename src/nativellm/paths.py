@@ -1,4 +1,4 @@
-"""Where nativellm keeps its state: user scope (XDG), system scope (FHS), or NATIVELLM_HOME."""
+"""Where nativellm keeps its state (XDG, FHS or NATIVELLM_HOME) and its units (NATIVELLM_UNIT_DIR)."""
 
 from __future__ import annotations
 
@@ -55,30 +55,35 @@ def _xdg(var: str, default: str) -> Path:
     return Path(value) if value else Path.home() / default
 
 
-def resolve_paths(scope: Scope = Scope.USER) -> Paths:
-    """NATIVELLM_HOME puts everything under one directory (tests, containers).
+def _unit_dir(scope: Scope) -> Path:
+    if scope is Scope.SYSTEM:
+        return Path("/etc/systemd/system")
+    return _xdg("XDG_CONFIG_HOME", ".config") / "systemd" / "user"
 
-    NATIVELLM_UNIT_DIR overrides only the unit directory. Tests that drive a real systemd
-    set both: state under NATIVELLM_HOME, units where that systemd reads them
-    (`~/.config/systemd/user` or `/etc/systemd/system` inside the sandbox).
+
+def resolve_paths(scope: Scope = Scope.USER) -> Paths:
+    """Where state and units live; state and units move independently.
+
+    NATIVELLM_HOME relocates the state only (`<home>/data`, `<home>/config`: builds, models,
+    specs), for example onto a large disk. Units stay where the service manager reads them
+    (`~/.config/systemd/user`, or `/etc/systemd/system` for --system), because systemd never
+    looks anywhere else. NATIVELLM_UNIT_DIR is the one way to move units; `instance add` asks
+    the manager whether it reads that directory before writing there.
     """
     override = os.environ.get("NATIVELLM_HOME")
     unit_dir = os.environ.get("NATIVELLM_UNIT_DIR")
+    units = Path(unit_dir) if unit_dir else _unit_dir(scope)
     if override:
         root = Path(override)
-        paths = Paths(scope, root / "data", root / "config", root / "systemd")
-    elif scope is Scope.SYSTEM:
-        paths = Paths(scope, Path("/var/lib/nativellm"), Path("/etc/nativellm"), Path("/etc/systemd/system"))
-    else:
-        paths = Paths(
-            scope,
-            _xdg("XDG_DATA_HOME", ".local/share") / "nativellm",
-            _xdg("XDG_CONFIG_HOME", ".config") / "nativellm",
-            _xdg("XDG_CONFIG_HOME", ".config") / "systemd" / "user",
-        )
-    if unit_dir:
-        paths = Paths(paths.scope, paths.home, paths.config, Path(unit_dir))
-    return paths
+        return Paths(scope, root / "data", root / "config", units)
+    if scope is Scope.SYSTEM:
+        return Paths(scope, Path("/var/lib/nativellm"), Path("/etc/nativellm"), units)
+    return Paths(
+        scope,
+        _xdg("XDG_DATA_HOME", ".local/share") / "nativellm",
+        _xdg("XDG_CONFIG_HOME", ".config") / "nativellm",
+        units,
+    )
 
 
 def package_data(name: str) -> Path:

@@ -54,17 +54,19 @@ def sandbox(sandbox_reason: str | None) -> Iterator[Sandbox]:
 
 @dataclass
 class InnerCli:
-    """The nativellm CLI run inside the sandbox, with state under `home`."""
+    """The nativellm CLI run inside the sandbox, with state under `home` and units in
+    `unit_dir` (None: nativellm's default, which is where the user manager reads them)."""
 
     sb: Sandbox
     home: Path
+    unit_dir: str | None = USER_UNIT_DIR
 
     def __call__(
         self, *args: str, check: bool = False, timeout: float = 600, extra_env: dict[str, str] | None = None
     ) -> CliResult:
         env = {
             "NATIVELLM_HOME": str(self.home),
-            "NATIVELLM_UNIT_DIR": USER_UNIT_DIR,
+            **({"NATIVELLM_UNIT_DIR": self.unit_dir} if self.unit_dir else {}),
             "PYTHONPATH": str(CHECKOUT / "src"),
             **(extra_env or {}),
         }

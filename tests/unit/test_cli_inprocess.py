@@ -254,7 +254,7 @@ class Cli:
 @pytest.fixture(autouse=True)
 def _isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("NATIVELLM_HOME", str(tmp_path / "home"))
-    monkeypatch.delenv("NATIVELLM_UNIT_DIR", raising=False)
+    monkeypatch.setenv("NATIVELLM_UNIT_DIR", str(tmp_path / "units"))
     for console in (output.out, output.err):  # wide tables: ids are never wrapped or cut
         monkeypatch.setattr(console, "_width", 200)
     for field in dataclasses.fields(STATE):  # restored after the test

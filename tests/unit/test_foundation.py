@@ -6,14 +6,16 @@ import os
 import signal
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from nativellm import run
-from nativellm.errors import ResourceError, UsageError
+from nativellm.errors import InstanceError, ResourceError, UsageError
 from nativellm.fsutil import file_lock, write_if_changed
+from nativellm.paths import Scope, resolve_paths
 from nativellm.serve.dropins import base_url
-from nativellm.serve.systemd import UnitState
+from nativellm.serve.systemd import UnitState, require_reads_units_from
 from nativellm.specs import (
     InstanceSpec,
     http_url,
@@ -193,3 +195,51 @@ def test_file_lock_refuses_or_waits(tmp_path: Path) -> None:
     finally:
         release.set()
         holder.join(10)
+
+
+@pytest.mark.parametrize("scope", list(Scope))
+def test_relocating_state_never_moves_units(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, scope: Scope
+) -> None:
+    monkeypatch.delenv("NATIVELLM_UNIT_DIR", raising=False)
+    monkeypatch.delenv("NATIVELLM_HOME", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "user"))
+    monkeypatch.delenv("XDG_CONFIG_HOME", raising=False)
+    default = resolve_paths(scope)
+    monkeypatch.setenv("NATIVELLM_HOME", str(tmp_path / "big-disk"))
+    moved = resolve_paths(scope)
+    assert moved.home == tmp_path / "big-disk" / "data" and moved.config == tmp_path / "big-disk" / "config"
+    assert (
+        moved.units
+        == default.units
+        == (
+            tmp_path / "user" / ".config" / "systemd" / "user"
+            if scope is Scope.USER
+            else Path("/etc/systemd/system")
+        )
+    )
+    monkeypatch.setenv("NATIVELLM_UNIT_DIR", str(tmp_path / "u"))
+    assert resolve_paths(scope).units == tmp_path / "u" and resolve_paths(scope).home == moved.home
+
+
+class _Manager:
+    """The one thing require_reads_units_from asks of systemd: its UnitPath."""
+
+    def __init__(self, scope: Scope, dirs: list[Path]) -> None:
+        self.scope, self.dirs = scope, dirs
+
+    def unit_path(self) -> tuple[Path, ...]:
+        return tuple(self.dirs)
+
+
+def test_a_unit_dir_the_manager_does_not_read_is_refused(tmp_path: Path) -> None:
+    read = tmp_path / "home" / ".config" / "systemd" / "user"
+    read.mkdir(parents=True)
+    (tmp_path / "link").symlink_to(read)
+    mgr: Any = _Manager(Scope.USER, [Path("/etc/systemd/user"), read, Path("/usr/lib/systemd/user")])
+    require_reads_units_from(mgr, read)
+    require_reads_units_from(mgr, tmp_path / "link")  # the same directory by another name
+    with pytest.raises(InstanceError) as err:
+        require_reads_units_from(mgr, tmp_path / "data" / "systemd")
+    assert "user manager does not read units from" in err.value.message
+    assert err.value.hint == f"unset NATIVELLM_UNIT_DIR (units then go to {read})"

@@ -33,7 +33,7 @@ def paths(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Paths:
 def make_paths(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Paths:
     """A store under tmp_path with a current build and a model file at tmp_path/m.gguf."""
     monkeypatch.setenv("NATIVELLM_HOME", str(tmp_path / "home"))
-    monkeypatch.delenv("NATIVELLM_UNIT_DIR", raising=False)
+    monkeypatch.setenv("NATIVELLM_UNIT_DIR", str(tmp_path / "units"))
     p = resolve_paths()
     build = p.builds / "cpu-test"
     (build / "bin").mkdir(parents=True)

@@ -35,7 +35,7 @@ from nativellm.serve.dropins import (
     unit_name,
     watchdog_unit,
 )
-from nativellm.serve.systemd import Systemd, UnitState, reachable, require_reachable
+from nativellm.serve.systemd import Systemd, UnitState, reachable, require_reachable, require_reads_units_from
 from nativellm.serve.units import write_unit
 from nativellm.specs import (
     InstanceSpec,
@@ -256,7 +256,7 @@ class Instances:
             given["threads"] = self._profile().cpu.physical_cores
         return InstanceSpec(name=name, **given)
 
-    def _require_systemd(self, *, writing: bool = True) -> Systemd | None:
+    def _require_systemd(self, *, writing: bool = True, adds_units: bool = True) -> Systemd | None:
         if self.systemd is None:
             return None
         hint = (
@@ -265,7 +265,10 @@ class Instances:
             if writing
             else "run the instance in the foreground instead: `nativellm run NAME`"
         )
-        return require_reachable(self.systemd, hint)
+        sd = require_reachable(self.systemd, hint)
+        if writing and adds_units:
+            require_reads_units_from(sd, self.paths.units)
+        return sd
 
     # -- writing -------------------------------------------------------------------------
     def _files(self, spec: InstanceSpec) -> dict[Path, str]:
@@ -341,7 +344,7 @@ class Instances:
 
     def remove(self, name: str) -> Outcome:
         spec = self.get(name)
-        sd = self._require_systemd()
+        sd = self._require_systemd(adds_units=False)  # a unit in the wrong place can still go
         if sd is not None:
             for unit in (f"llama-watchdog@{name}.timer", unit_name(name)):
                 sd.stop(unit)

@@ -24,7 +24,7 @@ from nativellm.errors import InstanceError, NotFoundError, UsageError
 from nativellm.fsutil import write_if_changed
 from nativellm.paths import Paths, Scope, package_data
 from nativellm.serve.dropins import DROPIN_NAME, DeviceClass
-from nativellm.serve.systemd import Systemd, UnitState, reachable, require_reachable
+from nativellm.serve.systemd import Systemd, UnitState, reachable, require_reachable, require_reads_units_from
 from nativellm.serve.units import Section, UnitFile, exec_line, plain_value, render, write_unit
 from nativellm.specs import is_loopback, reach_host, validate_name
 
@@ -214,6 +214,8 @@ class RpcWorkers:
         spec.validate()
         files = self.files(spec)
         sd = require_reachable(self.systemd, "use --no-systemd") if self.systemd is not None else None
+        if sd is not None:
+            require_reads_units_from(sd, self.paths.units)
         written = [str(p) for p, text in files.items() if write_unit(p, text)]
         spec_changed = write_if_changed(self._spec_path(spec.name), spec.to_toml())
         changed = spec_changed or bool(written)

@@ -138,6 +138,11 @@ class Systemd:
         except Exception:
             return False
 
+    def unit_path(self) -> tuple[Path, ...]:
+        """The directories this manager loads unit files from, in its own order."""
+        with self._manager() as m:
+            return tuple(Path(_s(p)) for p in m.Manager.UnitPath)
+
     def daemon_reload(self) -> None:
         with self._manager() as m:
             m.Manager.Reload()
@@ -240,6 +245,29 @@ class Systemd:
 def reachable(sd: Systemd | None) -> Systemd | None:
     """`sd` when its manager answers on the bus, else None: the one test of "is systemd there"."""
     return sd if sd is not None and sd.available() else None
+
+
+def _same_dir(a: Path, b: Path) -> bool:
+    try:
+        return a.exists() and b.exists() and os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def require_reads_units_from(sd: Systemd, unit_dir: Path) -> None:
+    """Refuse a unit directory the manager never loads from (asked of the manager, not guessed):
+    units written there are "not found" by `systemctl start`."""
+    searched = sd.unit_path()
+    wanted = Path(os.path.abspath(unit_dir))
+    if any(Path(os.path.abspath(d)) == wanted or _same_dir(d, wanted) for d in searched):
+        return
+    manager = "user" if sd.scope is Scope.USER else "system"
+    usual = next((str(d) for d in searched if str(d).endswith(("/.config/systemd/user", "/etc/systemd/system"))),
+                 str(searched[0]) if searched else "")  # fmt: skip
+    raise InstanceError(
+        f"systemd's {manager} manager does not read units from {unit_dir}; nothing was written",
+        f"unset NATIVELLM_UNIT_DIR (units then go to {usual})" if usual else "unset NATIVELLM_UNIT_DIR",
+    )
 
 
 def require_reachable(sd: Systemd, hint: str) -> Systemd:
