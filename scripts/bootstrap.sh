@@ -4,8 +4,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# The e2e tier also needs systemd, dbus, iproute2 (ss) and procps (pgrep) in the image.
-APT_PACKAGES=(build-essential ccache git pkg-config libsystemd-dev python3-venv python3-dev zstd curl
+# The e2e tier also needs systemd, dbus, iproute2 (ss) and procps (pgrep) in the image, and python3-apt
+# for the Ansible role's package task (ansible's apt module runs under the system python3).
+APT_PACKAGES=(build-essential ccache git pkg-config libsystemd-dev python3-venv python3-dev python3-apt zstd curl
               systemd dbus iproute2 procps)
 if command -v apt-get >/dev/null 2>&1; then
   missing=()

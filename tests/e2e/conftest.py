@@ -119,14 +119,12 @@ def cli(demo_home: Path, sandbox: Sandbox) -> InnerCli:
 
 @pytest.fixture(scope="session")
 def wheelhouse() -> Iterator[Path]:
-    """What a controller hands its fleet: nativellm as a wheel plus every dependency as a wheel, at
-    the locked versions (pystemd compiled here against libsystemd-dev), so hosts install offline."""
+    """What a controller hands its fleet, made by the script users run (scripts/wheelhouse.sh):
+    nativellm and every dependency as wheels at the locked versions, plus pystemd's sdist and
+    its build requirements, so hosts install offline."""
     d = CACHE / "wheelhouse" / uuid.uuid4().hex[:8]
-    subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "-q", "-c", str(CHECKOUT / "constraints.txt"),
-         "-w", str(d), str(CHECKOUT)],
-        check=True,
-    )  # fmt: skip
+    subprocess.run([str(CHECKOUT / "scripts" / "wheelhouse.sh"), str(d)], check=True,
+                   env={**os.environ, "PYTHON": sys.executable}, capture_output=True)  # fmt: skip
     yield d
     shutil.rmtree(d, ignore_errors=True)
 

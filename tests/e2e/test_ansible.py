@@ -86,18 +86,15 @@ def write_inventory(workdir: Path, groups: dict[str, list[str]]) -> Path:
 
 
 def role_vars(home: Path, venv: str, wheelhouse: Path, **extra: Any) -> dict[str, Any]:
-    """The role's variables for a test host: no system packages (the sandbox shares this machine's),
-    and nativellm with every dependency installed from the controller's wheelhouse, offline: the
-    host needs neither a package index nor a build backend."""
-    wheel = next(wheelhouse.glob("nativellm-*.whl"))
+    """The role's variables for a fleet test host: state under `home`, no system packages (the
+    sandbox shares this machine's), and nativellm from the controller's wheelhouse, offline."""
     return {
         "nativellm_home": str(home),
         "nativellm_environment": {"NATIVELLM_UNIT_DIR": USER_UNIT_DIR},
         "nativellm_manage_system_packages": False,
         "nativellm_python": sys.executable,
         "nativellm_venv": venv,
-        "nativellm_pip_spec": str(wheel),
-        "nativellm_pip_extra_args": f"--no-index --find-links {wheelhouse}",
+        "nativellm_wheelhouse": str(wheelhouse),
         **extra,
     }
 
@@ -149,28 +146,38 @@ def workdir() -> Any:
     shutil.rmtree(d, ignore_errors=True)
 
 
+DEFAULT_DATA = "/root/.local/share/nativellm"  # the user scope's data home inside the sandbox
+
+
 @needs_ansible
-def test_role_is_idempotent_and_serves(
+def test_role_with_default_variables_installs_and_serves(
     sandbox: Sandbox, demo_home: Path, llama_source: Path, workdir: Path, wheelhouse: Path
 ) -> None:
-    home = workdir / "home"
-    borrow_build(demo_home, home)
+    """Issue 13: the role's *default* install path. Only what has no default, or needs the internet
+    (the llama.cpp source: the default clones GitHub), is set. System packages are installed
+    (pystemd's build dependencies included; all present here, so the apt task changes nothing),
+    nativellm comes from the wheelhouse beside the playbook (`{{ playbook_dir }}/wheelhouse`), state
+    and units go to the user scope's normal places, and a second run reports changed=0."""
+    (workdir / "wheelhouse").symlink_to(wheelhouse)
+    # The host already holds the session's build in its default store (no compile here): the
+    # role's `build --auto` must find it and change nothing.
+    current = (demo_home / "data" / "current").resolve()
+    sandbox.exec(["sh", "-c", f'mkdir -p {DEFAULT_DATA}/builds && ln -sfn "$1" {DEFAULT_DATA}/builds/{current.name}'
+                  f" && ln -sfn builds/{current.name} {DEFAULT_DATA}/current", "sh", str(current)])  # fmt: skip
     model = demo_model(demo_home)
     port = free_port()
-    extra = role_vars(
-        home,
-        f"/opt/nativellm-{workdir.name}/venv",
-        wheelhouse,
-        nativellm_build_source=str(llama_source),
-        nativellm_models=[
+    extra = {
+        "nativellm_build_source": str(llama_source),
+        "nativellm_models": [
             {"name": "tiny", "source": model["path"], "sha256": model["sha256"]},
             {"name": "never-added", "state": "absent"},
         ],
-        nativellm_instances=[
+        "nativellm_instances": [
             {"name": "ansq", "model": "tiny", "port": port, "ctx": 512, "threads": 1, "enabled": True}
         ],
-    )
+    }
     inventory = write_inventory(workdir, {"llm": ["node1"]})
+    inner_env = {"PYTHONPATH": str(CHECKOUT / "src")}
     try:
         first = run_playbook(sandbox, write_playbook(workdir), inventory, extra)
         assert first.rc == 0, first.output[-6000:]
@@ -182,27 +189,31 @@ def test_role_is_idempotent_and_serves(
         print(f"\nplaybook: first run {first.seconds:.1f}s, second (idempotent) run {second.seconds:.1f}s")
 
         assert httpx.get(f"http://127.0.0.1:{port}/health", timeout=5).status_code == 200
-        state = sandbox.show("llama@ansq.service", "ActiveState", "UnitFileState")
-        assert state == {"ActiveState": "active", "UnitFileState": "enabled"}
-        # The build step was a cache hit (nothing compiled), the model was registered by path
-        # with its sha256, and the spec the role rendered is the one the CLI reads back.
-        assert [p.name for p in (home / "data" / "builds").iterdir()] == [
-            (demo_home / "data" / "current").resolve().name
-        ]
-        inner = {"NATIVELLM_HOME": str(home), "NATIVELLM_UNIT_DIR": USER_UNIT_DIR}
-        res = sandbox.exec(
-            [sys.executable, "-m", "nativellm", "instance", "list", "--json"],
-            env={**inner, "PYTHONPATH": str(CHECKOUT / "src")},
-        )
+        state = sandbox.show("llama@ansq.service", "ActiveState", "UnitFileState", "FragmentPath")
+        assert state["ActiveState"] == "active" and state["UnitFileState"] == "enabled", state
+        # nativellm was installed from the wheelhouse into the default venv, not from the checkout.
+        venv_py = "/opt/nativellm/venv/bin/python"
+        where = sandbox.exec([venv_py, "-c", "import nativellm, pystemd; print(nativellm.__file__)"])
+        assert where.stdout.startswith("/opt/nativellm/venv/lib/"), where.stdout
+        assert sandbox.exec(["test", "-f", "/opt/nativellm/wheelhouse/" + next(wheelhouse.glob("nativellm-*.whl")).name]).returncode == 0
+        # The build step was a cache hit (nothing compiled) and the spec the role rendered is the
+        # one the CLI reads back from the default config home.
+        builds = sandbox.exec(["ls", f"{DEFAULT_DATA}/builds"]).stdout.split()
+        assert builds == [current.name]
+        res = sandbox.exec(["/opt/nativellm/venv/bin/nativellm", "instance", "list", "--json"])
         (spec,) = json.loads(res.stdout)["instances"]
         assert (spec["name"], spec["model"], spec["port"], spec["ctx"]) == ("ansq", "tiny", port, 512)
     finally:
-        sandbox.exec(
-            [sys.executable, "-m", "nativellm", "instance", "rm", "ansq"],
-            env={"NATIVELLM_HOME": str(home), "NATIVELLM_UNIT_DIR": USER_UNIT_DIR,
-                 "PYTHONPATH": str(CHECKOUT / "src")},
-            check=False,
-        )  # fmt: skip
+        sandbox.exec(["/opt/nativellm/venv/bin/nativellm", "instance", "rm", "ansq"], env=inner_env, check=False)
+
+
+@needs_ansible
+def test_role_refuses_a_missing_wheelhouse(sandbox: Sandbox, workdir: Path) -> None:
+    inventory = write_inventory(workdir, {"llm": ["node1"]})
+    run = run_playbook(sandbox, write_playbook(workdir), inventory, {"nativellm_manage_system_packages": False})
+    assert run.rc != 0 and run.recap()["node1"]["failed"] == 1, run.output[-3000:]
+    assert f"{workdir}/wheelhouse must hold exactly one nativellm-*.whl (found 0)" in run.output, run.output[-3000:]
+    assert "scripts/wheelhouse.sh" in run.output
 
 
 def test_ansible_lint_is_clean() -> None:
