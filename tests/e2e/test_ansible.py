@@ -28,7 +28,7 @@ import pytest
 
 from tests.e2e.conftest import CHECKOUT, USER_UNIT_DIR
 from tests.e2e.sandbox import Sandbox
-from tests.helpers import CACHE, borrow_build, cannot_run, nativellm
+from tests.helpers import CACHE, cannot_run, nativellm
 
 BIN = Path(sys.executable).parent
 ANSIBLE_PLAYBOOK = BIN / "ansible-playbook"
@@ -195,7 +195,12 @@ def test_role_with_default_variables_installs_and_serves(
         venv_py = "/opt/nativellm/venv/bin/python"
         where = sandbox.exec([venv_py, "-c", "import nativellm, pystemd; print(nativellm.__file__)"])
         assert where.stdout.startswith("/opt/nativellm/venv/lib/"), where.stdout
-        assert sandbox.exec(["test", "-f", "/opt/nativellm/wheelhouse/" + next(wheelhouse.glob("nativellm-*.whl")).name]).returncode == 0
+        assert (
+            sandbox.exec(
+                ["test", "-f", "/opt/nativellm/wheelhouse/" + next(wheelhouse.glob("nativellm-*.whl")).name]
+            ).returncode
+            == 0
+        )
         # The build step was a cache hit (nothing compiled) and the spec the role rendered is the
         # one the CLI reads back from the default config home.
         builds = sandbox.exec(["ls", f"{DEFAULT_DATA}/builds"]).stdout.split()
@@ -204,15 +209,21 @@ def test_role_with_default_variables_installs_and_serves(
         (spec,) = json.loads(res.stdout)["instances"]
         assert (spec["name"], spec["model"], spec["port"], spec["ctx"]) == ("ansq", "tiny", port, 512)
     finally:
-        sandbox.exec(["/opt/nativellm/venv/bin/nativellm", "instance", "rm", "ansq"], env=inner_env, check=False)
+        sandbox.exec(
+            ["/opt/nativellm/venv/bin/nativellm", "instance", "rm", "ansq"], env=inner_env, check=False
+        )
 
 
 @needs_ansible
 def test_role_refuses_a_missing_wheelhouse(sandbox: Sandbox, workdir: Path) -> None:
     inventory = write_inventory(workdir, {"llm": ["node1"]})
-    run = run_playbook(sandbox, write_playbook(workdir), inventory, {"nativellm_manage_system_packages": False})
+    run = run_playbook(
+        sandbox, write_playbook(workdir), inventory, {"nativellm_manage_system_packages": False}
+    )
     assert run.rc != 0 and run.recap()["node1"]["failed"] == 1, run.output[-3000:]
-    assert f"{workdir}/wheelhouse must hold exactly one nativellm-*.whl (found 0)" in run.output, run.output[-3000:]
+    assert f"{workdir}/wheelhouse must hold exactly one nativellm-*.whl (found 0)" in run.output, run.output[
+        -3000:
+    ]
     assert "scripts/wheelhouse.sh" in run.output
 
 
