@@ -18,7 +18,7 @@ from nativellm.build.artifacts import ARTIFACT_SCHEMA, InstallOptions, PackOptio
 from nativellm.build.fingerprint import Requirements, fingerprint, requirements_of
 from nativellm.build.index import load_index, select_artifact, write_index
 from nativellm.build.plan import PlanOptions, plan_build
-from nativellm.build.source import SourceRequest
+from nativellm.build.source import DEFAULT_REF, SourceRequest
 from nativellm.build.store import Store
 from nativellm.errors import ArtifactError, NotFoundError
 from nativellm.fsutil import sha256_file
@@ -53,7 +53,7 @@ def manifest_for(profile: HostProfile, opts: PlanOptions = DEFAULT, **extra: Any
         "source": {
             "kind": "git",
             "repo": "https://github.com/ggml-org/llama.cpp",
-            "ref": "b7000",
+            "ref": DEFAULT_REF,
             "commit": "ab" * 20,
         },
         "smoke_test": {"passed": True, "cases": []},
@@ -209,7 +209,7 @@ def test_pack_is_reproducible_and_writes_a_sidecar(packed: tuple[Paths, Path, Ho
     assert again.sha256 == digest and again.changed is False
     meta = read_meta(path)
     assert meta["schema"] == ARTIFACT_SCHEMA and meta["build_id"] == "cpu-0123456789ab"
-    assert meta["fingerprint"] == fingerprint(packed[2]).key and meta["version"] == "b7000"
+    assert meta["fingerprint"] == fingerprint(packed[2]).key and meta["version"] == DEFAULT_REF
     assert "avx512f" in meta["requirements"]["cpu_flags"]
 
 
@@ -243,7 +243,7 @@ def test_index_maps_fingerprint_and_version_and_is_idempotent(
     assert first.changed and len(first.entries) == 1
     assert write_index(path.parent).changed is False
     doc = json.loads(first.path.read_text())
-    slot = doc["fingerprints"][fingerprint(zen4).key]["b7000"][0]
+    slot = doc["fingerprints"][fingerprint(zen4).key][DEFAULT_REF][0]
     assert slot["file"] == path.name and slot["sha256"] == sha256_file(path) and slot["size"] > 0
     index = load_index(str(path.parent))
     assert index.resolve(index.entries[0]) == str(path)
@@ -379,10 +379,10 @@ def test_source_matcher_compares_versions() -> None:
     git = {
         "kind": "git",
         "repo": "https://github.com/ggml-org/llama.cpp",
-        "ref": "b7000",
+        "ref": DEFAULT_REF,
         "commit": "ab" * 20,
     }
-    assert artifact_index.source_matcher(SourceRequest(ref="b7000"))(git)
+    assert artifact_index.source_matcher(SourceRequest(ref=DEFAULT_REF))(git)
     assert artifact_index.source_matcher(SourceRequest())(git)  # the pinned default tag
     assert not artifact_index.source_matcher(SourceRequest(ref="b7100"))(git)
     assert artifact_index.source_matcher(SourceRequest(ref="abab"))(git)  # a commit prefix

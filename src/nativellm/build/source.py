@@ -13,7 +13,7 @@ import shutil
 import tarfile
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +23,18 @@ from nativellm.errors import NotFoundError, SourceError
 from nativellm.fsutil import sha256_file
 
 DEFAULT_REPO = "https://github.com/ggml-org/llama.cpp"
-# The pinned release tag that `nativellm build` uses when no source is given.
-DEFAULT_REF = "b7000"
+# The pinned release tag that `nativellm build` uses when no source is given: llama.cpp b11312,
+# commit 0c1e57098bba43ac29e6e3b677cdceebdd22334f (2026-10-01). It is the tree the test suite
+# compiles (vendored in llama-cpp-python 0.3.36, tests/helpers.SDIST_VERSION), and
+# tests/e2e/test_quickstart.py builds this tag from a git repository served on loopback.
+DEFAULT_REF = "b11312"
+# A mirror of DEFAULT_REPO (an air-gapped fleet's git server): `--repo` wins over it.
+REPO_ENV = "NATIVELLM_LLAMA_REPO"
+
+
+def default_repo() -> str:
+    return os.environ.get(REPO_ENV) or DEFAULT_REPO
+
 
 # Directories whose content cannot change the binaries; skipped when hashing a tree.
 _HASH_SKIP = frozenset({".git", "models", "docs", "media", "build", "benches", ".github", "__pycache__"})
@@ -39,7 +49,7 @@ class SourceRequest:
     tarball: str | None = None  # path or URL
     sha256: str | None = None
     ref: str | None = None
-    repo: str = DEFAULT_REPO
+    repo: str = field(default_factory=default_repo)
 
 
 @dataclass(frozen=True)
@@ -156,7 +166,7 @@ def resolve_tarball(
 def resolve_git(ref: str, repo: str, cache: Path) -> Source:
     """Shallow-clone one tag or commit into the source cache (reused when present)."""
     if not _REF_RE.match(ref):
-        raise SourceError(f"{ref!r} is not a valid git ref", "pass a tag like b7000 or a commit sha")
+        raise SourceError(f"{ref!r} is not a valid git ref", "pass a tag like b11312 or a commit sha")
     cache.mkdir(parents=True, exist_ok=True)
     dest = cache / f"git-{hashlib.sha256((repo + '@' + ref).encode()).hexdigest()[:16]}"
     if not dest.is_dir():

@@ -126,7 +126,7 @@ def build(
     """Compile llama.cpp for this machine, smoke-test it and make it current."""
     from nativellm.build.options import BuildOptions
     from nativellm.build.pipeline import build_llama
-    from nativellm.build.source import DEFAULT_REPO, SourceRequest
+    from nativellm.build.source import SourceRequest, default_repo
 
     _begin("build", json_out)
     if sum(x is not None for x in (source, tarball, ref)) > 1:
@@ -138,7 +138,7 @@ def build(
         profile=profile,
         plan=_plan_options(backend, portable, native, baseline, rpc),
         source=SourceRequest(
-            directory=source, tarball=tarball, sha256=sha256, ref=ref, repo=repo or DEFAULT_REPO
+            directory=source, tarball=tarball, sha256=sha256, ref=ref, repo=repo or default_repo()
         ),
         jobs=jobs,
         dry_run=dry_run,

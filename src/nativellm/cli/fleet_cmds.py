@@ -156,7 +156,7 @@ def upgrade_cmd(
     `current` one at a time, each checked with /health and a real completion; any failure puts
     the old build back and restarts the affected instances on it."""
     from nativellm.build.options import BuildOptions
-    from nativellm.build.source import DEFAULT_REPO, SourceRequest
+    from nativellm.build.source import SourceRequest, default_repo
     from nativellm.ops.upgrade import UpgradeOptions, raise_if_rolled_back, rollback_error, upgrade
     from nativellm.serve.systemd import Systemd
 
@@ -171,7 +171,7 @@ def upgrade_cmd(
     if artifact is None and (source or tarball or ref):
         build_opts = BuildOptions(
             source=SourceRequest(
-                directory=source, tarball=tarball, sha256=sha256, ref=ref, repo=repo or DEFAULT_REPO
+                directory=source, tarball=tarball, sha256=sha256, ref=ref, repo=repo or default_repo()
             )
         )
     names = None if instances == "all" else tuple(n.strip() for n in instances.split(",") if n.strip())
