@@ -74,7 +74,8 @@ def llama_mirror(llama_source: Path) -> Iterator[str]:
         shutil.rmtree(repo, ignore_errors=True)
         repo.mkdir(parents=True)
         work = base / f".work-{uuid.uuid4().hex[:6]}"
-        shutil.copytree(llama_source, work, symlinks=True)
+        # The sdist tree carries a submodule gitfile (.git) that points outside it: not copied.
+        shutil.copytree(llama_source, work, symlinks=True, ignore=shutil.ignore_patterns(".git"))
         try:
             _git("init", "-q", "-b", "master", cwd=work)
             _git("add", "-A", "-f", cwd=work)
