@@ -133,11 +133,12 @@ def test_readme_quickstart_ends_with_a_completion(clean_machine: Sandbox, llama_
     script = "\n".join(lines).replace("<repository URL>", str(CHECKOUT))
     home = f"/root/quickstart-{uuid.uuid4().hex[:6]}"
     clean_machine.exec(["mkdir", "-p", home])
+    script = f"cd {home}\n{script}"  # nsenter's --wd resolves on the host, so cd inside
     t0 = time.monotonic()
     res = clean_machine.exec(
         ["bash", "-euo", "pipefail", "-c", script],
         env={"PATH": SYSTEM_PATH, REPO_ENV: llama_mirror, "CCACHE_DIR": str(CCACHE)},
-        cwd=home, check=False, timeout=3600,
+        check=False, timeout=3600,
     )  # fmt: skip
     seconds = time.monotonic() - t0
     print(f"\n[timing] README quickstart, clone to completion: {seconds:.0f}s")
