@@ -10,7 +10,8 @@ import sys
 import tarfile
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
@@ -105,3 +106,26 @@ def borrow_build(source_home: Path, home: Path) -> None:
     builds.mkdir(parents=True, exist_ok=True)
     (builds / current.name).symlink_to(current)
     (home / "data" / "current").symlink_to(f"builds/{current.name}")
+
+
+@contextmanager
+def git_daemon(base: Path, port: int) -> Iterator[str]:
+    """A real `git daemon` on 127.0.0.1:port exporting the bare repositories under `base`; yields
+    `git://127.0.0.1:port` once it answers (readiness: `git ls-remote` of any repository there)."""
+    daemon = subprocess.Popen(
+        ["git", "daemon", "--export-all", "--reuseaddr", f"--base-path={base}", "--listen=127.0.0.1",
+         f"--port={port}", str(base)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    root = f"git://127.0.0.1:{port}"
+    probe = f"{root}/{next(p.name for p in base.iterdir() if p.is_dir() and not p.name.startswith('.'))}"
+    try:
+        deadline = time.monotonic() + 30
+        while subprocess.run(["git", "ls-remote", probe], capture_output=True).returncode != 0:
+            assert daemon.poll() is None, "git daemon died"
+            assert time.monotonic() < deadline, "git daemon did not answer within 30 s"
+            time.sleep(0.05)
+        yield root
+    finally:
+        daemon.terminate()
+        daemon.wait(10)

@@ -15,6 +15,7 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,16 +44,20 @@ def sandbox_reason() -> str | None:
     return find_unavailable_reason()
 
 
-@pytest.fixture(scope="session")
-def sandbox(sandbox_reason: str | None) -> Iterator[Sandbox]:
-    if sandbox_reason:
-        cannot_run(f"no systemd sandbox: {sandbox_reason}")
-    workdir = CACHE / "sandboxes" / uuid.uuid4().hex[:8]
+@contextmanager
+def booted_sandbox(name: str, binds: list[Path]) -> Iterator[Sandbox]:
+    """A fresh systemd sandbox with a running user manager, killed and removed on exit.
+
+    The checkout and the interpreter's prefix are always shared: a CI clone (and its .venv) may
+    live under /tmp, which is a fresh tmpfs inside the sandbox.
+    """
+    reason = find_unavailable_reason()
+    if reason:
+        cannot_run(f"no systemd sandbox: {reason}")
+    workdir = CACHE / "sandboxes" / f"{name}{uuid.uuid4().hex[:8]}"
     try:
-        # The checkout and the interpreter's prefix too: a CI clone (and its .venv) may live
-        # under /tmp, which is a fresh tmpfs inside the sandbox.
-        binds = list(dict.fromkeys([CACHE, CHECKOUT, Path(sys.prefix).resolve()]))
-        sb = Sandbox.boot(workdir, binds=[b for b in binds if b != Path("/")])
+        shared = list(dict.fromkeys([*binds, CHECKOUT, Path(sys.prefix).resolve()]))
+        sb = Sandbox.boot(workdir, binds=[b for b in shared if b != Path("/")])
         try:
             sb.start_user_manager()
             yield sb
@@ -60,6 +65,12 @@ def sandbox(sandbox_reason: str | None) -> Iterator[Sandbox]:
             sb.kill()
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def sandbox() -> Iterator[Sandbox]:
+    with booted_sandbox("", [CACHE]) as sb:
+        yield sb
 
 
 @dataclass

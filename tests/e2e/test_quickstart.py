@@ -26,10 +26,10 @@ from pathlib import Path
 import pytest
 
 from nativellm.build.source import DEFAULT_REF, REPO_ENV
-from nativellm.client import port_in_use
-from tests.e2e.conftest import CHECKOUT
-from tests.e2e.sandbox import Sandbox, find_unavailable_reason
-from tests.helpers import CACHE, cannot_run
+from nativellm.client import free_port, port_in_use
+from tests.e2e.conftest import CHECKOUT, booted_sandbox
+from tests.e2e.sandbox import Sandbox
+from tests.helpers import CACHE, cannot_run, git_daemon
 
 README = CHECKOUT / "README.md"
 GIT_PORT = 9418  # git's own port: a stable URL keeps the sandbox's source path, so ccache hits next run
@@ -84,46 +84,18 @@ def llama_mirror(llama_source: Path) -> Iterator[str]:
             _git("clone", "-q", "--bare", str(work), str(repo), cwd=base)
         finally:
             shutil.rmtree(work, ignore_errors=True)
-    port = GIT_PORT if not port_in_use(GIT_PORT) else 0
-    if port == 0:
-        from nativellm.client import free_port
-
-        port = free_port()
-    daemon = subprocess.Popen(
-        ["git", "daemon", "--reuseaddr", "--export-all", f"--base-path={base}", "--listen=127.0.0.1",
-         f"--port={port}", str(base)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    url = f"git://127.0.0.1:{port}/llama.cpp"
-    try:
-        deadline = time.monotonic() + 30
-        while subprocess.run(["git", "ls-remote", url, DEFAULT_REF], capture_output=True).returncode != 0:
-            assert daemon.poll() is None and time.monotonic() < deadline, "git daemon did not come up"
-            time.sleep(0.1)
-        yield url
-    finally:
-        daemon.terminate()
-        daemon.wait(timeout=10)
+    port = GIT_PORT if not port_in_use(GIT_PORT) else free_port()
+    with git_daemon(base, port) as root:
+        yield f"{root}/llama.cpp"
 
 
 @pytest.fixture(scope="module")
 def clean_machine() -> Iterator[Sandbox]:
-    """A fresh systemd sandbox of its own: an empty store and unit directory, a real user manager."""
-    reason = find_unavailable_reason()
-    if reason:
-        cannot_run(f"no systemd sandbox: {reason}")
+    """A fresh systemd sandbox of its own: an empty store and unit directory, a real user manager.
+    Its ccache writes go to the host's cache, so the next run's compile is warm."""
     CCACHE.mkdir(parents=True, exist_ok=True)
-    workdir = CACHE / "sandboxes" / f"qs-{uuid.uuid4().hex[:8]}"
-    try:
-        binds = list(dict.fromkeys([CHECKOUT, CCACHE]))
-        sb = Sandbox.boot(workdir, binds=[b for b in binds if b != Path("/")])
-        try:
-            sb.start_user_manager()
-            yield sb
-        finally:
-            sb.kill()
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
+    with booted_sandbox("qs-", [CCACHE]) as sb:
+        yield sb
 
 
 def test_readme_quickstart_ends_with_a_completion(clean_machine: Sandbox, llama_mirror: str) -> None:

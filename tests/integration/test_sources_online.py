@@ -17,6 +17,7 @@ import pytest
 from nativellm.build.source import resolve_git, resolve_tarball
 from nativellm.errors import NotFoundError, SourceError
 from nativellm.fsutil import sha256_file
+from tests.helpers import git_daemon
 
 
 def _free_port() -> int:
@@ -37,7 +38,7 @@ def _git(*args: str, cwd: Path) -> str:
 
 
 @pytest.fixture()
-def git_daemon(tmp_path: Path) -> Iterator[tuple[str, str]]:
+def llama_repo(tmp_path: Path) -> Iterator[tuple[str, str]]:
     """A real git daemon on 127.0.0.1 serving llama.git with tag b1; yields (url, commit)."""
     work = _fake_llama_tree(tmp_path / "work")
     _git("init", "-q", cwd=work)
@@ -49,28 +50,12 @@ def git_daemon(tmp_path: Path) -> Iterator[tuple[str, str]]:
     served = tmp_path / "served"
     served.mkdir()
     _git("clone", "-q", "--bare", str(work), str(served / "llama.git"), cwd=tmp_path)
-    port = _free_port()
-    daemon = subprocess.Popen(
-        ["git", "daemon", "--export-all", "--reuseaddr", f"--base-path={served}", "--listen=127.0.0.1",
-         f"--port={port}", str(served)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    url = f"git://127.0.0.1:{port}/llama.git"
-    try:
-        for _ in range(100):  # readiness: the daemon answers ls-remote
-            if subprocess.run(["git", "ls-remote", url], capture_output=True).returncode == 0:
-                break
-            daemon.poll()
-            assert daemon.returncode is None, "git daemon died"
-            threading.Event().wait(0.05)
-        yield url, commit
-    finally:
-        daemon.terminate()
-        daemon.wait(10)
+    with git_daemon(served, _free_port()) as root:
+        yield f"{root}/llama.git", commit
 
 
-def test_git_tag_is_shallow_cloned_and_reused(git_daemon: tuple[str, str], tmp_path: Path) -> None:
-    url, commit = git_daemon
+def test_git_tag_is_shallow_cloned_and_reused(llama_repo: tuple[str, str], tmp_path: Path) -> None:
+    url, commit = llama_repo
     cache = tmp_path / "sources"
     src = resolve_git("b1", url, cache)
     assert src.identity == {"kind": "git", "repo": url, "ref": "b1", "commit": commit}
@@ -81,9 +66,9 @@ def test_git_tag_is_shallow_cloned_and_reused(git_daemon: tuple[str, str], tmp_p
 
 
 def test_unreachable_tag_is_a_clear_error_and_leaves_no_partial_clone(
-    git_daemon: tuple[str, str], tmp_path: Path
+    llama_repo: tuple[str, str], tmp_path: Path
 ) -> None:
-    url, _ = git_daemon
+    url, _ = llama_repo
     cache = tmp_path / "sources"
     with pytest.raises(SourceError, match="cannot fetch llama.cpp b999") as exc:
         resolve_git("b999", url, cache)
