@@ -94,6 +94,7 @@ def http_dir(tmp_path: Path) -> Iterator[tuple[Path, str]]:
         yield root, f"http://127.0.0.1:{server.server_address[1]}"
     finally:
         server.shutdown()
+        server.server_close()
 
 
 def test_tarball_url_is_downloaded_verified_and_extracted(http_dir: tuple[Path, str], tmp_path: Path) -> None:
