@@ -96,6 +96,11 @@ def find_toolchain(need_nvcc: bool = False) -> Toolchain:
 # (pattern in the build log, what to do) for failures we know.
 KNOWN_FAILURES: tuple[tuple[re.Pattern[str], str], ...] = (
     (
+        re.compile(r"Could NOT find CURL", re.I),
+        "libcurl's headers are missing: build with -DLLAMA_CURL=OFF (nativellm's plan does so for trees "
+        "that declare LLAMA_CURL) or install libcurl4-openssl-dev",
+    ),
+    (
         re.compile(r"Unsupported gpu architecture|nvcc fatal.*compute_\d+|unsupported GNU version", re.I),
         "nvcc is too old for this GPU architecture or compiler: upgrade the CUDA toolkit (sm_120 needs CUDA 12.8+)",
     ),
@@ -131,3 +136,32 @@ def troubleshoot(log_text: str) -> str | None:
         if pattern.search(log_text):
             return hint
     return None
+
+
+_CMAKE_ERROR_RE = re.compile(r"^CMake Error\b.*$", re.MULTILINE)
+_COMPILER_ERROR_RE = re.compile(r"^(?:FAILED: .*|.*\b(?:fatal )?error: .*)$", re.MULTILINE)
+_ESSENCE_MAX = 300
+
+
+def failure_essence(log_text: str) -> str | None:
+    """The one line that says why a configure or compile failed, from its log; None if it has none.
+
+    CMake's first error (a later one is often a consequence) with its indented message, which carries
+    llama.cpp's own "Hint: ...", else the first compiler error. Pure: tested on captured real logs."""
+    m = _CMAKE_ERROR_RE.search(log_text)
+    if m is not None:
+        body: list[str] = []
+        for line in log_text[m.end() :].splitlines()[1:]:
+            if not line.startswith(" ") or not line.strip():
+                break
+            body.append(line.strip())
+        header = m.group(0).strip()
+        text = " ".join(body) if body else header.split(":", 1)[-1].strip() or header
+        return _clip(" ".join(text.split()))
+    errors = [e.group(0).strip() for e in _COMPILER_ERROR_RE.finditer(log_text)]
+    first = next((e for e in errors if not e.startswith("FAILED:")), None)
+    return _clip(first) if first else None
+
+
+def _clip(text: str) -> str:
+    return text if len(text) <= _ESSENCE_MAX else text[: _ESSENCE_MAX - 3] + "..."

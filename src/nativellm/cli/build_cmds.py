@@ -74,17 +74,27 @@ def plan(
     native: NativeOpt = False,
     baseline: BaselineOpt = False,
     rpc: RpcOpt = False,
+    source: Annotated[
+        Path | None,
+        typer.Option("--source", help="Adapt the defines to this llama.cpp tree's own CMake options."),
+    ] = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Show the CMake defines a build would use, each with its reason (BuildPlan)."""
     from nativellm.build.plan import plan_build
+    from nativellm.build.source import SourceRequest, check_request
+    from nativellm.build.tree import read_tree_options
     from nativellm.hardware import detect_host
     from nativellm.hardware.profile import load_profile
 
     _begin("plan", json_out)
     opts = _plan_options(backend, portable, native, baseline, rpc)
     host = load_profile(profile) if profile else detect_host()
-    result = plan_build(host, opts)
+    if source is None:
+        result = plan_build(host, opts)
+    else:
+        check_request(SourceRequest(directory=source))
+        result = plan_build(host, opts, read_tree_options(source.expanduser()))
     if json_out:
         emit_json(result.to_dict())
         return
