@@ -22,6 +22,7 @@ from nativellm.build.tree import (
     read_tree_options,
     referenced_names,
 )
+from nativellm.errors import PlanError
 from nativellm.hardware.profile import HostProfile
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
@@ -233,3 +234,24 @@ def test_known_signatures_still_win_the_hint() -> None:
     log = "FAILED: x.o\nc++: fatal error: Killed signal terminated program cc1plus\n"
     err = step_error("compile", 1, log, Path("/l"))
     assert "Killed signal" in err.message and "--jobs 1" in err.hint
+
+
+def test_old_trees_build_the_tools_from_examples() -> None:
+    profile = _profile("zen4-epyc")
+    names = dict.fromkeys(plan_build(profile).cmake_defines, "OFF")
+    plan = plan_build(profile, PlanOptions(), _tree(names, tools_in_examples=True))
+    assert plan.cmake_defines["LLAMA_BUILD_EXAMPLES"] == "ON"
+    assert "live in examples/" in plan.reasons["LLAMA_BUILD_EXAMPLES"]
+    assert plan_build(profile, PlanOptions(), _tree(names)).cmake_defines["LLAMA_BUILD_EXAMPLES"] == "OFF"
+
+
+def test_defines_by_hand_come_last_and_are_checked() -> None:
+    profile = _profile("zen4-epyc")
+    names = {**dict.fromkeys(plan_build(profile).cmake_defines, "OFF"), "LLAMA_CURL": "ON"}
+    opts = PlanOptions(defines=(("LLAMA_CURL", "ON"), ("GGML_X", "1")))
+    plan = plan_build(profile, opts, _tree(names))
+    assert plan.cmake_defines["LLAMA_CURL"] == "ON" and plan.cmake_defines["GGML_X"] == "1"
+    assert plan.reasons["LLAMA_CURL"] == "--define: set by hand, passed as given"
+    assert plan.reasons["GGML_X"].endswith("does not declare it")
+    with pytest.raises(PlanError, match="not a CMake variable name"):
+        plan_build(profile, PlanOptions(defines=(("A B", "1"),)))

@@ -174,6 +174,7 @@ class PlanOptions:
     disable_reasons: tuple[tuple[str, str], ...] = ()  # family -> why; a family named here is disabled too
     rpc: bool = False  # GGML_RPC=ON and the rpc-server target
     build_type: str = "Release"
+    defines: tuple[tuple[str, str], ...] = ()  # --define KEY=VALUE: passed as given, after everything else
 
     def disabled(self) -> dict[str, str]:
         """Every disabled family with its reason."""
@@ -327,6 +328,10 @@ def plan_build(
         draft.set("GGML_RPC", "ON", "--rpc: build the RPC backend and rpc-server")
     targets = TARGETS + (("rpc-server",) if options.rpc else ())
     source = _adapt_to_tree(tree, draft) if tree is not None else None
+    for key, value in options.defines:
+        unknown = tree is not None and not tree.knows(key) and not key.startswith(_NOT_TREE_OPTIONS)
+        note = f"; this tree ({tree.revision()}) does not declare it" if tree is not None and unknown else ""
+        draft.set(key, value, f"--define: set by hand, passed as given{note}")
     return BuildPlan(
         backend, dict(draft.defines), dict(draft.reasons), targets, tuple(draft.warnings), source
     )
@@ -354,6 +359,10 @@ def _adapt_to_tree(tree: TreeOptions, draft: _Draft) -> PlanSource:
         draft.reasons[key] = (
             f"not passed: this tree ({rev}) does not know {key}, so {effect} (wanted {value}: {reason})"
         )
+    if tree.tools_in_examples and draft.defines.get("LLAMA_BUILD_EXAMPLES") == "OFF":
+        why = "llama-server, llama-bench and llama-quantize live in examples/ here; only the planned targets"
+        draft.set("LLAMA_BUILD_EXAMPLES", "ON", f"adapted to this tree ({rev}): {why} are built")
+        adapted.append("LLAMA_BUILD_EXAMPLES")
     for key, why in _NEEDS_LIBRARY.items():
         if tree.declares(key):
             default = tree.default(key) or "OFF"
@@ -375,6 +384,9 @@ def _check_options(options: PlanOptions) -> dict[str, str]:
     unknown = sorted(set(disabled) - FAMILIES)
     if unknown:
         raise _refuse(f"unknown feature family {', '.join(unknown)}", f"use {', '.join(sorted(FAMILIES))}")
+    bad = [k for k, _ in options.defines if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", k)]
+    if bad:
+        raise _refuse(f"--define {bad[0]!r} is not a CMake variable name", "use --define NAME=VALUE")
     if disabled and options.native:
         fix = "build without --native: the default plan names every extension and can leave any out"
         raise _refuse(f"--native cannot leave out {', '.join(disabled)}", fix)

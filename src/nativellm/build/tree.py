@@ -45,6 +45,7 @@ class TreeOptions:
     options: Mapping[str, str]
     referenced: frozenset[str] = frozenset()  # GGML_*/LLAMA_* names the CMake code reads
     bundled_ui: bool = False  # the server's web UI is committed in the tree (tools/server/public)
+    tools_in_examples: bool = False  # before tools/ (mid-2025): llama-server & co. are under examples/
     commit: str = UNKNOWN
     build: str = UNKNOWN
     revision_from: str = ""
@@ -185,6 +186,7 @@ def read_tree_options(tree: Path) -> TreeOptions:
                     options.setdefault(key, value)
                 referenced |= referenced_names(text)
     bundled_ui = any((tree / p).is_file() for p in _BUNDLED_UI)
+    tools_in_examples = (tree / "examples" / "server").is_dir() and not (tree / "tools" / "server").is_dir()
     commit = UNKNOWN
     build = parse_build_info(_read(tree / "cmake" / "build-info.cmake") or "")
     revision_from = "cmake/build-info.cmake" if build is not None else ""
@@ -194,4 +196,6 @@ def read_tree_options(tree: Path) -> TreeOptions:
         build = build or (git[1] if git[1] != UNKNOWN else None)
     elif sdist is not None:
         commit, revision_from = sdist
-    return TreeOptions(options, frozenset(referenced), bundled_ui, commit, build or UNKNOWN, revision_from)
+    return TreeOptions(
+        options, frozenset(referenced), bundled_ui, tools_in_examples, commit, build or UNKNOWN, revision_from
+    )
