@@ -29,6 +29,7 @@ class Vintage:
     released: str  # the sdist's upload date on PyPI
     commit: str  # the llama.cpp commit it vendors (its CHANGELOG, and the sdist's .git/modules)
     adapted: frozenset[str]  # defines the plan must adapt for this tree (on an x86-64 CPU plan)
+    build: str = "unknown"  # the release tag on that commit, where the sdist's git data carries one
 
 
 # Span: Nov 2024 -> Oct 2026. Each row exercises a different adaptation.
@@ -44,6 +45,8 @@ VINTAGES = (
     # early 2026: the web UI option is LLAMA_BUILD_WEBUI, embedding the UI committed in the tree
     Vintage("0.3.20", "2026-04-03", "f49e9178767d557a522618b16ce8694f9ddac628",
             frozenset({"LLAMA_BUILD_UI", "LLAMA_BUILD_WEBUI", "LLAMA_USE_PREBUILT_UI"})),
+    # mid-2026: LLAMA_BUILD_UI/LLAMA_USE_PREBUILT_UI as today; its git data tags the commit b9445
+    Vintage("0.3.24", "2026-06-01", "af6528e6df5d798f7f1363ec1141699be0f638e2", frozenset(), "b9445"),
     # today's names: nothing to adapt
     Vintage(SDIST_VERSION, "2026-10-01", "0c1e57098bba43ac29e6e3b677cdceebdd22334f", frozenset()),
 )  # fmt: skip
@@ -78,7 +81,9 @@ def test_every_vintage_configures_with_a_plan_adapted_to_it(
 
     plan, known = got.plan, read_tree_options(tree)
     assert plan.source is not None
-    assert (plan.source.commit, plan.source.revision_from) == (vintage.commit, ".git")
+    assert (plan.source.commit, plan.source.build, plan.source.revision_from) == (
+        vintage.commit, vintage.build, ".git",
+    )  # fmt: skip
     adapted = set(plan.source.adapted)
     # Each expected adaptation happened and says so; ISA defines this CPU does not reach may differ.
     assert vintage.adapted <= adapted, (vintage.adapted, adapted)
