@@ -11,6 +11,7 @@ import pytest
 
 from nativellm.build.pipeline import compute_build_id, step_error
 from nativellm.build.plan import BuildPlan, PlanOptions, plan_build
+from nativellm.build.smoke import server_knows
 from nativellm.build.source import Source
 from nativellm.build.toolchain import Toolchain, failure_essence, troubleshoot
 from nativellm.build.tree import (
@@ -255,3 +256,13 @@ def test_defines_by_hand_come_last_and_are_checked() -> None:
     assert plan.reasons["GGML_X"].endswith("does not declare it")
     with pytest.raises(PlanError, match="not a CMake variable name"):
         plan_build(profile, PlanOptions(defines=(("A B", "1"),)))
+
+
+def test_the_smoke_test_asks_the_server_which_flags_it_knows() -> None:
+    # `llama-server --help` of the 2026-10 tree (0c1e570): one line lists the four spellings
+    line = "--ui,  --webui, --no-ui, --no-webui     whether to enable the Web UI (default: enabled)"
+    assert server_knows(f"usage\n{line}\n", "--no-webui")
+    assert not server_knows(
+        "--ui-config, --webui-config JSON  JSON that provides default UI settings\n", "--no-webui"
+    )
+    assert not server_knows("--no-webui-mcp-proxy   x\n", "--no-webui")
