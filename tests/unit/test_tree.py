@@ -213,6 +213,17 @@ def test_essence_of_a_real_failed_configure() -> None:
     assert "\n" not in err.message and err.hint == fix
 
 
+def test_essence_of_a_real_configure_that_nvcc_refused() -> None:
+    """CUDA 13's nvcc asked for sm_50 (which it dropped): CMake's try-compile fails at enable_language."""
+    log = (CMAKE / "configure-nvcc-unsupported-arch.log").read_text()
+    assert failure_essence(log) == (
+        "The CUDA compiler is not able to compile a simple test program. It fails with the following "
+        "output: nvcc fatal : Unsupported gpu architecture 'compute_50'"
+    )
+    fix = troubleshoot(log)
+    assert fix is not None and "CUDA 13 dropped sm_50 to sm_72" in fix
+
+
 @pytest.mark.parametrize(
     ("log", "essence"),
     [
