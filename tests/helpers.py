@@ -35,25 +35,27 @@ def cannot_run(reason: str) -> NoReturn:
 CACHE = Path(os.environ.get("NATIVELLM_TEST_CACHE", Path.home() / ".cache" / "nativellm-test"))
 
 
-def _fetch_sdist() -> Path:
+def _fetch_sdist(version: str = SDIST_VERSION) -> Path:
+    """The llama.cpp tree vendored in the llama-cpp-python sdist `version`, downloaded and unpacked once
+    into the test cache (each version in its own directory)."""
     root = CACHE / "sdist"
-    tree = root / f"llama_cpp_python-{SDIST_VERSION}" / "vendor" / "llama.cpp"
+    top = root / f"llama_cpp_python-{version}"
+    tree = top / "vendor" / "llama.cpp"
     if (tree / "CMakeLists.txt").is_file():
         return tree
     root.mkdir(parents=True, exist_ok=True)
-    subprocess.run(
-        # --no-binary for this one package only: with ":all:" a current pip also builds the sdist's
-        # build requirements (CMake) from source to prepare its metadata, which took over an hour.
-        [sys.executable, "-m", "pip", "download", "--no-deps",
-         "--no-binary", "llama-cpp-python", f"llama-cpp-python=={SDIST_VERSION}", "-d", str(root)],
-        check=True,
-    )  # fmt: skip
-    archive = root / f"llama_cpp_python-{SDIST_VERSION}.tar.gz"
+    archive = root / f"llama_cpp_python-{version}.tar.gz"
+    if not archive.is_file():
+        subprocess.run(
+            # --no-binary for this one package only: with ":all:" a current pip also builds the sdist's
+            # build requirements (CMake) from source to prepare its metadata, which took over an hour.
+            [sys.executable, "-m", "pip", "download", "--no-deps",
+             "--no-binary", "llama-cpp-python", f"llama-cpp-python=={version}", "-d", str(root)],
+            check=True,
+        )  # fmt: skip
     with tempfile.TemporaryDirectory(dir=root) as tmp, tarfile.open(archive) as tar:
         tar.extractall(tmp, filter="data") if sys.version_info >= (3, 12) else tar.extractall(tmp)
-        os.replace(
-            Path(tmp) / f"llama_cpp_python-{SDIST_VERSION}", root / f"llama_cpp_python-{SDIST_VERSION}"
-        )
+        os.replace(Path(tmp) / top.name, top)
     return tree
 
 

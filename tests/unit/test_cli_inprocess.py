@@ -788,6 +788,7 @@ def test_plan_turns_flags_into_plan_options_and_reads_a_profile_file(
     [
         (["--backend", "tpu"], "unknown backend 'tpu'", "choose one of: cpu, cuda, hip, vulkan, metal, sycl"),
         (["--native", "--baseline"], "--portable, --native and --baseline exclude each other", "pick one of them"),
+        (["--define", "LLAMA_CURL"], "--define 'LLAMA_CURL' is not NAME=VALUE", "write it as --define LLAMA_CURL=OFF"),
     ],
 )  # fmt: skip
 @pytest.mark.parametrize("command", ["plan", "build"])

@@ -13,6 +13,7 @@ import os
 import re
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,12 +21,13 @@ from nativellm import __version__, run
 from nativellm.build import cmake
 from nativellm.build.index import build_from_index
 from nativellm.build.options import BuildOptions, BuildOutcome, runs_here
-from nativellm.build.plan import Backend, BuildPlan, next_fallback, plan_build
+from nativellm.build.plan import Backend, BuildPlan, PlanOptions, next_fallback, plan_build
 from nativellm.build.smoke import SmokeResult, base_model, smoke_test
 from nativellm.build.source import Source, check_request, resolve_source
 from nativellm.build.store import Store
 from nativellm.build.synth import VOCAB_FILE, find_vocab
-from nativellm.build.toolchain import Toolchain, find_toolchain, troubleshoot
+from nativellm.build.toolchain import Toolchain, failure_essence, find_toolchain, troubleshoot
+from nativellm.build.tree import read_tree_options
 from nativellm.errors import BuildError, ResourceError, SmokeTestError
 from nativellm.fsutil import canonical_hash, sha256_file
 from nativellm.hardware import HostProfile, detect_host
@@ -62,13 +64,34 @@ def compute_build_id(plan: BuildPlan, source: Source, tools: Toolchain, profile:
     src = {k: v for k, v in source.identity.items() if k not in ("path", "origin")}
     inputs = {
         "format": BUILD_FORMAT,
-        "plan": {k: v for k, v in plan.to_dict().items() if k not in ("reasons", "warnings")},
+        # "source" (the tree's revision) is left out: the source's own identity is hashed below.
+        "plan": {k: v for k, v in plan.to_dict().items() if k not in ("reasons", "warnings", "source")},
         "source": src,
         "toolchain": tools.identity(),
         "superbuild": sha256_file(superbuild),
         "target": [profile.os, profile.arch],
     }
     return f"{plan.backend.value}-{canonical_hash(inputs)[:12]}"
+
+
+def step_error(name: str, rc: int, log_text: str, log: Path) -> BuildError:
+    """The one-line error for a failed CMake step: what CMake or the compiler said, the known fix
+    when the failure is a known one, and where the full log is."""
+    essence = failure_essence(log_text)
+    said = f": {essence}" if essence else ""
+    hint = troubleshoot(log_text) or f"read the log: {log}"
+    return BuildError(f"llama.cpp {name} step failed (exit {rc}){said}; full log: {log}", hint)
+
+
+@dataclass(frozen=True)
+class ConfigureOutcome:
+    """What `configure_llama` did: the plan adapted to the tree, and the configured build directory."""
+
+    plan: BuildPlan
+    source: Source
+    build_dir: Path
+    log: Path
+    seconds: float
 
 
 class _Builder:
@@ -80,7 +103,17 @@ class _Builder:
         self.rep = reporter
         self.store = Store(paths)
 
-    def compile(self, plan: BuildPlan, source: Source, tools: Toolchain, work: Path, jobs: int) -> Path:
+    def compile(
+        self,
+        plan: BuildPlan,
+        source: Source,
+        tools: Toolchain,
+        work: Path,
+        jobs: int,
+        *,
+        configure_only: bool = False,
+    ) -> Path:
+        """Configure, compile and install into work/stage; with configure_only, configure into work/build."""
         stage, log = work / "stage", work / "build.log"
         shutil.rmtree(stage, ignore_errors=True)
 
@@ -93,14 +126,37 @@ class _Builder:
             if m:
                 self.rep.progress(int(m.group(1)), int(m.group(2)))
 
-        for name, argv in cmake.steps(tools, plan, source.path, work, jobs):
+        steps = cmake.steps(tools, plan, source.path, work, jobs)
+        for name, argv in steps[:1] if configure_only else steps:
             self.rep.stage(f"{name} ({'ninja' if name == 'compile' else 'cmake'}, log: {log})")
             rc = run.stream(argv, log_path=log, on_line=on_line, env=ccache_env)
             if rc != 0:
-                text = log.read_text(errors="replace")
-                hint = troubleshoot(text) or f"read the log: {log}"
-                raise BuildError(f"llama.cpp {name} step failed (exit {rc}); full log: {log}", hint)
-        return stage
+                raise step_error(name, rc, log.read_text(errors="replace"), log)
+        return work / "build" if configure_only else stage
+
+    def plan_for(self, target: HostProfile, source: Source, options: PlanOptions) -> BuildPlan:
+        """The plan adapted to the source tree's own CMake options (build/tree.py)."""
+        plan = plan_build(target, options, read_tree_options(source.path))
+        for key in plan.source.adapted if plan.source else ():
+            self.rep.stage(f"adapted to the tree: {key}: {plan.reasons.get(key, '')}")
+        return plan
+
+    def configure_only(self) -> ConfigureOutcome:
+        """Plan for the source tree and run CMake's configure step, nothing else (no compile, no store)."""
+        t0 = time.monotonic()
+        opts = self.opts
+        check_request(opts.source)
+        here = detect_host()
+        target = load_profile(opts.profile) if opts.profile else here
+        plan_build(target, opts.plan)  # an impossible plan fails before anything is fetched
+        with self.store.lock():
+            source = resolve_source(opts.source, self.paths.sources)
+            plan = self.plan_for(target, source, opts.plan)
+            tools = find_toolchain(need_nvcc=plan.backend is Backend.CUDA)
+            work = self.paths.work / f"configure-{compute_build_id(plan, source, tools, target)}"
+            shutil.rmtree(work, ignore_errors=True)
+            build_dir = self.compile(plan, source, tools, work, 1, configure_only=True)
+        return ConfigureOutcome(plan, source, build_dir, work / "build.log", time.monotonic() - t0)
 
     def smoke(self, stage: Path, source: Source, work: Path, threads: int) -> SmokeResult:
         vocab = find_vocab(source.path)
@@ -130,6 +186,8 @@ class _Builder:
         here = detect_host()
         target = load_profile(opts.profile) if opts.profile else here
         plan = plan_build(target, opts.plan)
+        if opts.source.directory is not None:  # a local tree is cheap to read: even a dry run adapts to it
+            plan = plan_build(target, opts.plan, read_tree_options(opts.source.directory.expanduser()))
         if opts.from_index:  # issue 5: a matching artifact replaces the compile (no toolchain needed)
             from_index, why_not = build_from_index(self.paths, opts, plan, target, here, self.rep)
             if from_index is not None:
@@ -147,6 +205,7 @@ class _Builder:
             source = resolve_source(
                 opts.source, self.paths.sources, lambda d, t: self.rep.progress(d, t or 0)
             )
+            plan = self.plan_for(target, source, opts.plan)
             requested: list[str] = []
             fallbacks: list[dict[str, Any]] = []
             disabled: dict[str, str] = opts.plan.disabled()
@@ -197,6 +256,7 @@ class _Builder:
                         disable=frozenset(disabled),
                         disable_reasons=tuple(sorted(disabled.items())),
                     ),
+                    read_tree_options(source.path),
                 )
 
             manifest = self.manifest(
@@ -232,6 +292,12 @@ class _Builder:
                 plan, record.id, changed=True, activated=activated, record=record,
                 fallbacks=tuple(fallbacks), jobs=jobs, duration_s=time.monotonic() - t0, notes=tuple(notes),
             )  # fmt: skip
+
+
+def configure_llama(paths: Paths, opts: BuildOptions, reporter: Reporter | None = None) -> ConfigureOutcome:
+    """Plan for the source tree and run only CMake's configure step: proves a tree and a plan agree in
+    seconds, without compiling. Raises BuildError with CMake's own words when configure fails."""
+    return _Builder(paths, opts, reporter or SilentReporter()).configure_only()
 
 
 def build_llama(paths: Paths, opts: BuildOptions, reporter: Reporter | None = None) -> BuildOutcome:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
+from nativellm.build.tree import TreeOptions
 from nativellm.errors import PlanError, UsageError
 from nativellm.hardware.profile import GpuInfo, HostProfile
 from nativellm.versions import major_minor
@@ -140,6 +141,24 @@ _VULKAN_MIN = (1, 2)  # ggml-vulkan refuses devices below Vulkan 1.2
 _FA_QUANTS = "q4_0-q4_0,q8_0-q8_0,f16-f16,bf16-bf16"
 _FA_REASON = "FlashAttention kernels for the common KV-cache types (tree default, pinned); 'all' is slow"
 _MACOS = frozenset({"macos", "darwin"})
+# Source-aware planning (plan_build(..., tree=...)). Defines the tree never declares: CMake's own,
+# the superbuild's (cpp/CMakeLists.txt) and HIP's GPU_TARGETS, which CMake itself reads.
+_NOT_TREE_OPTIONS = ("CMAKE_", "NATIVELLM_")
+_NOT_TREE_NAMES = frozenset({"BUILD_SHARED_LIBS", "GPU_TARGETS"})
+# Today's name -> the name older trees knew, with the value to give it there and why.
+_RENAMED: dict[str, tuple[str, str, str]] = {
+    "LLAMA_OPENSSL": ("LLAMA_SERVER_SSL", "OFF", "no OpenSSL dependency, as LLAMA_OPENSSL=OFF does in newer trees"),
+    "LLAMA_USE_PREBUILT_UI": ("LLAMA_USE_PREBUILT_WEBUI", "OFF", "ON downloads the web UI at build time"),
+    "LLAMA_BUILD_UI": ("LLAMA_BUILD_WEBUI", "OFF", "building the web UI needs npm and the network"),
+    "GGML_CUDA_FA_QUANTS": (
+        "GGML_CUDA_FA_ALL_QUANTS", "OFF", "OFF compiles the common KV-cache types only; 'all' is slow",
+    ),
+}  # fmt: skip
+# Options a tree may default ON that need a library nativellm doesn't install; turned OFF where declared.
+_NEEDS_LIBRARY: dict[str, str] = {
+    "LLAMA_CURL": "needs libcurl's headers (configure fails with 'Could NOT find CURL' without them); "
+    "llama-server does not need it: nativellm downloads models itself",
+}
 _MLX_WARNING = "MLX fallback is not implemented yet; use mlx-lm for models llama.cpp cannot run"
 
 
@@ -155,6 +174,7 @@ class PlanOptions:
     disable_reasons: tuple[tuple[str, str], ...] = ()  # family -> why; a family named here is disabled too
     rpc: bool = False  # GGML_RPC=ON and the rpc-server target
     build_type: str = "Release"
+    defines: tuple[tuple[str, str], ...] = ()  # --define KEY=VALUE: passed as given, after everything else
 
     def disabled(self) -> dict[str, str]:
         """Every disabled family with its reason."""
@@ -163,17 +183,50 @@ class PlanOptions:
 
 
 @dataclass(frozen=True)
+class PlanSource:
+    """The llama.cpp tree a plan was adapted to (`"source"` in the plan JSON; absent without a tree).
+
+    `commit` and `build` are "unknown" when the tree carries no trace of them; `adapted` names every
+    define that differs from the tree-less plan: renamed, dropped or added for this tree."""
+
+    commit: str
+    build: str
+    revision_from: str
+    adapted: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "commit": self.commit,
+            "build": self.build,
+            "revision_from": self.revision_from,
+            "adapted": list(self.adapted),
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> PlanSource:
+        return cls(
+            commit=str(d["commit"]),
+            build=str(d["build"]),
+            revision_from=str(d.get("revision_from", "")),
+            adapted=tuple(str(a) for a in d.get("adapted", [])),
+        )
+
+
+@dataclass(frozen=True)
 class BuildPlan:
-    """CMake defines for one build, each with its reason. `cmake_defines` is a dict; treat it as immutable."""
+    """CMake defines for one build, each with its reason. `cmake_defines` is a dict; treat it as immutable.
+
+    `reasons` may also name a define that is not passed: one the source tree does not know, dropped."""
 
     backend: Backend
     cmake_defines: Mapping[str, str]
     reasons: Mapping[str, str]
     targets: tuple[str, ...]
     warnings: tuple[str, ...] = ()
+    source: PlanSource | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        d: dict[str, Any] = {
             "schema": SCHEMA,
             "backend": self.backend.value,
             "cmake_defines": {k: self.cmake_defines[k] for k in sorted(self.cmake_defines)},
@@ -181,6 +234,13 @@ class BuildPlan:
             "targets": list(self.targets),
             "warnings": list(self.warnings),
         }
+        if self.source is not None:
+            d["source"] = self.source.to_dict()
+        return d
+
+    def dropped(self) -> tuple[str, ...]:
+        """Defines planned but not passed, because the source tree does not know them."""
+        return tuple(sorted(k for k in self.reasons if k not in self.cmake_defines))
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> BuildPlan:
@@ -197,6 +257,7 @@ class BuildPlan:
                 reasons=dict(reasons),
                 targets=tuple(str(t) for t in d["targets"]),
                 warnings=tuple(str(w) for w in d.get("warnings", [])),
+                source=PlanSource.from_dict(d["source"]) if d.get("source") is not None else None,
             )
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise UsageError(f"plan is malformed: {exc}", hint) from exc
@@ -230,8 +291,11 @@ class _Draft:
         self.reasons[key] = reason
 
 
-def plan_build(profile: HostProfile, options: PlanOptions = PlanOptions()) -> BuildPlan:
-    """Pure: the same profile and options always give the same plan. Raises PlanError for impossible plans."""
+def plan_build(
+    profile: HostProfile, options: PlanOptions = PlanOptions(), tree: TreeOptions | None = None
+) -> BuildPlan:
+    """Pure: the same profile, options and tree always give the same plan. Raises PlanError for impossible
+    plans. With the source tree's options (build/tree.py), the defines are adapted to that tree."""
     disabled = _check_options(options)
     isa = _isa_kind(profile)
     draft = _Draft()
@@ -263,7 +327,50 @@ def plan_build(profile: HostProfile, options: PlanOptions = PlanOptions()) -> Bu
     if options.rpc:
         draft.set("GGML_RPC", "ON", "--rpc: build the RPC backend and rpc-server")
     targets = TARGETS + (("rpc-server",) if options.rpc else ())
-    return BuildPlan(backend, dict(draft.defines), dict(draft.reasons), targets, tuple(draft.warnings))
+    source = _adapt_to_tree(tree, draft) if tree is not None else None
+    for key, value in options.defines:
+        unknown = tree is not None and not tree.knows(key) and not key.startswith(_NOT_TREE_OPTIONS)
+        note = f"; this tree ({tree.revision()}) does not declare it" if tree is not None and unknown else ""
+        draft.set(key, value, f"--define: set by hand, passed as given{note}")
+    return BuildPlan(
+        backend, dict(draft.defines), dict(draft.reasons), targets, tuple(draft.warnings), source
+    )
+
+
+def _adapt_to_tree(tree: TreeOptions, draft: _Draft) -> PlanSource:
+    """Rename, drop or add defines so that every define passed is one this tree reads."""
+    rev = tree.revision()
+    adapted: list[str] = []
+    for key in sorted(draft.defines):
+        if key.startswith(_NOT_TREE_OPTIONS) or key in _NOT_TREE_NAMES or tree.knows(key):
+            continue
+        value, reason = draft.defines.pop(key), draft.reasons.pop(key)
+        adapted.append(key)
+        renamed = _RENAMED.get(key)
+        if renamed is not None and tree.knows(renamed[0]):
+            old, old_value, why = renamed
+            if old == "LLAMA_BUILD_WEBUI" and tree.bundled_ui:
+                old_value, why = "ON", "here it embeds the web UI committed in the tree: no npm, no network"
+            draft.set(old, old_value, f"adapted to this tree ({rev}), which names {key} {old}: {why}")
+            draft.reasons[key] = f"not passed: this tree ({rev}) calls it {old}"
+            adapted.append(old)
+            continue
+        effect = "it builds without it" if value == "ON" else "its own behaviour applies"
+        draft.reasons[key] = (
+            f"not passed: this tree ({rev}) does not know {key}, so {effect} (wanted {value}: {reason})"
+        )
+    if tree.tools_in_examples and draft.defines.get("LLAMA_BUILD_EXAMPLES") == "OFF":
+        why = "llama-server, llama-bench and llama-quantize live in examples/ here; only the planned targets"
+        draft.set("LLAMA_BUILD_EXAMPLES", "ON", f"adapted to this tree ({rev}): {why} are built")
+        adapted.append("LLAMA_BUILD_EXAMPLES")
+    for key, why in _NEEDS_LIBRARY.items():
+        if tree.declares(key):
+            default = tree.default(key) or "OFF"
+            draft.set(
+                key, "OFF", f"adapted to this tree ({rev}), which declares {key} (default {default}): {why}"
+            )
+            adapted.append(key)
+    return PlanSource(tree.commit, tree.build, tree.revision_from, tuple(sorted(set(adapted))))
 
 
 def _check_options(options: PlanOptions) -> dict[str, str]:
@@ -277,6 +384,9 @@ def _check_options(options: PlanOptions) -> dict[str, str]:
     unknown = sorted(set(disabled) - FAMILIES)
     if unknown:
         raise _refuse(f"unknown feature family {', '.join(unknown)}", f"use {', '.join(sorted(FAMILIES))}")
+    bad = [k for k, _ in options.defines if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", k)]
+    if bad:
+        raise _refuse(f"--define {bad[0]!r} is not a CMake variable name", "use --define NAME=VALUE")
     if disabled and options.native:
         fix = "build without --native: the default plan names every extension and can leave any out"
         raise _refuse(f"--native cannot leave out {', '.join(disabled)}", fix)

@@ -72,6 +72,19 @@ def quantize(bin_dir: Path, src: Path, dest: Path, quant: str, log: Path) -> Smo
     return SmokeCase(quant, False, detail.replace("llama-server", "llama-quantize"), signal=sig)
 
 
+def server_knows(help_text: str, flag: str) -> bool:
+    """Does `llama-server --help` list this flag? Pure. Older servers lack some (--no-webui: 2025)."""
+    return any(flag in line.replace(",", " ").split() for line in help_text.splitlines())
+
+
+def _optional_flags(bin_dir: Path) -> list[str]:
+    """--no-webui where this server has it: the smoke test needs no UI, and an older server refuses
+    flags it does not know (llama.cpp of late 2024 exits on --no-webui)."""
+    res = run.probe([str(bin_dir / "llama-server"), "--help"], timeout=30)
+    text = (res.stdout + res.stderr) if res is not None else ""
+    return ["--no-webui"] if server_knows(text, "--no-webui") or not text else []
+
+
 def serve_once(bin_dir: Path, model: Path, quant: str, log: Path, threads: int) -> SmokeCase:
     port = free_port()
     argv = [
@@ -82,7 +95,7 @@ def serve_once(bin_dir: Path, model: Path, quant: str, log: Path, threads: int) 
         "-c", "256",
         "-t", str(threads),
         "-np", "1",
-        "--no-webui",
+        *_optional_flags(bin_dir),
     ]  # fmt: skip
     proc = run.Process(argv, log_file=log.with_name(f"smoke-{quant}.log"))
     base = f"http://127.0.0.1:{port}"

@@ -96,8 +96,14 @@ def find_toolchain(need_nvcc: bool = False) -> Toolchain:
 # (pattern in the build log, what to do) for failures we know.
 KNOWN_FAILURES: tuple[tuple[re.Pattern[str], str], ...] = (
     (
+        re.compile(r"Could NOT find CURL", re.I),
+        "libcurl's headers are missing: build with -DLLAMA_CURL=OFF (nativellm's plan does so for trees "
+        "that declare LLAMA_CURL) or install libcurl4-openssl-dev",
+    ),
+    (
         re.compile(r"Unsupported gpu architecture|nvcc fatal.*compute_\d+|unsupported GNU version", re.I),
-        "nvcc is too old for this GPU architecture or compiler: upgrade the CUDA toolkit (sm_120 needs CUDA 12.8+)",
+        "nvcc is too old (or too new) for this GPU architecture or host compiler: newer GPUs need a newer CUDA "
+        "(sm_120 needs 12.8+), and CUDA 13 dropped sm_50 to sm_72 (build those with CUDA 12.x)",
     ),
     (
         re.compile(
@@ -131,3 +137,40 @@ def troubleshoot(log_text: str) -> str | None:
         if pattern.search(log_text):
             return hint
     return None
+
+
+_CMAKE_ERROR_RE = re.compile(r"^CMake Error\b.*$", re.MULTILINE)
+_COMPILER_ERROR_RE = re.compile(r"^(?:FAILED: .*|.*\b(?:fatal )?error: .*)$", re.MULTILINE)
+_FATAL_RE = re.compile(r"\b(?:fatal|error)\s*:", re.IGNORECASE)
+_ESSENCE_MAX = 300
+
+
+def failure_essence(log_text: str) -> str | None:
+    """The one line that says why a configure or compile failed, from its log; None if it has none.
+
+    CMake's first error (a later one is often a consequence): its message's own text, which carries
+    llama.cpp's "Hint: ...", up to a line that introduces quoted output, plus the first fatal/error line
+    of that output (nvcc's "Unsupported gpu architecture"). Else the first compiler error. Pure: tested
+    on captured real logs."""
+    m = _CMAKE_ERROR_RE.search(log_text)
+    if m is not None:
+        text: list[str] = []
+        detail: str | None = None
+        for line in log_text[m.end() :].splitlines()[1:]:
+            if line.strip() and not line.startswith(" "):
+                break  # "Call Stack ...", "-- ...": the message is over
+            if line.startswith("   ") and line.strip():  # quoted output, indented deeper than the text
+                if detail is None and _FATAL_RE.search(line):
+                    detail = line.strip()
+            elif line.strip() and not (text and text[-1].endswith(":")):
+                text.append(line.strip())
+        said = " ".join(text).rstrip(":") if text else m.group(0).split(":", 1)[-1].strip()
+        said = said.rstrip(".") + ": " + detail if detail else said
+        return _clip(" ".join(said.split()))
+    errors = [e.group(0).strip() for e in _COMPILER_ERROR_RE.finditer(log_text)]
+    first = next((e for e in errors if not e.startswith("FAILED:")), None)
+    return _clip(first) if first else None
+
+
+def _clip(text: str) -> str:
+    return text if len(text) <= _ESSENCE_MAX else text[: _ESSENCE_MAX - 3] + "..."

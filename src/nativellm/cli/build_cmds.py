@@ -34,7 +34,12 @@ def detect(json_out: JsonOpt = False) -> None:
 
 
 def _plan_options(
-    backend: str | None, portable: bool, native: bool, baseline: bool, rpc: bool
+    backend: str | None,
+    portable: bool,
+    native: bool,
+    baseline: bool,
+    rpc: bool,
+    defines: list[str] | None = None,
 ) -> PlanOptions:
     from nativellm.build.plan import Backend, PlanOptions
 
@@ -47,7 +52,15 @@ def _plan_options(
             raise UsageError(f"unknown backend {backend!r}", f"choose one of: {names}") from None
     if sum((portable, native, baseline)) > 1:
         raise UsageError("--portable, --native and --baseline exclude each other", "pick one of them")
-    return PlanOptions(backend=chosen, portable=portable, native=native, baseline=baseline, rpc=rpc)
+    pairs: list[tuple[str, str]] = []
+    for item in defines or ():
+        key, eq, value = item.partition("=")
+        if not eq or not key:
+            raise UsageError(f"--define {item!r} is not NAME=VALUE", "write it as --define LLAMA_CURL=OFF")
+        pairs.append((key.removeprefix("-D"), value))
+    return PlanOptions(
+        backend=chosen, portable=portable, native=native, baseline=baseline, rpc=rpc, defines=tuple(pairs)
+    )
 
 
 BackendOpt = Annotated[
@@ -64,6 +77,10 @@ BaselineOpt = Annotated[
     bool, typer.Option("--baseline", help="Generic distro build (AVX2 baseline); for comparisons.")
 ]
 RpcOpt = Annotated[bool, typer.Option("--rpc", help="Also build rpc-server (GGML_RPC=ON).")]
+DefineOpt = Annotated[
+    list[str] | None,
+    typer.Option("--define", help="Pass CMake define NAME=VALUE as given, after the plan (repeatable)."),
+]
 
 
 @app.command()
@@ -74,17 +91,28 @@ def plan(
     native: NativeOpt = False,
     baseline: BaselineOpt = False,
     rpc: RpcOpt = False,
+    define: DefineOpt = None,
+    source: Annotated[
+        Path | None,
+        typer.Option("--source", help="Adapt the defines to this llama.cpp tree's own CMake options."),
+    ] = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Show the CMake defines a build would use, each with its reason (BuildPlan)."""
     from nativellm.build.plan import plan_build
+    from nativellm.build.source import SourceRequest, check_request
+    from nativellm.build.tree import read_tree_options
     from nativellm.hardware import detect_host
     from nativellm.hardware.profile import load_profile
 
     _begin("plan", json_out)
-    opts = _plan_options(backend, portable, native, baseline, rpc)
+    opts = _plan_options(backend, portable, native, baseline, rpc, define)
     host = load_profile(profile) if profile else detect_host()
-    result = plan_build(host, opts)
+    if source is None:
+        result = plan_build(host, opts)
+    else:
+        check_request(SourceRequest(directory=source))
+        result = plan_build(host, opts, read_tree_options(source.expanduser()))
     if json_out:
         emit_json(result.to_dict())
         return
@@ -105,6 +133,7 @@ def build(
     native: NativeOpt = False,
     baseline: BaselineOpt = False,
     rpc: RpcOpt = False,
+    define: DefineOpt = None,
     source: Annotated[
         Path | None, typer.Option("--source", help="Build from a local llama.cpp tree.")
     ] = None,
@@ -136,7 +165,7 @@ def build(
     opts = BuildOptions(
         auto=auto,
         profile=profile,
-        plan=_plan_options(backend, portable, native, baseline, rpc),
+        plan=_plan_options(backend, portable, native, baseline, rpc, define),
         source=SourceRequest(
             directory=source, tarball=tarball, sha256=sha256, ref=ref, repo=repo or default_repo()
         ),

@@ -50,7 +50,14 @@ def show_plan(plan: BuildPlan) -> None:
     table = Table("define", "value", "reason", show_lines=False)
     for key in sorted(plan.cmake_defines):
         table.add_row(key, plan.cmake_defines[key], escape(plan.reasons.get(key, "")))
+    for key in plan.dropped():
+        table.add_row(key, "(not passed)", escape(plan.reasons[key]))
     out.print(table)
+    if plan.source is not None:
+        s = plan.source
+        known = f" ({s.revision_from})" if s.revision_from else ""
+        adapted = f"; adapted: {', '.join(s.adapted)}" if s.adapted else "; no define needed adapting"
+        out.print(escape(f"source: commit {s.commit}, build {s.build}{known}{adapted}"))
     for w in plan.warnings:
         out.print(f"[yellow]warning:[/yellow] {escape(w)}")
 
