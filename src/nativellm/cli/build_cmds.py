@@ -34,9 +34,9 @@ def detect(json_out: JsonOpt = False) -> None:
 
 
 def _plan_options(
-    backend: str | None, portable: bool, native: bool, baseline: bool, rpc: bool
+    backend: str | None, portable: bool, native: bool, baseline: bool, rpc: bool, single_binary: bool = False
 ) -> PlanOptions:
-    from nativellm.build.plan import Backend, PlanOptions
+    from nativellm.build.plan import Backend, PlanOptions, check_single_binary
 
     chosen: Backend | None = None
     if backend is not None:
@@ -47,7 +47,16 @@ def _plan_options(
             raise UsageError(f"unknown backend {backend!r}", f"choose one of: {names}") from None
     if sum((portable, native, baseline)) > 1:
         raise UsageError("--portable, --native and --baseline exclude each other", "pick one of them")
-    return PlanOptions(backend=chosen, portable=portable, native=native, baseline=baseline, rpc=rpc)
+    if single_binary:
+        check_single_binary(chosen, portable)
+    return PlanOptions(
+        backend=chosen,
+        portable=portable,
+        native=native,
+        baseline=baseline,
+        rpc=rpc,
+        single_binary=single_binary,
+    )
 
 
 BackendOpt = Annotated[
@@ -64,6 +73,12 @@ BaselineOpt = Annotated[
     bool, typer.Option("--baseline", help="Generic distro build (AVX2 baseline); for comparisons.")
 ]
 RpcOpt = Annotated[bool, typer.Option("--rpc", help="Also build rpc-server (GGML_RPC=ON).")]
+SingleBinaryOpt = Annotated[
+    bool,
+    typer.Option(
+        "--single-binary", help="CPU build whose llama-server needs only glibc: static libs, no OpenMP."
+    ),
+]
 
 
 @app.command()
@@ -74,6 +89,7 @@ def plan(
     native: NativeOpt = False,
     baseline: BaselineOpt = False,
     rpc: RpcOpt = False,
+    single_binary: SingleBinaryOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
     """Show the CMake defines a build would use, each with its reason (BuildPlan)."""
@@ -82,7 +98,7 @@ def plan(
     from nativellm.hardware.profile import load_profile
 
     _begin("plan", json_out)
-    opts = _plan_options(backend, portable, native, baseline, rpc)
+    opts = _plan_options(backend, portable, native, baseline, rpc, single_binary)
     host = load_profile(profile) if profile else detect_host()
     result = plan_build(host, opts)
     if json_out:
@@ -105,6 +121,7 @@ def build(
     native: NativeOpt = False,
     baseline: BaselineOpt = False,
     rpc: RpcOpt = False,
+    single_binary: SingleBinaryOpt = False,
     source: Annotated[
         Path | None, typer.Option("--source", help="Build from a local llama.cpp tree.")
     ] = None,
@@ -136,7 +153,7 @@ def build(
     opts = BuildOptions(
         auto=auto,
         profile=profile,
-        plan=_plan_options(backend, portable, native, baseline, rpc),
+        plan=_plan_options(backend, portable, native, baseline, rpc, single_binary),
         source=SourceRequest(
             directory=source, tarball=tarball, sha256=sha256, ref=ref, repo=repo or DEFAULT_REPO
         ),
