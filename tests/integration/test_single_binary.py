@@ -107,7 +107,7 @@ def test_single_binary_build_needs_only_glibc(single_build: SingleBuild) -> None
     shared = ldd(single_build.home / "data" / "builds" / single_build.shared_id / "bin" / "llama-server")
     assert any(name.startswith(("libllama", "libggml")) for name in shared)
     size = server.stat().st_size
-    print(f"single llama-server: {size / 1e6:.1f} MB; shared: bin/llama-server + lib/ = "
+    print(f"single llama-server: {size / 1e6:.1f} MB; the shared build's bin/ and lib/ together: "
           f"{_tree_size(single_build.home / 'data' / 'builds' / single_build.shared_id) / 1e6:.1f} MB")  # fmt: skip
 
 
