@@ -318,7 +318,7 @@ def _single_binary_defines(profile: HostProfile, draft: _Draft) -> None:
     draft.set("GGML_BACKEND_DL", "OFF", one + "backends are compiled in, none is loaded at run time")
     why = "libstdc++ and libgcc are linked in, so the host needs no particular GCC runtime, only glibc"
     draft.set("CMAKE_EXE_LINKER_FLAGS", "-static-libstdc++ -static-libgcc", one + why)
-    why = "ggml's OpenMP thread pool needs libgomp.so, which is not part of glibc; ggml's own pool is used"
+    why = "OpenMP would link libgomp.so.1, GCC's runtime rather than glibc's; ggml's own thread pool replaces it"
     draft.set("GGML_OPENMP", "OFF", one + why)
 
 
