@@ -17,12 +17,15 @@ import pytest
 
 from nativellm.build.artifacts import PackOptions, pack
 from nativellm.build.elf import GLIBC_SONAMES, beyond_glibc, find_needed
+from nativellm.build.options import BuildOptions
+from nativellm.build.pipeline import _Builder
 from nativellm.build.plan import PlanOptions, plan_build
 from nativellm.build.single import pack_single_binary
 from nativellm.build.store import Store
-from nativellm.errors import ArtifactError, NotFoundError, UsageError
+from nativellm.errors import ArtifactError, BuildError, NotFoundError, UsageError
 from nativellm.fsutil import sha256_file
 from nativellm.paths import Paths, Scope
+from nativellm.progress import SilentReporter
 from tests.unit.test_artifacts import load, manifest_for, with_flags
 
 SINGLE_ID = "cpu-single-0123456789ab"
@@ -156,3 +159,23 @@ def test_pack_single_binary_is_gzip_and_needs_a_build(tmp_path: Path) -> None:
 def test_a_single_binary_plan_is_what_pack_checks() -> None:
     plan = plan_build(load("zen4-epyc"), PlanOptions(single_binary=True))
     assert plan.to_dict()["cmake_defines"]["BUILD_SHARED_LIBS"] == "OFF" and plan.single_binary
+
+
+# --------------------------------------------------------------------------- the build's own check
+def test_the_build_refuses_a_single_binary_that_needs_more_than_glibc(tmp_path: Path) -> None:
+    paths = Paths(Scope.USER, tmp_path / "home", tmp_path / "config", tmp_path / "units")
+    builder = _Builder(paths, BuildOptions(), SilentReporter())
+    (tmp_path / "stage" / "bin").mkdir(parents=True)
+    server = tmp_path / "stage" / "bin" / "llama-server"
+    server.write_bytes(elf(["libm.so.6", "libc.so.6", "ld-linux-x86-64.so.2"]))
+    assert builder.check_single_binary(tmp_path / "stage", tmp_path / "build.log") == {
+        "file": "bin/llama-server", "needed": ["libm.so.6", "libc.so.6", "ld-linux-x86-64.so.2"]}  # fmt: skip
+    # What a shared build, or one with OpenMP, would have asked for.
+    server.write_bytes(elf(["libllama.so.0", "libgomp.so.1", "libstdc++.so.6", "libc.so.6"]))
+    with pytest.raises(BuildError) as info:
+        builder.check_single_binary(tmp_path / "stage", tmp_path / "build.log")
+    assert "still needs libllama.so.0, libgomp.so.1, libstdc++.so.6" in info.value.message
+    assert info.value.exit_code == 6 and str(tmp_path / "build.log") in info.value.hint
+    server.write_bytes(b"#!/bin/sh\n")
+    with pytest.raises(BuildError, match="not a readable 64-bit ELF"):
+        builder.check_single_binary(tmp_path / "stage", tmp_path / "build.log")
