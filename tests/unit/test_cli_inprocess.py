@@ -34,6 +34,7 @@ from nativellm.build import fingerprint as fingerprint_mod
 from nativellm.build import index as index_mod
 from nativellm.build import pipeline as pipeline_mod
 from nativellm.build import plan as plan_mod
+from nativellm.build import single as single_mod
 from nativellm.build import store as store_mod
 from nativellm.build.artifacts import (
     InstallOptions,
@@ -349,6 +350,16 @@ JSON_COMMANDS = {
 H100 = load_profile(FIXTURES / "profiles" / "2x-h100.json")
 SPR_FILE = FIXTURES / "profiles" / "sapphire-rapids-vm-amx-dropped.json"
 PLAN = plan_build(H100, PlanOptions())
+
+
+def _refusal(options: PlanOptions) -> UsageError:
+    with pytest.raises(UsageError) as info:
+        plan_build(H100, options)
+    return info.value
+
+
+SINGLE_PORTABLE = _refusal(PlanOptions(single_binary=True, portable=True))
+SINGLE_CUDA = _refusal(PlanOptions(single_binary=True, backend=Backend.CUDA))
 
 NEW_ID, OLD_ID, OLDEST_ID = "cuda-3f9c2a7b1e04", "cuda-8d41e6c0a9b2", "cuda-1b7e93d0c5aa"
 _BUILDS = {  # id -> (created, llama.cpp tag)
@@ -789,6 +800,8 @@ def test_plan_turns_flags_into_plan_options_and_reads_a_profile_file(
         (["--backend", "tpu"], "unknown backend 'tpu'", "choose one of: cpu, cuda, hip, vulkan, metal, sycl"),
         (["--native", "--baseline"], "--portable, --native and --baseline exclude each other", "pick one of them"),
         (["--define", "LLAMA_CURL"], "--define 'LLAMA_CURL' is not NAME=VALUE", "write it as --define LLAMA_CURL=OFF"),
+        (["--single-binary", "--portable"], SINGLE_PORTABLE.message, SINGLE_PORTABLE.hint),
+        (["--single-binary", "--backend", "cuda"], SINGLE_CUDA.message, SINGLE_CUDA.hint),
     ],
 )  # fmt: skip
 @pytest.mark.parametrize("command", ["plan", "build"])
@@ -801,6 +814,24 @@ def test_plan_options_are_checked_before_any_work(
     assert rec.calls == []
     run = cli(command, "--json", *argv)
     assert run.code == 2 and run.json() == error_envelope(command, UsageError(message, hint))
+
+
+@covers("plan", "build")
+def test_single_binary_reaches_the_plan_options(cli: Cli, rec: Recorder, paths: Paths) -> None:
+    _plan(rec, paths, None)
+    _build(rec, paths, None)
+    assert cli("plan", "--single-binary", "--backend", "cpu", "--baseline", "--json").code == 0
+    rec.called("plan_build", H100, PlanOptions(backend=Backend.CPU, baseline=True, single_binary=True))
+    rec.calls.clear()
+    run = cli("build", "--single-binary", "--source", "/src/llama.cpp", "--json")
+    assert run.code == 0
+    expected = BuildOptions(
+        auto=False,
+        plan=PlanOptions(single_binary=True),
+        source=SourceRequest(directory=Path("/src/llama.cpp")),
+    )
+    rec.called("build_llama", paths, expected, Like(ConsoleReporter, quiet=True))
+    assert run.json()["data"]["build_id"] == NEW_ID
 
 
 @covers("build")
@@ -1463,6 +1494,37 @@ def test_pack(cli: Cli, rec: Recorder, paths: Paths, system_paths: Paths) -> Non
         "build_id": NEW_ID, "file": str(res.path), "sha256": res.sha256, "size": 123_456_789,
         "variant": res.meta["variant"], "fingerprint": res.meta["fingerprint"],
         "requirements": res.meta["requirements"], "duration_s": 8.91,
+    })  # fmt: skip
+
+
+@covers("pack")
+def test_pack_single_binary(cli: Cli, rec: Recorder, paths: Paths) -> None:
+    res = pack_outcome(Path("/srv/scp"))
+    single = {
+        "file": "llama-server",
+        "sha256": sha("server"),
+        "size": 9_876_543,
+        "needed": ["libm.so.6", "libc.so.6"],
+    }
+    res = dataclasses.replace(res, path=Path(f"/srv/scp/llama-server-{NEW_ID}-x86_64-avx.tar.gz"),
+                              meta={**res.meta, "single_binary": single})  # fmt: skip
+    rec.fn(single_mod, "pack_single_binary", res)
+    run = cli("pack", "--single-binary", "-o", "/srv/scp")
+    assert run.code == 0
+    rec.called("pack_single_binary", paths, PackOptions(None, Path("/srv/scp"), "auto"))
+    assert run.out.splitlines() == [
+        f"packed {NEW_ID} -> {res.path} (123.5 MB)",
+        f"needs: {res.meta['requirements_text']}",
+        "llama-server (9.9 MB) links only libm.so.6, libc.so.6",
+        f"sha256 {res.sha256}  {res.path.name}",
+    ]
+    rec.calls.clear()
+    run = cli("pack", NEW_ID, "--single-binary", "--json")
+    rec.called("pack_single_binary", paths, PackOptions(NEW_ID, None, "auto"))
+    assert run.json() == envelope("pack", True, {
+        "build_id": NEW_ID, "file": str(res.path), "sha256": res.sha256, "size": 123_456_789,
+        "variant": res.meta["variant"], "fingerprint": res.meta["fingerprint"],
+        "requirements": res.meta["requirements"], "duration_s": 8.91, "single_binary": single,
     })  # fmt: skip
 
 

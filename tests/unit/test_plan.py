@@ -45,6 +45,7 @@ OPTION_SETS = {
     "baseline": PlanOptions(baseline=True),
     "rpc": PlanOptions(rpc=True),
     "cpu": PlanOptions(backend=Backend.CPU),
+    "single-binary": PlanOptions(single_binary=True),
     "disable-all": PlanOptions(disable=frozenset({"amx", "avx512", "sve", "i8mm"})),
 }
 
@@ -404,6 +405,63 @@ def test_build_type_and_rpc() -> None:
     assert plan.cmake_defines["GGML_RPC"] == "ON"
     assert plan.targets == ("llama-server", "llama-bench", "llama-quantize", "rpc-server")
     refused(load("zen4-epyc"), PlanOptions(build_type="Fast"))
+
+
+# --- --single-binary ------------------------------------------------------------------------------
+
+SINGLE = {
+    "BUILD_SHARED_LIBS": "OFF",
+    "GGML_BACKEND_DL": "OFF",
+    "GGML_OPENMP": "OFF",
+    "CMAKE_EXE_LINKER_FLAGS": "-static-libstdc++ -static-libgcc",
+}
+
+
+def test_single_binary_links_statically_and_keeps_the_cpu_plan() -> None:
+    xeon = load("ivybridge-avx-only-xeon")
+    shared, single = plan_build(xeon), plan_build(xeon, PlanOptions(single_binary=True))
+    assert {k: single.cmake_defines[k] for k in SINGLE} == SINGLE
+    assert shared.cmake_defines["BUILD_SHARED_LIBS"] == "ON" and "GGML_OPENMP" not in shared.cmake_defines
+    assert (
+        "libgomp" in single.reasons["GGML_OPENMP"]
+        and "only glibc" in single.reasons["CMAKE_EXE_LINKER_FLAGS"]
+    )
+    # Everything else, the instruction set above all, is the plan the host would get anyway.
+    rest = {k: v for k, v in single.cmake_defines.items() if k not in SINGLE}
+    assert rest == {k: v for k, v in shared.cmake_defines.items() if k not in SINGLE}
+    assert single.features() == {"sse42", "avx", "f16c"} and single.targets == shared.targets
+    assert (single.single_binary, shared.single_binary) == (True, False)
+    assert BuildPlan.from_dict(single.to_dict()).single_binary
+
+
+def test_single_binary_on_a_gpu_host_is_a_cpu_build() -> None:
+    plan = plan_build(load("2x-h100"), PlanOptions(single_binary=True))
+    assert plan.backend is Backend.CPU and "GGML_CUDA" not in plan.cmake_defines
+    assert plan_build(load("2x-h100"), PlanOptions(single_binary=True, backend=Backend.CPU)) == plan
+
+
+@pytest.mark.parametrize(
+    ("options", "message", "hint"),
+    [
+        (PlanOptions(single_binary=True, portable=True), "--single-binary and --portable exclude each other",
+         "drop --portable"),
+        (PlanOptions(single_binary=True, backend=Backend.CUDA), "--single-binary builds the CPU backend only, "
+         "not cuda", "use --backend cpu"),
+        (PlanOptions(single_binary=True, backend=Backend.VULKAN), "not vulkan", "drop --single-binary"),
+    ],
+)  # fmt: skip
+def test_single_binary_refuses_shared_module_and_gpu_builds(
+    options: PlanOptions, message: str, hint: str
+) -> None:
+    with pytest.raises(UsageError) as info:
+        plan_build(load("2x-h100"), options)
+    assert info.value.exit_code == 2
+    assert message in info.value.message and hint in info.value.hint
+
+
+def test_single_binary_needs_linux() -> None:
+    error = refused(load("apple-m2"), PlanOptions(single_binary=True, backend=Backend.CPU))
+    assert "--single-binary needs Linux, not darwin" in error.message
 
 
 # --- aarch64 and Apple ---------------------------------------------------------------------------

@@ -97,4 +97,12 @@ def test_a_rebuild_keeps_the_current_builds_shape() -> None:
                                "cmake_defines": {"GGML_CPU_ALL_VARIANTS": "ON"}}})  # fmt: skip
     assert (opts.backend, opts.rpc, opts.portable) == (Backend.CUDA, True, True)
     plain = plan_like({"plan": {"backend": "cpu", "targets": ["llama-server"], "cmake_defines": {}}})
-    assert (plain.backend, plain.rpc, plain.portable) == (Backend.CPU, False, False)
+    assert (plain.backend, plain.rpc, plain.portable, plain.single_binary) == (
+        Backend.CPU,
+        False,
+        False,
+        False,
+    )
+    single = plan_like({"plan": {"backend": "cpu", "targets": ["llama-server"],
+                                 "cmake_defines": {"BUILD_SHARED_LIBS": "OFF"}}})  # fmt: skip
+    assert (single.backend, single.single_binary) == (Backend.CPU, True)

@@ -19,6 +19,7 @@ from typing import Any
 
 from nativellm import __version__, run
 from nativellm.build import cmake
+from nativellm.build.elf import beyond_glibc, find_needed
 from nativellm.build.index import build_from_index
 from nativellm.build.options import BuildOptions, BuildOutcome, runs_here
 from nativellm.build.plan import Backend, BuildPlan, PlanOptions, next_fallback, plan_build
@@ -71,7 +72,8 @@ def compute_build_id(plan: BuildPlan, source: Source, tools: Toolchain, profile:
         "superbuild": sha256_file(superbuild),
         "target": [profile.os, profile.arch],
     }
-    return f"{plan.backend.value}-{canonical_hash(inputs)[:12]}"
+    kind = f"{plan.backend.value}-single" if plan.single_binary else plan.backend.value
+    return f"{kind}-{canonical_hash(inputs)[:12]}"
 
 
 def step_error(name: str, rc: int, log_text: str, log: Path) -> BuildError:
@@ -158,6 +160,21 @@ class _Builder:
             build_dir = self.compile(plan, source, tools, work, 1, configure_only=True)
         return ConfigureOutcome(plan, source, build_dir, work / "build.log", time.monotonic() - t0)
 
+    def check_single_binary(self, stage: Path, log: Path) -> dict[str, Any]:
+        """`--single-binary` promised a llama-server that needs only glibc: read its ELF to hold it to it."""
+        server = stage / "bin" / "llama-server"
+        needed = find_needed(server)
+        if needed is None:
+            raise BuildError(f"{server} is not a readable 64-bit ELF executable", f"read the log: {log}")
+        extra = beyond_glibc(needed)
+        if extra:
+            raise BuildError(
+                f"--single-binary: bin/llama-server still needs {', '.join(extra)}, which glibc does not "
+                "provide, so it would not run on a host without it",
+                f"read the link step in {log}; the llama.cpp tree links a library the plan does not turn off",
+            )
+        return {"file": "bin/llama-server", "needed": list(needed)}
+
     def smoke(self, stage: Path, source: Source, work: Path, threads: int) -> SmokeResult:
         vocab = find_vocab(source.path)
         share = stage / "share" / "nativellm"
@@ -229,6 +246,7 @@ class _Builder:
                 started = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
                 self.rep.stage(f"building {build_id} with {jobs} job(s)")
                 stage = self.compile(plan, source, tools, work, jobs)
+                single = self.check_single_binary(stage, work / "build.log") if plan.single_binary else None
                 result: SmokeResult | None = None
                 if can_smoke:
                     result = self.smoke(stage, source, work, threads=max(1, here.cpu.physical_cores))
@@ -277,6 +295,7 @@ class _Builder:
                 else {"passed": False, "skipped": "built for another host"},
                 fallbacks=fallbacks,
                 jobs=jobs,
+                **({"single_binary": single} if single is not None else {}),
             )
             shutil.copy2(work / "build.log", stage / "build.log")
             if (work / "smoke" / "smoke.log").exists():

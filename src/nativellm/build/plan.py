@@ -173,6 +173,7 @@ class PlanOptions:
     disable: frozenset[str] = frozenset()  # families forced OFF ("amx", "avx512", "sve", ...)
     disable_reasons: tuple[tuple[str, str], ...] = ()  # family -> why; a family named here is disabled too
     rpc: bool = False  # GGML_RPC=ON and the rpc-server target
+    single_binary: bool = False  # static llama/ggml/libstdc++, no OpenMP: bin/llama-server needs only glibc
     build_type: str = "Release"
     defines: tuple[tuple[str, str], ...] = ()  # --define KEY=VALUE: passed as given, after everything else
 
@@ -268,6 +269,11 @@ class BuildPlan:
         arm = self.cmake_defines.get("GGML_CPU_ARM_ARCH", "")
         return frozenset(on | set(arm.split("+")[1:]))
 
+    @property
+    def single_binary(self) -> bool:
+        """A `--single-binary` plan: llama/ggml linked statically, so bin/llama-server stands alone."""
+        return self.cmake_defines.get("BUILD_SHARED_LIBS") == "OFF"
+
     def cmake_args(self) -> list[str]:
         return [f"-D{k}={v}" for k, v in sorted(self.cmake_defines.items())]
 
@@ -324,6 +330,8 @@ def plan_build(
         _arm_defines(profile, options.baseline, disabled, draft)
     if profile.os in _MACOS and backend is not Backend.METAL:
         draft.set("GGML_METAL", "OFF", f"ggml turns Metal on by default on Apple; this is a {backend} build")
+    if options.single_binary:
+        _single_binary_defines(profile, draft)
     if options.rpc:
         draft.set("GGML_RPC", "ON", "--rpc: build the RPC backend and rpc-server")
     targets = TARGETS + (("rpc-server",) if options.rpc else ())
@@ -376,6 +384,8 @@ def _adapt_to_tree(tree: TreeOptions, draft: _Draft) -> PlanSource:
 def _check_options(options: PlanOptions) -> dict[str, str]:
     if sum((options.portable, options.native, options.baseline)) > 1:
         raise PlanError("--portable, --native and --baseline exclude each other", "choose one of them")
+    if options.single_binary:
+        check_single_binary(options.backend, options.portable)
     if options.build_type not in BUILD_TYPES:
         raise _refuse(
             f"build type {options.build_type!r} is unknown", f"use {', '.join(sorted(BUILD_TYPES))}"
@@ -391,6 +401,35 @@ def _check_options(options: PlanOptions) -> dict[str, str]:
         fix = "build without --native: the default plan names every extension and can leave any out"
         raise _refuse(f"--native cannot leave out {', '.join(disabled)}", fix)
     return disabled
+
+
+def check_single_binary(backend: Backend | None, portable: bool) -> None:
+    """--single-binary is a CPU build without GGML_BACKEND_DL; say so before anything is planned."""
+    if portable:
+        raise UsageError(
+            "--single-binary and --portable exclude each other: --portable loads CPU variants as shared "
+            "modules (GGML_BACKEND_DL), which needs shared libraries",
+            "drop --portable; the single binary is built for the CPU flags of the profile (or --baseline)",
+        )
+    if backend not in (None, Backend.CPU):
+        raise UsageError(
+            f"--single-binary builds the CPU backend only, not {backend}: GPU backends link their "
+            "vendor runtimes (CUDA, ROCm, Vulkan) as shared libraries",
+            "use --backend cpu (or leave --backend out), or drop --single-binary for a GPU build",
+        )
+
+
+def _single_binary_defines(profile: HostProfile, draft: _Draft) -> None:
+    if profile.os != "linux":
+        fix = "build without --single-binary; the static libstdc++ link is a Linux (glibc) recipe"
+        raise _refuse(f"--single-binary needs Linux, not {profile.os}", fix)
+    one = "--single-binary: "
+    draft.set("BUILD_SHARED_LIBS", "OFF", one + "llama and ggml are linked into each executable; no lib/")
+    draft.set("GGML_BACKEND_DL", "OFF", one + "backends are compiled in, none is loaded at run time")
+    why = "libstdc++ and libgcc are linked in, so the host needs no particular GCC runtime, only glibc"
+    draft.set("CMAKE_EXE_LINKER_FLAGS", "-static-libstdc++ -static-libgcc", one + why)
+    why = "OpenMP would link libgomp.so.1, GCC's runtime rather than glibc's; ggml's own thread pool replaces it"
+    draft.set("GGML_OPENMP", "OFF", one + why)
 
 
 def _isa_kind(profile: HostProfile) -> str:
@@ -487,7 +526,9 @@ def _portable_disable_warnings(isa: str, disabled: Mapping[str, str], draft: _Dr
 
 
 def _backend(profile: HostProfile, options: PlanOptions, draft: _Draft) -> Backend:
-    backend = options.backend or _auto_backend(profile, draft)
+    # --single-binary is CPU-only (check_single_binary), so auto means CPU even on a GPU host.
+    auto = Backend.CPU if options.single_binary else None
+    backend = options.backend or auto or _auto_backend(profile, draft)
     if backend in _BACKEND_PLANNERS:
         _BACKEND_PLANNERS[backend](profile, options, draft)
     return backend

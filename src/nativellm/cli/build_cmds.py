@@ -40,8 +40,9 @@ def _plan_options(
     baseline: bool,
     rpc: bool,
     defines: list[str] | None = None,
+    single_binary: bool = False,
 ) -> PlanOptions:
-    from nativellm.build.plan import Backend, PlanOptions
+    from nativellm.build.plan import Backend, PlanOptions, check_single_binary
 
     chosen: Backend | None = None
     if backend is not None:
@@ -52,6 +53,8 @@ def _plan_options(
             raise UsageError(f"unknown backend {backend!r}", f"choose one of: {names}") from None
     if sum((portable, native, baseline)) > 1:
         raise UsageError("--portable, --native and --baseline exclude each other", "pick one of them")
+    if single_binary:
+        check_single_binary(chosen, portable)
     pairs: list[tuple[str, str]] = []
     for item in defines or ():
         key, eq, value = item.partition("=")
@@ -59,7 +62,13 @@ def _plan_options(
             raise UsageError(f"--define {item!r} is not NAME=VALUE", "write it as --define LLAMA_CURL=OFF")
         pairs.append((key.removeprefix("-D"), value))
     return PlanOptions(
-        backend=chosen, portable=portable, native=native, baseline=baseline, rpc=rpc, defines=tuple(pairs)
+        backend=chosen,
+        portable=portable,
+        native=native,
+        baseline=baseline,
+        rpc=rpc,
+        defines=tuple(pairs),
+        single_binary=single_binary,
     )
 
 
@@ -81,6 +90,12 @@ DefineOpt = Annotated[
     list[str] | None,
     typer.Option("--define", help="Pass CMake define NAME=VALUE as given, after the plan (repeatable)."),
 ]
+SingleBinaryOpt = Annotated[
+    bool,
+    typer.Option(
+        "--single-binary", help="CPU build whose llama-server needs only glibc: static libs, no OpenMP."
+    ),
+]
 
 
 @app.command()
@@ -92,6 +107,7 @@ def plan(
     baseline: BaselineOpt = False,
     rpc: RpcOpt = False,
     define: DefineOpt = None,
+    single_binary: SingleBinaryOpt = False,
     source: Annotated[
         Path | None,
         typer.Option("--source", help="Adapt the defines to this llama.cpp tree's own CMake options."),
@@ -106,7 +122,7 @@ def plan(
     from nativellm.hardware.profile import load_profile
 
     _begin("plan", json_out)
-    opts = _plan_options(backend, portable, native, baseline, rpc, define)
+    opts = _plan_options(backend, portable, native, baseline, rpc, define, single_binary)
     host = load_profile(profile) if profile else detect_host()
     if source is None:
         result = plan_build(host, opts)
@@ -134,6 +150,7 @@ def build(
     baseline: BaselineOpt = False,
     rpc: RpcOpt = False,
     define: DefineOpt = None,
+    single_binary: SingleBinaryOpt = False,
     source: Annotated[
         Path | None, typer.Option("--source", help="Build from a local llama.cpp tree.")
     ] = None,
@@ -165,7 +182,7 @@ def build(
     opts = BuildOptions(
         auto=auto,
         profile=profile,
-        plan=_plan_options(backend, portable, native, baseline, rpc, define),
+        plan=_plan_options(backend, portable, native, baseline, rpc, define, single_binary),
         source=SourceRequest(
             directory=source, tarball=tarball, sha256=sha256, ref=ref, repo=repo or default_repo()
         ),

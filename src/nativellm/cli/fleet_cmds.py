@@ -31,23 +31,37 @@ def pack_cmd(
     compression: Annotated[
         str, typer.Option("--compression", help="auto (zst if zstandard is installed, else gz), zst or gz.")
     ] = "auto",
+    single_binary: Annotated[
+        bool,
+        typer.Option(
+            "--single-binary",
+            help="Pack only llama-server of a `build --single-binary` build, with its manifest and SHA256SUMS.",
+        ),
+    ] = False,
     system: SystemOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
     """Pack an installed build into nativellm-<id>-<variant>.tar.zst and print its sha256."""
     from nativellm.build.artifacts import PackOptions, pack
+    from nativellm.build.single import pack_single_binary
 
     _begin("pack", json_out)
-    res = pack(resolve_paths(_scope(system)), PackOptions(build_id, output, compression))
+    packer = pack_single_binary if single_binary else pack
+    res = packer(resolve_paths(_scope(system)), PackOptions(build_id, output, compression))
     data = {"build_id": res.build_id, "file": str(res.path), "sha256": res.sha256, "size": res.size,
             "variant": res.meta["variant"], "fingerprint": res.meta["fingerprint"],
             "requirements": res.meta["requirements"], "duration_s": round(res.duration_s, 2)}  # fmt: skip
+    if single_binary:
+        data["single_binary"] = res.meta["single_binary"]
     if json_out:
         emit_json(envelope("pack", res.changed, data))
         return
     verb = "packed" if res.changed else "unchanged"
     out.print(f"{verb} {res.build_id} -> {res.path} ({res.size / 1e6:.1f} MB)")
     out.print(f"needs: {res.meta['requirements_text']}")
+    if single_binary:
+        single = res.meta["single_binary"]
+        out.print(f"llama-server ({single['size'] / 1e6:.1f} MB) links only {', '.join(single['needed'])}")
     out.print(f"sha256 {res.sha256}  {res.path.name}")
 
 

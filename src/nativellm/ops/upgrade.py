@@ -194,13 +194,15 @@ def _upgrade_lock(paths: Paths) -> Iterator[None]:
 
 
 def plan_like(manifest: dict[str, Any]) -> Any:
-    """PlanOptions that rebuild the shape of an installed build: its backend, `--rpc`, `--portable`."""
+    """PlanOptions that rebuild the shape of an installed build: its backend, `--rpc`, `--portable`,
+    `--single-binary`."""
     plan = manifest.get("plan", {})
     defines = plan.get("cmake_defines", {})
     return PlanOptions(
         backend=Backend(plan.get("backend", "cpu")),
         rpc="rpc-server" in plan.get("targets", []),
         portable=defines.get("GGML_CPU_ALL_VARIANTS") == "ON",
+        single_binary=defines.get("BUILD_SHARED_LIBS") == "OFF",
     )
 
 
