@@ -98,3 +98,7 @@ def test_a_rebuild_keeps_the_current_builds_shape() -> None:
     assert (opts.backend, opts.rpc, opts.portable) == (Backend.CUDA, True, True)
     plain = plan_like({"plan": {"backend": "cpu", "targets": ["llama-server"], "cmake_defines": {}}})
     assert (plain.backend, plain.rpc, plain.portable) == (Backend.CPU, False, False)
+    assert plain.ui  # builds from before the web UI existed get it on upgrade
+    no_ui = plan_like({"plan": {"backend": "cpu", "targets": ["llama-server"], "cmake_defines": {},
+                                "reasons": {"LLAMA_BUILD_UI": "--no-ui: llama-server serves no web UI"}}})  # fmt: skip
+    assert not no_ui.ui  # --no-ui stays
