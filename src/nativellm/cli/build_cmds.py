@@ -40,6 +40,7 @@ def _plan_options(
     baseline: bool,
     rpc: bool,
     defines: list[str] | None = None,
+    no_ui: bool = False,
 ) -> PlanOptions:
     from nativellm.build.plan import Backend, PlanOptions
 
@@ -59,7 +60,13 @@ def _plan_options(
             raise UsageError(f"--define {item!r} is not NAME=VALUE", "write it as --define LLAMA_CURL=OFF")
         pairs.append((key.removeprefix("-D"), value))
     return PlanOptions(
-        backend=chosen, portable=portable, native=native, baseline=baseline, rpc=rpc, defines=tuple(pairs)
+        backend=chosen,
+        portable=portable,
+        native=native,
+        baseline=baseline,
+        rpc=rpc,
+        defines=tuple(pairs),
+        ui=not no_ui,
     )
 
 
@@ -77,6 +84,9 @@ BaselineOpt = Annotated[
     bool, typer.Option("--baseline", help="Generic distro build (AVX2 baseline); for comparisons.")
 ]
 RpcOpt = Annotated[bool, typer.Option("--rpc", help="Also build rpc-server (GGML_RPC=ON).")]
+NoUiOpt = Annotated[
+    bool, typer.Option("--no-ui", help="Leave the web UI out: no npm; llama-server answers 404 on /.")
+]
 DefineOpt = Annotated[
     list[str] | None,
     typer.Option("--define", help="Pass CMake define NAME=VALUE as given, after the plan (repeatable)."),
@@ -92,6 +102,7 @@ def plan(
     baseline: BaselineOpt = False,
     rpc: RpcOpt = False,
     define: DefineOpt = None,
+    no_ui: NoUiOpt = False,
     source: Annotated[
         Path | None,
         typer.Option("--source", help="Adapt the defines to this llama.cpp tree's own CMake options."),
@@ -106,7 +117,7 @@ def plan(
     from nativellm.hardware.profile import load_profile
 
     _begin("plan", json_out)
-    opts = _plan_options(backend, portable, native, baseline, rpc, define)
+    opts = _plan_options(backend, portable, native, baseline, rpc, define, no_ui)
     host = load_profile(profile) if profile else detect_host()
     if source is None:
         result = plan_build(host, opts)
@@ -134,6 +145,7 @@ def build(
     baseline: BaselineOpt = False,
     rpc: RpcOpt = False,
     define: DefineOpt = None,
+    no_ui: NoUiOpt = False,
     source: Annotated[
         Path | None, typer.Option("--source", help="Build from a local llama.cpp tree.")
     ] = None,
@@ -165,7 +177,7 @@ def build(
     opts = BuildOptions(
         auto=auto,
         profile=profile,
-        plan=_plan_options(backend, portable, native, baseline, rpc, define),
+        plan=_plan_options(backend, portable, native, baseline, rpc, define, no_ui),
         source=SourceRequest(
             directory=source, tarball=tarball, sha256=sha256, ref=ref, repo=repo or default_repo()
         ),
@@ -186,6 +198,7 @@ def build(
                     "plan": outcome.plan.to_dict(),
                     "fallbacks": list(outcome.fallbacks),
                     "jobs": outcome.jobs,
+                    "ui": outcome.ui.to_dict() if outcome.ui is not None else None,
                     "duration_s": round(outcome.duration_s, 2),
                     "notes": list(outcome.notes),
                 },
