@@ -51,6 +51,10 @@ def test_the_key_follows_the_ui_sources_and_nothing_npm_writes(tmp_path: Path) -
         (ui / made).parent.mkdir(parents=True, exist_ok=True)
         (ui / made).write_text("output, not source\n")
     assert ui_source_key(ui) == key
+    (ui / "src" / "lib" / "build").mkdir()  # below the top, such a name is a source like any other
+    (ui / "src" / "lib" / "build" / "x.ts").write_text("export {};\n")
+    assert ui_source_key(ui) != key
+    key = ui_source_key(ui)
     assert ui_source_key(ui, "11312") != key  # the build number shows in the UI
     (ui / "src" / "lib" / "chat.ts").write_text("export const x = 2;\n")
     changed = ui_source_key(ui)

@@ -25,7 +25,7 @@ from nativellm.progress import Reporter
 
 UI_DIR = "tools/ui"
 UI_SCRIPT = "scripts/ui-assets.cmake"
-# What npm and the UI's own tools write into the UI directory: never part of its sources.
+# What npm and the UI's own tools write at the top of the UI directory: never part of its sources.
 _NOT_SOURCES = frozenset({"node_modules", "dist", "build", ".svelte-kit", "dev-dist", "test-results"})
 FIX = "install Node.js and npm (Debian: apt-get install nodejs npm), or pass --no-ui to build without it"
 
@@ -61,7 +61,7 @@ def find_ui_sources(tree: Path) -> Path | None:
 
 def _source_files(ui: Path) -> Iterator[Path]:
     for root, dirs, files in os.walk(ui):
-        dirs[:] = sorted(d for d in dirs if d not in _NOT_SOURCES)
+        dirs[:] = sorted(d for d in dirs if Path(root) != ui or d not in _NOT_SOURCES)
         for name in sorted(files):
             yield Path(root) / name
 
@@ -101,7 +101,7 @@ def provision_ui(cache: Path, ui: Path, reporter: Reporter, build_number: str = 
         shutil.rmtree(work, ignore_errors=True)
         log.unlink(missing_ok=True)
         src, out = work / "src", work / "dist"
-        shutil.copytree(ui, src, ignore=lambda d, names: [n for n in names if n in _NOT_SOURCES])
+        shutil.copytree(ui, src, ignore=lambda d, names: _NOT_SOURCES & set(names) if Path(d) == ui else [])
         env = {"LLAMA_UI_OUT_DIR": str(out), "npm_config_update_notifier": "false"}
         if build_number:
             env["LLAMA_BUILD_NUMBER"] = build_number
