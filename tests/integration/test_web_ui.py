@@ -18,8 +18,9 @@ import httpx
 import pytest
 
 from nativellm import run
-from nativellm.build.ui import find_ui_sources, provision_ui
+from nativellm.build.ui import find_ui_sources, provision_ui, ui_source_key
 from nativellm.client import free_port, wait_ready
+from nativellm.errors import UiError
 from nativellm.paths import resolve_paths
 from nativellm.progress import SilentReporter
 from tests.helpers import CACHE, CliResult, cannot_run, nativellm
@@ -170,3 +171,28 @@ def test_without_npm_the_build_succeeds_without_the_ui_and_names_the_fix(
         print(f"build without npm: {res.seconds:.0f} s")
     finally:
         shutil.rmtree(home, ignore_errors=True)
+
+
+def test_npm_offline_is_a_ui_error_that_keeps_its_log_and_no_node_modules(
+    llama_source: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if shutil.which("npm") is None:
+        cannot_run(
+            "npm is not installed (Debian packages nodejs and npm; scripts/bootstrap.sh installs them)"
+        )
+    ui_dir = find_ui_sources(llama_source)
+    assert ui_dir is not None
+    # Offline, for real: a registry nothing listens on and an empty npm cache, no retries.
+    monkeypatch.setenv("npm_config_registry", "http://127.0.0.1:9/")
+    monkeypatch.setenv("npm_config_cache", str(tmp_path / "npm-cache"))
+    monkeypatch.setenv("npm_config_fetch_retries", "0")
+    cache = tmp_path / "ui-cache"
+    with pytest.raises(UiError) as info:
+        provision_ui(cache, ui_dir, SilentReporter())
+    assert info.value.message.startswith("npm ci failed (exit ")
+    assert "(offline? npm ci needs the npm registry)" in info.value.message
+    assert "--no-ui" in info.value.hint
+    key = ui_source_key(ui_dir)
+    log = cache / f"{key}.log"
+    assert log.is_file() and "npm ci" in log.read_text()
+    assert not (cache / f"{key}.work").exists() and not (cache / key / "dist").exists()

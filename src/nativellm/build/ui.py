@@ -100,34 +100,42 @@ def provision_ui(cache: Path, ui: Path, reporter: Reporter, build_number: str = 
         log = cache / f"{key}.log"
         shutil.rmtree(work, ignore_errors=True)
         log.unlink(missing_ok=True)
-        src, out = work / "src", work / "dist"
-        shutil.copytree(ui, src, ignore=lambda d, names: _NOT_SOURCES & set(names) if Path(d) == ui else [])
-        env = {"LLAMA_UI_OUT_DIR": str(out), "npm_config_update_notifier": "false"}
-        if build_number:
-            env["LLAMA_BUILD_NUMBER"] = build_number
-        steps = (("npm ci", [npm, "ci", "--no-audit", "--no-fund"]), ("npm run build", [npm, "run", "build"]))
-        for name, argv in steps:
-            reporter.stage(f"web UI: {name} (log: {log})")
-            rc = run.stream(argv, log_path=log, env=env, cwd=src)
-            if rc != 0:
-                offline = " (offline? npm ci needs the npm registry)" if name == "npm ci" else ""
-                raise UiError(
-                    f"{name} failed ({run.short_exit(rc)}){offline}, so the web UI cannot be built; log: {log}",
-                    f"read {log}; or pass --no-ui to build without the web UI",
-                )
-        if not (out / "index.html").is_file():
-            raise UiError(f"npm run build wrote no index.html to {out}; log: {log}", f"read {log}")
-        seconds = time.monotonic() - t0
-        entry.mkdir(parents=True, exist_ok=True)
-        shutil.rmtree(dist, ignore_errors=True)
-        out.rename(dist)
-        shutil.move(str(log), entry / "npm.log")
-        shutil.rmtree(work, ignore_errors=True)  # node_modules is ~700 MB; npm's own cache keeps the packages
+        try:
+            seconds = _npm_build(npm, ui, work, log, build_number, reporter)
+            entry.mkdir(parents=True, exist_ok=True)
+            shutil.rmtree(dist, ignore_errors=True)
+            (work / "dist").rename(dist)
+            shutil.move(str(log), entry / "npm.log")
+        finally:
+            shutil.rmtree(work, ignore_errors=True)  # node_modules is ~700 MB; npm's own cache keeps packages
         assets = _assets(dist, key, True, seconds)
         write_json_atomic(
             entry / "ui.json", {"source": str(ui), "build_number": build_number, **assets.to_dict()}
         )
         return assets
+
+
+def _npm_build(npm: str, ui: Path, work: Path, log: Path, build_number: str, reporter: Reporter) -> float:
+    """`npm ci` and `npm run build` on a copy of the UI sources in work/src, output in work/dist."""
+    t0 = time.monotonic()
+    src, out = work / "src", work / "dist"
+    shutil.copytree(ui, src, ignore=lambda d, names: _NOT_SOURCES & set(names) if Path(d) == ui else [])
+    env = {"LLAMA_UI_OUT_DIR": str(out), "npm_config_update_notifier": "false"}
+    if build_number:
+        env["LLAMA_BUILD_NUMBER"] = build_number
+    steps = (("npm ci", [npm, "ci", "--no-audit", "--no-fund"]), ("npm run build", [npm, "run", "build"]))
+    for name, argv in steps:
+        reporter.stage(f"web UI: {name} (log: {log})")
+        rc = run.stream(argv, log_path=log, env=env, cwd=src)
+        if rc != 0:
+            offline = " (offline? npm ci needs the npm registry)" if name == "npm ci" else ""
+            raise UiError(
+                f"{name} failed ({run.short_exit(rc)}){offline}, so the web UI cannot be built; log: {log}",
+                f"read {log}; or pass --no-ui to build without the web UI",
+            )
+    if not (out / "index.html").is_file():
+        raise UiError(f"npm run build wrote no index.html to {out}; log: {log}", f"read {log}")
+    return time.monotonic() - t0
 
 
 def ui_summary(assets: UiAssets) -> str:
