@@ -6,8 +6,11 @@ cd "$(dirname "$0")/.."
 
 # The e2e tier also needs systemd, dbus, iproute2 (ss) and procps (pgrep) in the image, and python3-apt
 # for the Ansible role's package task (ansible's apt module runs under the system python3).
+# chromium: the browser test of the web UI. Node.js and npm build the web UI; a host that has them
+# from elsewhere (NodeSource bundles npm with nodejs) keeps its own.
 APT_PACKAGES=(build-essential ccache git pkg-config libsystemd-dev python3-venv python3-dev python3-apt zstd curl
-              systemd dbus iproute2 procps)
+              systemd dbus iproute2 procps chromium)
+command -v npm >/dev/null 2>&1 || APT_PACKAGES+=(nodejs npm)
 if command -v apt-get >/dev/null 2>&1; then
   missing=()
   for p in "${APT_PACKAGES[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done

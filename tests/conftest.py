@@ -24,6 +24,9 @@ def pytest_configure(config: pytest.Config) -> None:
     if "NATIVELLM_UNIT_DIR" not in os.environ:
         os.environ["NATIVELLM_UNIT_DIR"] = tempfile.mkdtemp(prefix="nativellm-test-units-")
         config.add_cleanup(lambda: shutil.rmtree(os.environ["NATIVELLM_UNIT_DIR"], ignore_errors=True))
+    # Every build of the session, in every fresh NATIVELLM_HOME, shares one web UI cache across
+    # sessions, as ccache shares objects: npm runs only when the tree's UI sources change.
+    os.environ.setdefault("NATIVELLM_UI_CACHE", str(CACHE / "ui-cache"))
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

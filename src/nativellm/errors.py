@@ -48,6 +48,12 @@ class BuildError(NativeLLMError):
     kind = "build"
 
 
+class UiError(BuildError):
+    """The web UI could not be built or fetched. `build` goes on without it and warns; this is the why."""
+
+    kind = "ui"
+
+
 class SmokeTestError(NativeLLMError):
     """The built binaries did not pass real inference."""
 

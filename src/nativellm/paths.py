@@ -24,6 +24,7 @@ class Paths:
     home: Path  # data root: builds, sources, models
     config: Path  # instance specs
     units: Path  # systemd unit directory
+    ui_cache_dir: Path | None = None  # NATIVELLM_UI_CACHE; None: <home>/ui-cache
 
     @property
     def builds(self) -> Path:
@@ -44,6 +45,11 @@ class Paths:
     @property
     def models(self) -> Path:
         return self.home / "models"
+
+    @property
+    def ui_cache(self) -> Path:
+        """Built web UI assets, one directory per hash of a tree's UI sources (build/ui.py)."""
+        return self.ui_cache_dir or self.home / "ui-cache"
 
     @property
     def lock(self) -> Path:
@@ -68,21 +74,25 @@ def resolve_paths(scope: Scope = Scope.USER) -> Paths:
     specs), for example onto a large disk. Units stay where the service manager reads them
     (`~/.config/systemd/user`, or `/etc/systemd/system` for --system), because systemd never
     looks anywhere else. NATIVELLM_UNIT_DIR is the one way to move units; `instance add` asks
-    the manager whether it reads that directory before writing there.
+    the manager whether it reads that directory before writing there. NATIVELLM_UI_CACHE moves the
+    built web UI cache (default `<data>/ui-cache`), so several homes can share one npm build.
     """
     override = os.environ.get("NATIVELLM_HOME")
     unit_dir = os.environ.get("NATIVELLM_UNIT_DIR")
     units = Path(unit_dir) if unit_dir else _unit_dir(scope)
+    ui_cache = os.environ.get("NATIVELLM_UI_CACHE")
+    ui = Path(ui_cache) if ui_cache else None
     if override:
         root = Path(override)
-        return Paths(scope, root / "data", root / "config", units)
+        return Paths(scope, root / "data", root / "config", units, ui)
     if scope is Scope.SYSTEM:
-        return Paths(scope, Path("/var/lib/nativellm"), Path("/etc/nativellm"), units)
+        return Paths(scope, Path("/var/lib/nativellm"), Path("/etc/nativellm"), units, ui)
     return Paths(
         scope,
         _xdg("XDG_DATA_HOME", ".local/share") / "nativellm",
         _xdg("XDG_CONFIG_HOME", ".config") / "nativellm",
         units,
+        ui,
     )
 
 

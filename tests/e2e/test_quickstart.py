@@ -35,6 +35,7 @@ README = CHECKOUT / "README.md"
 GIT_PORT = 9418  # git's own port: a stable URL keeps the sandbox's source path, so ccache hits next run
 SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 CCACHE = Path(os.environ.get("CCACHE_DIR", Path.home() / ".cache" / "ccache"))
+NPM_CACHE = Path.home() / ".npm"  # the web UI's `npm ci` downloads, shared like ccache
 
 
 def quickstart_commands(text: str) -> list[str]:
@@ -92,9 +93,10 @@ def llama_mirror(llama_source: Path) -> Iterator[str]:
 @pytest.fixture(scope="module")
 def clean_machine() -> Iterator[Sandbox]:
     """A fresh systemd sandbox of its own: an empty store and unit directory, a real user manager.
-    Its ccache writes go to the host's cache, so the next run's compile is warm."""
+    Its ccache and npm cache writes go to the host's caches, so the next run is warm."""
     CCACHE.mkdir(parents=True, exist_ok=True)
-    with booted_sandbox("qs-", [CCACHE]) as sb:
+    NPM_CACHE.mkdir(parents=True, exist_ok=True)
+    with booted_sandbox("qs-", [CCACHE, NPM_CACHE]) as sb:
         yield sb
 
 

@@ -49,6 +49,7 @@ from nativellm.build.options import BuildOptions, BuildOutcome
 from nativellm.build.plan import Backend, PlanOptions, plan_build
 from nativellm.build.source import DEFAULT_REPO, SourceRequest
 from nativellm.build.store import BuildRecord
+from nativellm.build.ui import UiAssets
 from nativellm.cli import app, main, output
 from nativellm.cli.app import STATE
 from nativellm.cli.output import ConsoleReporter
@@ -408,6 +409,7 @@ def build_outcome(paths: Paths) -> BuildOutcome:
     return BuildOutcome(
         PLAN, NEW_ID, changed=True, activated=True, record=build_record(paths), fallbacks=(fallback,),
         jobs=16, duration_s=412.337, notes=(f"built {NEW_ID}", f"dropped avx512: {FALLBACK_REASON}"),
+        ui=UiAssets("0123456789abcdef", paths.ui_cache / "0123456789abcdef" / "dist", True, 201.04, 97, 10_100_000),
     )  # fmt: skip
 
 
@@ -785,11 +787,11 @@ def test_plan_turns_flags_into_plan_options_and_reads_a_profile_file(
     assert run.json() == jsonable(PLAN.to_dict())
 
     rec.calls.clear()
-    run = cli("plan", "--portable")
+    run = cli("plan", "--portable", "--no-ui")
     assert run.code == 0
     assert rec.calls == [
         Call("detect_host", (), {}),
-        Call("plan_build", (H100, PlanOptions(portable=True)), {}),
+        Call("plan_build", (H100, PlanOptions(portable=True, ui=False)), {}),
     ]
     assert "backend: cuda" in run.out and "CMAKE_CUDA_ARCHITECTURES" in run.out
 
@@ -838,10 +840,10 @@ def test_single_binary_reaches_the_plan_options(cli: Cli, rec: Recorder, paths: 
 def test_build_turns_flags_into_build_options(cli: Cli, rec: Recorder, paths: Paths) -> None:
     _build(rec, paths, None)
     run = cli("build", "--auto", "--backend", "cuda", "--rpc", "--ref", "b7100", "--repo", OTHER_REPO, "-j", "8",
-              "--dry-run")  # fmt: skip
+              "--dry-run", "--no-ui")  # fmt: skip
     assert run.code == 0
     expected = BuildOptions(
-        auto=True, plan=PlanOptions(backend=Backend.CUDA, rpc=True),
+        auto=True, plan=PlanOptions(backend=Backend.CUDA, rpc=True, ui=False),
         source=SourceRequest(ref="b7100", repo=OTHER_REPO), jobs=8, dry_run=True,
     )  # fmt: skip
     rec.called("build_llama", paths, expected, Like(ConsoleReporter, quiet=False))
@@ -868,6 +870,8 @@ def test_build_from_a_tarball_for_another_profile_in_system_scope_json(
         "build_id": NEW_ID, "cached": False, "activated": True, "plan": jsonable(PLAN.to_dict()),
         "fallbacks": jsonable(outcome.fallbacks), "jobs": 16, "duration_s": 412.34,
         "notes": list(outcome.notes),
+        "ui": {"key": "0123456789abcdef", "dist": str(paths.ui_cache / "0123456789abcdef" / "dist"), "built": True,
+               "seconds": 201.0, "files": 97, "bytes": 10_100_000},
     })  # fmt: skip
     assert run.err == ""  # the reporter is quiet under --json
 

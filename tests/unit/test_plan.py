@@ -47,6 +47,7 @@ OPTION_SETS = {
     "cpu": PlanOptions(backend=Backend.CPU),
     "single-binary": PlanOptions(single_binary=True),
     "disable-all": PlanOptions(disable=frozenset({"amx", "avx512", "sve", "i8mm"})),
+    "no-ui": PlanOptions(ui=False),
 }
 
 
@@ -145,8 +146,10 @@ def test_plan_contract(name: str, plan: BuildPlan) -> None:
     assert set(d["reasons"]) == set(d["cmake_defines"]), "every define needs a reason"
     assert all(isinstance(r, str) and r for r in d["reasons"].values())
     assert d["cmake_defines"]["GGML_NATIVE"] in ("ON", "OFF")
-    for key in ("LLAMA_USE_PREBUILT_UI", "LLAMA_BUILD_UI", "LLAMA_OPENSSL"):
+    for key in ("LLAMA_USE_PREBUILT_UI", "LLAMA_OPENSSL"):
         assert d["cmake_defines"][key] == "OFF"
+    # The web UI is on unless --no-ui: built with npm by nativellm, never downloaded by CMake.
+    assert d["cmake_defines"]["LLAMA_BUILD_UI"] == ("OFF" if name.endswith("/no-ui") else "ON")
     assert d["cmake_defines"]["CMAKE_BUILD_TYPE"] == "Release"
     assert d["targets"][:3] == ["llama-server", "llama-bench", "llama-quantize"]
     assert all(isinstance(w, str) for w in d["warnings"])

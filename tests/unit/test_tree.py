@@ -175,6 +175,33 @@ def test_a_tree_without_the_committed_ui_builds_none() -> None:
         profile, PlanOptions(), _tree({**dict.fromkeys(names, "OFF"), "LLAMA_BUILD_WEBUI": "ON"})
     )
     assert plan.cmake_defines["LLAMA_BUILD_WEBUI"] == "OFF"
+    assert "runs npm inside CMake here" in plan.reasons["LLAMA_BUILD_WEBUI"]
+    assert any(w.startswith("web UI left out:") and "--no-ui" in w for w in plan.warnings)
+
+
+def test_no_ui_turns_the_ui_off_in_every_tree_and_says_why() -> None:
+    profile = _profile("zen4-epyc")
+    plain = plan_build(profile, PlanOptions(ui=False))
+    assert plain.cmake_defines["LLAMA_BUILD_UI"] == "OFF"
+    assert plain.reasons["LLAMA_BUILD_UI"] == "--no-ui: llama-server serves no web UI"
+    assert plan_build(profile).cmake_defines["LLAMA_BUILD_UI"] == "ON"
+    # UI on and off are different builds
+    src = Source(Path("/x"), {"kind": "directory", "tree_sha256": "0" * 64})
+    tools = Toolchain("cmake", "ninja", "3.31.0", "gcc 12", "g++ 12")
+    assert compute_build_id(plain, src, tools, profile) != compute_build_id(
+        plan_build(profile), src, tools, profile
+    )
+    # an older tree's committed UI is left out too, and nothing warns: the user asked
+    names = set(plan_build(profile).cmake_defines) - {"LLAMA_BUILD_UI"}
+    for bundled in (True, False):
+        tree = _tree({**dict.fromkeys(names, "OFF"), "LLAMA_BUILD_WEBUI": "ON"}, bundled_ui=bundled)
+        plan = plan_build(profile, PlanOptions(ui=False), tree)
+        assert plan.cmake_defines["LLAMA_BUILD_WEBUI"] == "OFF"
+        assert plan.reasons["LLAMA_BUILD_WEBUI"].endswith("--no-ui: llama-server serves no web UI")
+        assert not any("web UI" in w for w in plan.warnings)
+    # the build's own reason (no npm) reaches the plan
+    why = "wanted, but npm is not installed, so the web UI cannot be built"
+    assert plan_build(profile, PlanOptions(ui=False, no_ui_reason=why)).reasons["LLAMA_BUILD_UI"] == why
 
 
 def test_plan_source_round_trips_and_keeps_the_build_id() -> None:

@@ -106,3 +106,7 @@ def test_a_rebuild_keeps_the_current_builds_shape() -> None:
     single = plan_like({"plan": {"backend": "cpu", "targets": ["llama-server"],
                                  "cmake_defines": {"BUILD_SHARED_LIBS": "OFF"}}})  # fmt: skip
     assert (single.backend, single.single_binary) == (Backend.CPU, True)
+    assert plain.ui  # builds from before the web UI existed get it on upgrade
+    no_ui = plan_like({"plan": {"backend": "cpu", "targets": ["llama-server"], "cmake_defines": {},
+                                "reasons": {"LLAMA_BUILD_UI": "--no-ui: llama-server serves no web UI"}}})  # fmt: skip
+    assert not no_ui.ui  # --no-ui stays

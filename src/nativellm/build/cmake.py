@@ -9,13 +9,17 @@ from nativellm.build.toolchain import Toolchain
 from nativellm.paths import package_data
 
 
-def configure_argv(tools: Toolchain, plan: BuildPlan, source: Path, build_dir: Path) -> list[str]:
+def configure_argv(
+    tools: Toolchain, plan: BuildPlan, source: Path, build_dir: Path, ui_dist: Path | None = None
+) -> list[str]:
+    """`ui_dist`: web UI assets built by build/ui.py, embedded instead of running npm inside CMake."""
     return [
         tools.cmake, "-G", "Ninja", "-S", str(package_data("cpp")), "-B", str(build_dir),
         f"-DCMAKE_MAKE_PROGRAM={tools.ninja}",
         f"-DNATIVELLM_LLAMA_SOURCE={source}",
         f"-DNATIVELLM_TARGETS={';'.join(plan.targets)}",
         "-Wno-dev",
+        *([f"-DNATIVELLM_UI_DIST={ui_dist}"] if ui_dist is not None else []),
         *(f"-D{k}={v}" for k, v in sorted(plan.cmake_defines.items())),
     ]  # fmt: skip
 
@@ -30,12 +34,12 @@ def install_argv(tools: Toolchain, build_dir: Path, prefix: Path) -> list[str]:
 
 
 def steps(
-    tools: Toolchain, plan: BuildPlan, source: Path, work: Path, jobs: int
+    tools: Toolchain, plan: BuildPlan, source: Path, work: Path, jobs: int, ui_dist: Path | None = None
 ) -> list[tuple[str, list[str]]]:
     """(name, argv) of configure, compile and install, in order."""
     build_dir = work / "build"
     return [
-        ("configure", configure_argv(tools, plan, source, build_dir)),
+        ("configure", configure_argv(tools, plan, source, build_dir, ui_dist)),
         ("compile", compile_argv(tools, build_dir, jobs)),
         ("install", install_argv(tools, build_dir, work / "stage")),
     ]

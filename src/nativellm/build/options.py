@@ -10,6 +10,7 @@ from typing import Any
 from nativellm.build.plan import BuildPlan, PlanOptions
 from nativellm.build.source import SourceRequest
 from nativellm.build.store import BuildRecord
+from nativellm.build.ui import UiAssets
 from nativellm.hardware import HostProfile
 
 
@@ -39,6 +40,7 @@ class BuildOutcome:
     jobs: int = 0
     duration_s: float = 0.0
     notes: tuple[str, ...] = ()
+    ui: UiAssets | None = None  # the web UI assets embedded; None: left out (the plan and notes say why)
 
 
 def runs_here(target: HostProfile, here: HostProfile) -> bool:

@@ -29,7 +29,8 @@ from nativellm.build.store import Store
 from nativellm.build.synth import VOCAB_FILE, find_vocab
 from nativellm.build.toolchain import Toolchain, failure_essence, find_toolchain, troubleshoot
 from nativellm.build.tree import read_tree_options
-from nativellm.errors import BuildError, ResourceError, SmokeTestError
+from nativellm.build.ui import UI_DIR, UiAssets, find_ui_sources, provision_ui, ui_summary
+from nativellm.errors import BuildError, ResourceError, SmokeTestError, UiError
 from nativellm.fsutil import canonical_hash, sha256_file
 from nativellm.hardware import HostProfile, detect_host
 from nativellm.hardware.profile import load_profile
@@ -104,6 +105,8 @@ class _Builder:
         self.opts = opts
         self.rep = reporter
         self.store = Store(paths)
+        self.ui: UiAssets | None = None  # the web UI assets this build embeds
+        self.ui_warning = ""  # why the UI wanted was left out
 
     def compile(
         self,
@@ -128,7 +131,8 @@ class _Builder:
             if m:
                 self.rep.progress(int(m.group(1)), int(m.group(2)))
 
-        steps = cmake.steps(tools, plan, source.path, work, jobs)
+        ui_dist = self.ui.dist if self.ui is not None and not configure_only else None
+        steps = cmake.steps(tools, plan, source.path, work, jobs, ui_dist)
         for name, argv in steps[:1] if configure_only else steps:
             self.rep.stage(f"{name} ({'ninja' if name == 'compile' else 'cmake'}, log: {log})")
             rc = run.stream(argv, log_path=log, on_line=on_line, env=ccache_env)
@@ -142,6 +146,30 @@ class _Builder:
         for key in plan.source.adapted if plan.source else ():
             self.rep.stage(f"adapted to the tree: {key}: {plan.reasons.get(key, '')}")
         return plan
+
+    def warnings(self) -> list[str]:
+        return [self.ui_warning] if self.ui_warning else []
+
+    def provide_ui(
+        self, plan: BuildPlan, options: PlanOptions, target: HostProfile, source: Source
+    ) -> tuple[BuildPlan, PlanOptions]:
+        """Build (or find cached) the web UI the plan asks for. When that is impossible (no npm,
+        offline, a tree without tools/ui), warn with the fix and return the plan without the UI."""
+        ui_dir = find_ui_sources(source.path)
+        build = plan.source.build.removeprefix("b") if plan.source else ""
+        try:
+            if ui_dir is None:
+                raise UiError(
+                    f"this tree has no {UI_DIR} with package.json and package-lock.json to build it from",
+                    "build a llama.cpp with tools/ui, or pass --no-ui",
+                )
+            self.ui = provision_ui(self.paths.ui_cache, ui_dir, self.rep, build if build.isdigit() else "")
+            return plan, options
+        except UiError as exc:
+            self.ui_warning = f"web UI left out: {exc.message}; {exc.hint}"
+            self.rep.warn(self.ui_warning)
+            options = dataclasses.replace(options, ui=False, no_ui_reason=f"wanted, but {exc.message}")
+            return self.plan_for(target, source, options), options
 
     def configure_only(self) -> ConfigureOutcome:
         """Plan for the source tree and run CMake's configure step, nothing else (no compile, no store)."""
@@ -222,7 +250,8 @@ class _Builder:
             source = resolve_source(
                 opts.source, self.paths.sources, lambda d, t: self.rep.progress(d, t or 0)
             )
-            plan = self.plan_for(target, source, opts.plan)
+            plan_opts = opts.plan
+            plan = self.plan_for(target, source, plan_opts)
             requested: list[str] = []
             fallbacks: list[dict[str, Any]] = []
             disabled: dict[str, str] = opts.plan.disabled()
@@ -234,8 +263,13 @@ class _Builder:
                     activated = opts.activate and hit.smoke_passed and self.store.set_current(hit.id)
                     return BuildOutcome(
                         plan, hit.id, cached=True, changed=activated, activated=activated, record=hit,
-                        jobs=jobs, duration_s=time.monotonic() - t0, notes=(f"already built: {hit.id}",),
+                        jobs=jobs, duration_s=time.monotonic() - t0, notes=(f"already built: {hit.id}", *self.warnings()),
                     )  # fmt: skip
+                if plan.cmake_defines.get("LLAMA_BUILD_UI") == "ON" and self.ui is None:
+                    plan, plan_opts = self.provide_ui(plan, plan_opts, target, source)
+                    if self.ui is None:  # planned anew without the UI: that build may exist already
+                        requested.pop()
+                        continue
                 free = shutil.disk_usage(self.paths.home).free
                 if free < MIN_FREE_BYTES:
                     raise ResourceError(
@@ -270,7 +304,7 @@ class _Builder:
                 plan = plan_build(
                     target,
                     dataclasses.replace(
-                        opts.plan,
+                        plan_opts,
                         disable=frozenset(disabled),
                         disable_reasons=tuple(sorted(disabled.items())),
                     ),
@@ -296,6 +330,7 @@ class _Builder:
                 fallbacks=fallbacks,
                 jobs=jobs,
                 **({"single_binary": single} if single is not None else {}),
+                ui=self.ui.to_dict() if self.ui is not None else None,
             )
             shutil.copy2(work / "build.log", stage / "build.log")
             if (work / "smoke" / "smoke.log").exists():
@@ -304,12 +339,15 @@ class _Builder:
             shutil.rmtree(work, ignore_errors=True)
             activated = bool(opts.activate and result and self.store.set_current(record.id))
             notes = [f"built {record.id}"]
+            notes += [ui_summary(self.ui)] if self.ui is not None else []
+            notes += self.warnings()
             notes += [f"dropped {f['dropped']}: {f['reason']}" for f in fallbacks]
             if result is None:
                 notes.append("not smoke-tested: built for another host; install it there to activate")
             return BuildOutcome(
                 plan, record.id, changed=True, activated=activated, record=record,
                 fallbacks=tuple(fallbacks), jobs=jobs, duration_s=time.monotonic() - t0, notes=tuple(notes),
+                ui=self.ui,
             )  # fmt: skip
 
 

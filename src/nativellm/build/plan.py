@@ -50,8 +50,6 @@ _BACKEND_OPTION[Backend.CPU] = None
 
 # Set on every plan. Each is offline-safe or keeps the build small.
 _ALWAYS: tuple[tuple[str, str, str], ...] = (
-    ("LLAMA_USE_PREBUILT_UI", "OFF", "ON downloads the web UI at build time; builds must work offline"),
-    ("LLAMA_BUILD_UI", "OFF", "building the web UI needs npm and the network"),
     ("LLAMA_OPENSSL", "OFF", "no OpenSSL dependency: nativellm fetches models itself, not llama-server"),
     ("LLAMA_BUILD_TESTS", "OFF", "only the planned targets are built"),
     ("LLAMA_BUILD_EXAMPLES", "OFF", "only the planned targets are built"),
@@ -138,6 +136,14 @@ _HIP_MIN = (6, 1)  # ggml-hip: "At least ROCM/HIP V6.1 is required"
 _VULKAN_MIN = (1, 2)  # ggml-vulkan refuses devices below Vulkan 1.2
 # The tree's default KV-cache type pairs for the FlashAttention vector kernels, pinned. Commas: ggml splits
 # on them, and the value then needs no CMake list quoting. GGML_CUDA_FA_ALL_QUANTS is deprecated here.
+_UI_ON = (
+    "llama-server serves its web UI: nativellm builds it with npm from the tree's UI sources, cached by "
+    "their hash, and CMake embeds the result (--no-ui leaves it out)"
+)
+NO_UI_REASON = "--no-ui: llama-server serves no web UI"
+_PREBUILT_UI = (
+    "ON downloads the web UI from a Hugging Face bucket at build time; nativellm builds it with npm"
+)
 _FA_QUANTS = "q4_0-q4_0,q8_0-q8_0,f16-f16,bf16-bf16"
 _FA_REASON = "FlashAttention kernels for the common KV-cache types (tree default, pinned); 'all' is slow"
 _MACOS = frozenset({"macos", "darwin"})
@@ -149,7 +155,9 @@ _NOT_TREE_NAMES = frozenset({"BUILD_SHARED_LIBS", "GPU_TARGETS"})
 _RENAMED: dict[str, tuple[str, str, str]] = {
     "LLAMA_OPENSSL": ("LLAMA_SERVER_SSL", "OFF", "no OpenSSL dependency, as LLAMA_OPENSSL=OFF does in newer trees"),
     "LLAMA_USE_PREBUILT_UI": ("LLAMA_USE_PREBUILT_WEBUI", "OFF", "ON downloads the web UI at build time"),
-    "LLAMA_BUILD_UI": ("LLAMA_BUILD_WEBUI", "OFF", "building the web UI needs npm and the network"),
+    "LLAMA_BUILD_UI": (
+        "LLAMA_BUILD_WEBUI", "OFF", "ON runs npm inside CMake here; nativellm builds only a tools/ui web UI",
+    ),
     "GGML_CUDA_FA_QUANTS": (
         "GGML_CUDA_FA_ALL_QUANTS", "OFF", "OFF compiles the common KV-cache types only; 'all' is slow",
     ),
@@ -176,6 +184,8 @@ class PlanOptions:
     single_binary: bool = False  # static llama/ggml/libstdc++, no OpenMP: bin/llama-server needs only glibc
     build_type: str = "Release"
     defines: tuple[tuple[str, str], ...] = ()  # --define KEY=VALUE: passed as given, after everything else
+    ui: bool = True  # the web UI: built with npm (build/ui.py) and embedded; False: --no-ui
+    no_ui_reason: str = ""  # why the UI is off when not by --no-ui (the build found no npm, ...)
 
     def disabled(self) -> dict[str, str]:
         """Every disabled family with its reason."""
@@ -316,6 +326,11 @@ def plan_build(
     draft.set("CMAKE_BUILD_TYPE", options.build_type, "requested build type")
     for key, value, reason in _ALWAYS:
         draft.set(key, value, reason)
+    draft.set("LLAMA_USE_PREBUILT_UI", "OFF", _PREBUILT_UI)
+    if options.ui:
+        draft.set("LLAMA_BUILD_UI", "ON", _UI_ON)
+    else:
+        draft.set("LLAMA_BUILD_UI", "OFF", options.no_ui_reason or NO_UI_REASON)
     if options.portable:
         cpu = "x86-64" if isa == "x86" else "aarch64"
         fleet = f"fleet build: runs on any {cpu}; backends are loaded at run time from bin/"
@@ -357,13 +372,21 @@ def _adapt_to_tree(tree: TreeOptions, draft: _Draft) -> PlanSource:
         renamed = _RENAMED.get(key)
         if renamed is not None and tree.knows(renamed[0]):
             old, old_value, why = renamed
-            if old == "LLAMA_BUILD_WEBUI" and tree.bundled_ui:
+            if old == "LLAMA_BUILD_WEBUI" and value == "OFF":
+                why = reason
+            elif old == "LLAMA_BUILD_WEBUI" and tree.bundled_ui:
                 old_value, why = "ON", "here it embeds the web UI committed in the tree: no npm, no network"
+            elif old == "LLAMA_BUILD_WEBUI":
+                draft.warnings.append(
+                    f"web UI left out: this tree ({rev}) builds it inside CMake with npm and the network; "
+                    "a llama.cpp with tools/ui gets it, or pass --no-ui to silence this"
+                )
             draft.set(old, old_value, f"adapted to this tree ({rev}), which names {key} {old}: {why}")
             draft.reasons[key] = f"not passed: this tree ({rev}) calls it {old}"
             adapted.append(old)
             continue
-        effect = "it builds without it" if value == "ON" else "its own behaviour applies"
+        ui = key in ("LLAMA_BUILD_UI", "LLAMA_USE_PREBUILT_UI")
+        effect = "it builds without it" if value == "ON" and not ui else "its own behaviour applies"
         draft.reasons[key] = (
             f"not passed: this tree ({rev}) does not know {key}, so {effect} (wanted {value}: {reason})"
         )

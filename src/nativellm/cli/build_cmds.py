@@ -41,6 +41,7 @@ def _plan_options(
     rpc: bool,
     defines: list[str] | None = None,
     single_binary: bool = False,
+    no_ui: bool = False,
 ) -> PlanOptions:
     from nativellm.build.plan import Backend, PlanOptions, check_single_binary
 
@@ -69,6 +70,7 @@ def _plan_options(
         rpc=rpc,
         defines=tuple(pairs),
         single_binary=single_binary,
+        ui=not no_ui,
     )
 
 
@@ -86,6 +88,9 @@ BaselineOpt = Annotated[
     bool, typer.Option("--baseline", help="Generic distro build (AVX2 baseline); for comparisons.")
 ]
 RpcOpt = Annotated[bool, typer.Option("--rpc", help="Also build rpc-server (GGML_RPC=ON).")]
+NoUiOpt = Annotated[
+    bool, typer.Option("--no-ui", help="Leave the web UI out: no npm; llama-server answers 404 on /.")
+]
 DefineOpt = Annotated[
     list[str] | None,
     typer.Option("--define", help="Pass CMake define NAME=VALUE as given, after the plan (repeatable)."),
@@ -108,6 +113,7 @@ def plan(
     rpc: RpcOpt = False,
     define: DefineOpt = None,
     single_binary: SingleBinaryOpt = False,
+    no_ui: NoUiOpt = False,
     source: Annotated[
         Path | None,
         typer.Option("--source", help="Adapt the defines to this llama.cpp tree's own CMake options."),
@@ -122,7 +128,7 @@ def plan(
     from nativellm.hardware.profile import load_profile
 
     _begin("plan", json_out)
-    opts = _plan_options(backend, portable, native, baseline, rpc, define, single_binary)
+    opts = _plan_options(backend, portable, native, baseline, rpc, define, single_binary, no_ui)
     host = load_profile(profile) if profile else detect_host()
     if source is None:
         result = plan_build(host, opts)
@@ -151,6 +157,7 @@ def build(
     rpc: RpcOpt = False,
     define: DefineOpt = None,
     single_binary: SingleBinaryOpt = False,
+    no_ui: NoUiOpt = False,
     source: Annotated[
         Path | None, typer.Option("--source", help="Build from a local llama.cpp tree.")
     ] = None,
@@ -182,7 +189,7 @@ def build(
     opts = BuildOptions(
         auto=auto,
         profile=profile,
-        plan=_plan_options(backend, portable, native, baseline, rpc, define, single_binary),
+        plan=_plan_options(backend, portable, native, baseline, rpc, define, single_binary, no_ui),
         source=SourceRequest(
             directory=source, tarball=tarball, sha256=sha256, ref=ref, repo=repo or default_repo()
         ),
@@ -203,6 +210,7 @@ def build(
                     "plan": outcome.plan.to_dict(),
                     "fallbacks": list(outcome.fallbacks),
                     "jobs": outcome.jobs,
+                    "ui": outcome.ui.to_dict() if outcome.ui is not None else None,
                     "duration_s": round(outcome.duration_s, 2),
                     "notes": list(outcome.notes),
                 },

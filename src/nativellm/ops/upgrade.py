@@ -26,7 +26,7 @@ from nativellm import client
 from nativellm.build.artifacts import InstallOptions, install_artifact
 from nativellm.build.options import BuildOptions
 from nativellm.build.pipeline import build_llama
-from nativellm.build.plan import Backend, PlanOptions
+from nativellm.build.plan import NO_UI_REASON, Backend, PlanOptions
 from nativellm.build.source import SourceRequest
 from nativellm.build.store import Store
 from nativellm.errors import NativeLLMError, ResourceError, UsageError
@@ -195,7 +195,7 @@ def _upgrade_lock(paths: Paths) -> Iterator[None]:
 
 def plan_like(manifest: dict[str, Any]) -> Any:
     """PlanOptions that rebuild the shape of an installed build: its backend, `--rpc`, `--portable`,
-    `--single-binary`."""
+    `--single-binary`, `--no-ui`."""
     plan = manifest.get("plan", {})
     defines = plan.get("cmake_defines", {})
     return PlanOptions(
@@ -203,6 +203,7 @@ def plan_like(manifest: dict[str, Any]) -> Any:
         rpc="rpc-server" in plan.get("targets", []),
         portable=defines.get("GGML_CPU_ALL_VARIANTS") == "ON",
         single_binary=defines.get("BUILD_SHARED_LIBS") == "OFF",
+        ui=plan.get("reasons", {}).get("LLAMA_BUILD_UI") != NO_UI_REASON,
     )
 
 
