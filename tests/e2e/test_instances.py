@@ -97,6 +97,9 @@ def test_add_then_systemctl_start_serves_chat_completions(cli: InnerCli, sandbox
     sandbox.systemctl("--user", "start", "llama@q4")  # returns only once /health is 200
     t_ready = time.monotonic() - t0
     assert healthy(port), "systemctl start returned before /health answered 200"
+    # The instance serves the web UI the build embedded (issue 12): a browser opening the port gets it.
+    page = httpx.get(f"http://127.0.0.1:{port}/", timeout=10)
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html"), page.status_code
     text = chat(port)
     t_first = time.monotonic() - t0
     _record("systemctl_start_to_ready_s", t_ready)
