@@ -34,7 +34,7 @@ from nativellm.fsutil import file_lock
 from nativellm.paths import Paths
 from nativellm.progress import Reporter, SilentReporter
 from nativellm.serve.dropins import base_url, unit_name
-from nativellm.serve.instances import Instances
+from nativellm.serve.instances import Instances, Refresh
 from nativellm.serve.systemd import Systemd, reachable, require_reachable
 from nativellm.specs import InstanceSpec
 
@@ -375,7 +375,26 @@ def raise_if_rolled_back(outcome: UpgradeOutcome) -> None:
         raise rollback_error(outcome)
 
 
-# --------------------------------------------------------------------------- builds rollback
+# --------------------------------------------------------------------------- builds use / rollback
+@dataclass(frozen=True)
+class UseOutcome:
+    """`builds use`: the build now current, and the units re-rendered for its llama-server."""
+
+    current: str
+    changed: bool
+    refresh: Refresh
+
+
+def use_build(paths: Paths, build_id: str, systemd: Systemd | None) -> UseOutcome:
+    """Point `current` at a build and re-render the followers' units for its server (restarts are
+    the user's: a running server keeps its binary until then)."""
+    store = Store(paths)
+    rec = store.get(build_id)
+    changed = store.set_current(rec.id)
+    refresh = Instances(paths, reachable(systemd)).refresh_units() if changed else Refresh((), ())
+    return UseOutcome(rec.id, changed, refresh)
+
+
 @dataclass(frozen=True)
 class RollbackOutcome:
     previous: str | None
