@@ -1,13 +1,16 @@
-"""The argv is rendered for the llama-server that will run it: real `--help` of the oldest vintage
-(llama.cpp 74d73dc, 2024-11, llama-cpp-python 0.3.2) and of the newest (b11312, 0.3.36)."""
+"""The argv is rendered, and a completion judged, for the llama-server at hand: real `--help` and
+/v1/completions answers of the oldest vintage (llama.cpp 74d73dc, 2024-11, llama-cpp-python 0.3.2)
+and of the newest (b11312, 0.3.36)."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
+from nativellm.client import completion_answer_problem
 from nativellm.errors import InstanceError
 from nativellm.serve.dropins import server_argv
 from nativellm.serve.server_flags import ServerFlags, parse_server_help
@@ -74,3 +77,16 @@ def test_a_flag_the_old_server_lacks_is_an_error_before_any_unit_is_written() ->
     assert "--metrics" not in _argv(
         replace(SPEC, metrics=True), ServerFlags(OLD.known - {"--metrics"}, False)
     )
+
+
+def test_a_completion_answer_of_either_vintage_counts() -> None:
+    """/v1/completions of the 2024 server answers in /completion's own shape (no `choices`): the
+    upgrade's completion check must accept it, or every rollback onto an old tag "fails"."""
+    old = json.loads((FIXTURES / "v1-completions-2024-11-74d73dc.json").read_text())
+    new = json.loads((FIXTURES / "v1-completions-b11312.json").read_text())
+    assert "choices" not in old and old["tokens_predicted"] == 4
+    assert completion_answer_problem(old) is None and completion_answer_problem(new) is None
+    assert completion_answer_problem({**new, "choices": []}) == "the completion returned no choices"
+    assert completion_answer_problem({**old, "tokens_predicted": 0}) == "the completion returned no tokens"
+    assert completion_answer_problem({"error": "x"}) is not None
+    assert completion_answer_problem([]) is not None
