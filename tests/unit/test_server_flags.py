@@ -4,7 +4,13 @@ and of the newest (b11312, 0.3.36)."""
 
 from __future__ import annotations
 
+import http.server
 import json
+import socket
+import threading
+import time
+import urllib.request
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -12,7 +18,9 @@ import pytest
 
 from nativellm.client import completion_answer_problem
 from nativellm.errors import InstanceError
-from nativellm.serve.dropins import server_argv
+from nativellm.paths import Scope
+from nativellm.serve import healthcheck
+from nativellm.serve.dropins import render_dropin, server_argv
 from nativellm.serve.server_flags import ServerFlags, parse_server_help
 from nativellm.specs import InstanceSpec
 
@@ -90,3 +98,114 @@ def test_a_completion_answer_of_either_vintage_counts() -> None:
     assert completion_answer_problem({**old, "tokens_predicted": 0}) == "the completion returned no tokens"
     assert completion_answer_problem({"error": "x"}) is not None
     assert completion_answer_problem([]) is not None
+
+
+def test_the_unit_waits_for_a_bind_with_the_servers_own_socket_options() -> None:
+    """Servers before --reuse-port (early 2026) bind with SO_REUSEPORT only, today's with SO_REUSEADDR."""
+    from tests.unit.test_units import BASIC, _resolved
+
+    assert (OLD.socket_reuse, NEW.socket_reuse, ServerFlags().socket_reuse) == ("port", "addr", "addr")
+    wait = ("ExecStartPre=/usr/bin/python3 -I /usr/lib/python3/dist-packages/nativellm/healthcheck.py "
+            "port --host 127.0.0.1 --port 8080 --reuse {} --timeout 65\n")  # fmt: skip
+    assert wait.format("port") in render_dropin(BASIC, replace(_resolved(Scope.USER), flags=OLD))
+    assert wait.format("addr") in render_dropin(BASIC, replace(_resolved(Scope.USER), flags=NEW))
+    system = render_dropin(BASIC, replace(_resolved(Scope.SYSTEM), flags=OLD))
+    assert "ExecStartPre=+/usr/bin/python3" in system  # outside the sandbox, like the readiness wait
+
+
+def _time_wait_port(reuse: int) -> int:
+    """A loopback port whose server (socket option `reuse`) closed first: its side of the
+    connection lingers in TIME_WAIT for 60 s."""
+    srv = socket.socket()
+    srv.setsockopt(socket.SOL_SOCKET, reuse, 1)
+    srv.bind(("127.0.0.1", 0))
+    srv.listen()
+    port = int(srv.getsockname()[1])
+    client = socket.create_connection(("127.0.0.1", port))
+    conn, _ = srv.accept()
+    conn.close()
+    client.close()
+    srv.close()
+    return port
+
+
+@pytest.mark.parametrize(
+    ("before", "after"),
+    [(socket.SO_REUSEADDR, "port"), (socket.SO_REUSEPORT, "addr")],
+    ids=["rollback", "upgrade"],
+)
+def test_the_port_wait_sees_time_wait_across_the_eras_as_the_server_does(
+    before: int, after: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """What failed for real: today's server stopped, the 2024 one could not bind (and the other way)."""
+    port = _time_wait_port(before)
+    assert healthcheck.bind_ok("127.0.0.1", port, after) is False
+    same = "addr" if before == socket.SO_REUSEADDR else "port"
+    assert healthcheck.bind_ok("127.0.0.1", port, same) is True  # same era: no wait
+    t0 = time.monotonic()
+    argv = ["port", "--host", "127.0.0.1", "--port", str(port), "--reuse", after, "--timeout", "0.5"]
+    assert healthcheck.main(argv) == 0
+    assert 0.5 <= time.monotonic() - t0 < 5
+    assert "still has connections in TIME_WAIT after 0.5s" in capsys.readouterr().err
+
+
+def test_the_port_wait_returns_at_once_when_waiting_cannot_help() -> None:
+    with socket.socket() as other:
+        other.bind(("127.0.0.1", 0))
+        free = int(other.getsockname()[1])
+    assert healthcheck.bind_ok("127.0.0.1", free, "port") is True
+    t0 = time.monotonic()
+    assert healthcheck.wait_port("127.0.0.1", free, "addr", timeout=30) == 0 and time.monotonic() - t0 < 1
+    with socket.socket() as listener:  # a real listener: the server will say so itself
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        busy = int(listener.getsockname()[1])
+        assert healthcheck.bind_ok("127.0.0.1", busy, "addr") is False
+        t0 = time.monotonic()
+        assert healthcheck.wait_port("127.0.0.1", busy, "addr", timeout=30) == 0 and time.monotonic() - t0 < 2
+    assert healthcheck.bind_ok("192.0.2.1", free, "addr") is None  # not ours: the server says why
+
+
+class _Health(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive, as llama-server
+
+    def do_GET(self) -> None:
+        code = 200 if self.path == "/health" else 503
+        self.send_response(code)
+        self.send_header("Content-Length", "2")
+        self.end_headers()
+        self.wfile.write(b"{}")
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def _probe_then_stop(probe: Callable[[str], object]) -> int:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Health)  # SO_REUSEADDR, as today's
+    port = int(server.server_address[1])
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        for _ in range(3):
+            probe(f"http://127.0.0.1:{port}/health")
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+    return port
+
+
+def test_our_own_probes_leave_no_time_wait_on_the_servers_port() -> None:
+    """The readiness wait and hang probe close first, so a rollback onto the other era's server
+    need not wait out their connections; urllib's `Connection: close` would leave them there."""
+    assert healthcheck._status("http://127.0.0.1:1/health", timeout=1) is None
+    port = _probe_then_stop(lambda url: healthcheck._status(url, timeout=5))
+    assert healthcheck.bind_ok("127.0.0.1", port, "port") is True
+    port = _probe_then_stop(lambda url: urllib.request.urlopen(url, timeout=5).read())
+    assert healthcheck.bind_ok("127.0.0.1", port, "port") is False
+
+
+def test_status_reads_any_answer() -> None:
+    codes: list[object] = []
+    _probe_then_stop(lambda url: codes.append(healthcheck._status(url.replace("/health", "/x"), timeout=5)))
+    assert codes == [503, 503, 503]

@@ -25,6 +25,9 @@ CREDENTIAL = "api-key"
 # within about 30 s and restarted by Restart=on-failure.
 PROBE_TRIES = 3
 PROBE_TIMEOUT_S = 3
+# Linux keeps a closed connection in TIME_WAIT for 60 s: the longest a server waits for its port
+# (see ServerFlags.socket_reuse) before it starts anyway.
+TIME_WAIT_S = 65
 
 
 class DeviceClass(str, enum.Enum):
@@ -195,7 +198,11 @@ def render_dropin(spec: InstanceSpec, r: Resolved) -> str:
             ("After", "systemd-modules-load.service nvidia-persistenced.service"),
             ("AssertPathExists", devices.ready_path),
         ]
+    # Waits (seconds at most) until this server's bind would succeed; see ServerFlags.socket_reuse.
+    port_wait = [r.python, "-I", str(r.healthcheck), "port", "--host", spec.host, "--port", str(spec.port),
+                 "--reuse", r.flags.socket_reuse, "--timeout", str(TIME_WAIT_S)]  # fmt: skip
     service: list[tuple[str, str]] = [
+        ("ExecStartPre", privileged + exec_line(port_wait)),
         ("ExecStart", ""),
         ("ExecStart", exec_line(argv, expand=expand)),
         ("ExecStartPost", privileged + exec_line(ready)),

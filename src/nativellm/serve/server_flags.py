@@ -36,6 +36,14 @@ class ServerFlags:
             return ("--load-mode", "mmap+mlock")
         return ("--mlock",)
 
+    @property
+    def socket_reuse(self) -> str:
+        """How this server's listening socket may share its port: "addr" (SO_REUSEADDR, set since
+        early 2026, when it gained --reuse-port) or "port" (only SO_REUSEPORT, cpp-httplib's
+        default before). After a restart from one era into the other, Linux refuses the bind
+        while the previous server's closed connections linger in TIME_WAIT (up to 60 s)."""
+        return "addr" if not self.known or "--reuse-port" in self.known else "port"
+
     def flash_attn_args(self, mode: str) -> tuple[str, ...]:
         """`--flash-attn on|off|auto`; before mid-2025 a bare switch that only turned it on, with
         off the default and no auto (so off and auto render as nothing)."""
