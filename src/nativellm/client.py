@@ -103,10 +103,23 @@ def openai_completion_problem(base_url: str, api_key: str | None, timeout: float
     if r.status_code != 200:
         return f"the completion answered HTTP {r.status_code}: {r.text[:200]}"
     try:
-        choices = r.json()["choices"]
-    except (ValueError, KeyError, TypeError):
-        return "the completion answer was not OpenAI-shaped JSON"
-    return None if choices else "the completion returned no choices"
+        doc = r.json()
+    except ValueError:
+        return "the completion answer was not JSON"
+    return completion_answer_problem(doc)
+
+
+def completion_answer_problem(doc: Any) -> str | None:
+    """Pure: why a /v1/completions answer is not a real completion (None: it is). Servers from
+    December 2024 on answer OpenAI-style (`choices`); older ones answered in the native
+    /completion shape (`content`, `tokens_predicted`), and a pinned old tag still does."""
+    if not isinstance(doc, dict):
+        return "the completion answer was not a JSON object"
+    if "choices" in doc:
+        return None if doc["choices"] else "the completion returned no choices"
+    if "tokens_predicted" in doc and "content" in doc:
+        return None if doc["tokens_predicted"] else "the completion returned no tokens"
+    return "the completion answer was neither OpenAI-shaped nor llama-server's own shape"
 
 
 def metrics_text(base_url: str, timeout: float = 2.0) -> str | None:

@@ -252,10 +252,12 @@ class Sandbox:
             str(self.pid),
             "--mount",
             "--pid",
-            f"--wd={cwd}",
             "--",
             "env",
             "-i",
+            # Not nsenter's --wd: it opens the directory on the host, so the process's cwd lies
+            # outside the sandbox's root and getcwd() fails (cmake then exits at once).
+            f"--chdir={cwd}",
             *(f"{k}={v}" for k, v in full_env.items()),
             *argv,
         ]

@@ -84,12 +84,12 @@ from nativellm.ops import upgrade as upgrade_mod
 from nativellm.ops.bench import BuildBench, BuildsReport, Spread
 from nativellm.ops.doctor import Finding
 from nativellm.ops.loadgen import LevelResult, LoadReport, RequestResult
-from nativellm.ops.upgrade import RollbackOutcome, Step, UpgradeOptions, UpgradeOutcome
+from nativellm.ops.upgrade import RollbackOutcome, Step, UpgradeOptions, UpgradeOutcome, UseOutcome
 from nativellm.paths import Paths, Scope, resolve_paths
 from nativellm.serve import instances as instances_mod
 from nativellm.serve import rpc as rpc_mod
 from nativellm.serve import systemd as systemd_mod
-from nativellm.serve.instances import InstanceOptions, InstanceStatus, Outcome
+from nativellm.serve.instances import InstanceOptions, InstanceStatus, Outcome, Refresh
 from nativellm.serve.rpc import RpcOutcome, RpcWorkerSpec
 from nativellm.serve.systemd import UnitState
 from nativellm.specs import InstanceSpec
@@ -643,6 +643,10 @@ def _store(r: Recorder, p: Paths, fail: Fail) -> None:
     )  # fmt: skip
 
 
+def _use(r: Recorder, p: Paths, fail: Fail) -> None:
+    r.fn(upgrade_mod, "use_build", fail or UseOutcome(OLD_ID, True, Refresh(("q4",), ())))
+
+
 def _rollback(r: Recorder, p: Paths, fail: Fail) -> None:
     r.fn(
         upgrade_mod,
@@ -924,25 +928,37 @@ def test_builds_list_marks_current_and_pins(cli: Cli, rec: Recorder, paths: Path
 def test_builds_use_resolves_a_prefix_and_reports_change(
     cli: Cli, rec: Recorder, paths: Paths, system_paths: Paths
 ) -> None:
-    _store(rec, paths, None)
+    _use(rec, paths, None)
     run = cli("builds", "use", "cuda-8d41")
-    assert run.code == 0 and run.out == f"current -> {OLD_ID}\n"
-    rec.called("Store.get", "cuda-8d41")
-    rec.called("Store.set_current", OLD_ID)  # the full id that get() found, not the prefix
+    assert run.code == 0
+    assert run.out == f"current -> {OLD_ID}; units re-rendered for its llama-server: q4 (restart to move)\n"
+    rec.called("use_build", paths, "cuda-8d41", FakeSystemd(Scope.USER))
 
     rec.calls.clear()
     run = cli("builds", "use", "cuda-8d41", "--system", "--json")
-    rec.called("Store", system_paths)
-    assert run.json() == envelope("builds use", True, {"current": OLD_ID})
+    rec.called("use_build", system_paths, "cuda-8d41", FakeSystemd(Scope.SYSTEM))
+    assert run.json() == envelope(
+        "builds use", True, {"current": OLD_ID, "rewritten": ["q4"], "not_rendered": []}
+    )
 
 
 @covers("builds use")
 def test_builds_use_of_the_current_build_is_unchanged(cli: Cli, rec: Recorder, paths: Paths) -> None:
-    rec.cls(store_mod, "Store", get=build_record(paths, NEW_ID), set_current=False)
+    rec.fn(upgrade_mod, "use_build", UseOutcome(NEW_ID, False, Refresh((), ())))
     run = cli("builds", "use", NEW_ID)
     assert run.code == 0 and run.out == f"{NEW_ID} is already current\n"
     run = cli("builds", "use", NEW_ID, "--json")
-    assert run.json() == envelope("builds use", False, {"current": NEW_ID})
+    assert run.json() == envelope(
+        "builds use", False, {"current": NEW_ID, "rewritten": [], "not_rendered": []}
+    )
+
+
+@covers("builds use")
+def test_builds_use_names_a_unit_its_server_cannot_run(cli: Cli, rec: Recorder) -> None:
+    why = "instance rpc needs --rpc, which the llama-server of /b does not know (it is older)"
+    rec.fn(upgrade_mod, "use_build", UseOutcome(OLD_ID, True, Refresh((), (("rpc", why),))))
+    run = cli("builds", "use", OLD_ID)
+    assert run.out == f"current -> {OLD_ID}; rpc keeps its old unit: {why}\n"
 
 
 @covers("builds rollback")
@@ -1824,7 +1840,7 @@ CASES: dict[str, Case] = {
     "build": Case(("--auto",), _build, BuildError(
         "compiling llama.cpp failed; the log is /srv/work/build.log", "read the log; the previous build stays current")),
     "builds list": Case((), _store, StoreError("the build store is locked by pid 4242", "wait for that build")),
-    "builds use": Case(("cuda-8d41",), _store, NotFoundError(
+    "builds use": Case(("cuda-8d41",), _use, NotFoundError(
         "no build 'cuda-8d41' in /srv/builds", "list builds with `nativellm builds list`")),
     "builds rollback": Case((), _rollback, StoreError(
         "there is no previous build to roll back to", "build or install another one first")),

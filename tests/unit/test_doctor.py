@@ -137,11 +137,13 @@ def test_instance_problems_are_found(tmp_path: Path, monkeypatch: pytest.MonkeyP
     """Hand-edited unit, stolen port and lingering off are each found; a healthy setup is clean."""
     from nativellm.ops.doctor import check_instances
     from nativellm.serve.instances import InstanceOptions, Instances
-    from tests.unit.test_instances import _profile, make_paths
+    from tests.unit.test_instances import _profile, _today, make_paths
 
     paths = make_paths(tmp_path, monkeypatch)
     busy: set[int] = set()
-    inst = Instances(paths, None, profile=_profile, port_in_use=lambda port, host: port in busy)
+    inst = Instances(
+        paths, None, profile=_profile, port_in_use=lambda port, host: port in busy, server_flags=_today
+    )
     inst.add("q4", InstanceOptions(model=str(tmp_path / "m.gguf"), port=8090))
 
     def doctor(linger: bool = True) -> list[str]:

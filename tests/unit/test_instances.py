@@ -4,6 +4,7 @@ and the parsers `status` uses (on real captured llama-server output)."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,8 @@ import pytest
 from nativellm.errors import InstanceError, NotFoundError, UsageError
 from nativellm.hardware.profile import CpuInfo, HostProfile, Toolkits
 from nativellm.paths import Paths, resolve_paths
-from nativellm.serve.instances import InstanceOptions, Instances, find_error_line, parse_metrics
+from nativellm.serve.instances import InstanceOptions, Instances, Refresh, find_error_line, parse_metrics
+from nativellm.serve.server_flags import ServerFlags
 from nativellm.specs import InstanceSpec, validate_name
 
 FIXTURES = Path(__file__).parents[1] / "fixtures" / "llama_server"
@@ -45,8 +47,15 @@ def make_paths(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Paths:
     return p
 
 
+def _today(binary: Path) -> ServerFlags:
+    """The fake builds' llama-server is not run: every flag in today's spelling."""
+    return ServerFlags()
+
+
 def _instances(paths: Paths, busy: frozenset[int] = frozenset()) -> Instances:
-    return Instances(paths, None, profile=_profile, port_in_use=lambda port, host: port in busy)
+    return Instances(
+        paths, None, profile=_profile, port_in_use=lambda port, host: port in busy, server_flags=_today
+    )
 
 
 def _model(paths: Paths) -> str:
@@ -135,6 +144,49 @@ def test_pinned_build_is_seen_by_the_store(paths: Paths) -> None:
     assert Store(paths).pinned() == {"cpu-test": ["q4"]}
 
 
+def test_units_follow_the_flags_of_the_build_current_names(paths: Paths) -> None:
+    """`current` moves from a late-2024 server to today's: refresh_units re-renders the followers'
+    flags for the new server, leaves pinned instances alone and reports what cannot be rendered."""
+    from nativellm.build.store import Store
+    from nativellm.serve.server_flags import parse_server_help
+
+    old_help = parse_server_help((FIXTURES / "help-2024-11-74d73dc.txt").read_text())
+    new_help = parse_server_help((FIXTURES / "help-b11312.txt").read_text())
+    new = paths.builds / "cpu-new"
+    shutil.copytree(paths.builds / "cpu-test", new)
+    (new / "manifest.json").write_text((new / "manifest.json").read_text().replace("cpu-test", "cpu-new"))
+
+    def flags(binary: Path) -> ServerFlags:
+        return new_help if binary.resolve().parts[-3] == "cpu-new" else old_help
+
+    inst = Instances(paths, None, profile=_profile, port_in_use=lambda p, h: False, server_flags=flags)
+    inst.add("fa", InstanceOptions(model=_model(paths), flash_attn="on", mlock=True))
+    inst.add("pinned", InstanceOptions(model=_model(paths), flash_attn="on", build="cpu-test"))
+    dropin = paths.units / "llama@fa.service.d" / "50-nativellm.conf"
+    pinned = paths.units / "llama@pinned.service.d" / "50-nativellm.conf"
+    assert "--flash-attn --mlock" in dropin.read_text() and "--flash-attn on" not in dropin.read_text()
+    before_pinned = pinned.read_text()
+    assert inst.refresh_units() == Refresh((), ())  # nothing moved: nothing to write
+
+    Store(paths).set_current("cpu-new")
+    assert inst.refresh_units() == Refresh(("fa",), ())
+    assert "--flash-attn on --load-mode mmap+mlock" in dropin.read_text()
+    assert pinned.read_text() == before_pinned
+
+    # An instance that needs what the old server lacks keeps its unit and is reported on the way back.
+    inst.add("rpc", InstanceOptions(model=_model(paths), rpc=("10.0.0.5:50052",)))
+    rpc_unit = (paths.units / "llama@rpc.service.d" / "50-nativellm.conf").read_text()
+    Store(paths).set_current("cpu-test")
+    refresh = inst.refresh_units()
+    assert refresh.rewritten == ("fa",) and [n for n, _ in refresh.failed] == ["rpc"]
+    assert "--rpc" in refresh.failed[0][1]
+    assert (paths.units / "llama@rpc.service.d" / "50-nativellm.conf").read_text() == rpc_unit
+    assert "--flash-attn --mlock" in dropin.read_text()
+    with pytest.raises(InstanceError, match="--rpc"):  # and a new one is refused before any write
+        inst.add("rpc2", InstanceOptions(model=_model(paths), rpc=("10.0.0.5:50052",)))
+    assert not (paths.config / "instances" / "rpc2.toml").exists()
+
+
 def test_foreground_argv_reads_the_key_file_directly(paths: Paths, tmp_path: Path) -> None:
     key = tmp_path / "k"
     key.write_text("secret")
@@ -185,7 +237,7 @@ def test_no_systemd_bus_is_explained_before_anything_is_written(paths: Paths, tm
     from nativellm.serve.systemd import Systemd
 
     sd = Systemd(Scope.USER, address=f"unix:path={tmp_path}/no-such-bus")
-    inst = Instances(paths, sd, profile=_profile, port_in_use=lambda port, host: False)
+    inst = Instances(paths, sd, profile=_profile, port_in_use=lambda port, host: False, server_flags=_today)
     before = _snapshot(paths)
     with pytest.raises(InstanceError) as exc:
         inst.add("q4", InstanceOptions(model=_model(paths)))

@@ -273,12 +273,23 @@ def _report(command: str, json_out: bool, changed: bool, message: str, data: dic
 
 @builds_app.command("use")
 def builds_use(build_id: str, system: SystemOpt = False, json_out: JsonOpt = False) -> None:
-    """Make build ID current."""
-    store = _store_action("builds use", json_out, system)
-    rec = store.get(build_id)
-    changed = store.set_current(rec.id)
-    _report("builds use", json_out, changed, f"current -> {rec.id}" if changed else f"{rec.id} is already current",
-            {"current": rec.id})  # fmt: skip
+    """Make build ID current (the instances that follow current move when they restart)."""
+    from nativellm.ops.upgrade import use_build
+    from nativellm.serve.systemd import Systemd
+
+    _begin("builds use", json_out)
+    scope = _scope(system)
+    res = use_build(resolve_paths(scope), build_id, Systemd(scope))
+    msg = f"current -> {res.current}" if res.changed else f"{res.current} is already current"
+    if res.refresh.rewritten:
+        msg += (
+            f"; units re-rendered for its llama-server: {', '.join(res.refresh.rewritten)} (restart to move)"
+        )
+    for name, why in res.refresh.failed:
+        msg += f"; {name} keeps its old unit: {why}"
+    _report("builds use", json_out, res.changed, msg,
+            {"current": res.current, "rewritten": list(res.refresh.rewritten),
+             "not_rendered": [{"instance": n, "why": w} for n, w in res.refresh.failed]})  # fmt: skip
 
 
 @builds_app.command("rollback")

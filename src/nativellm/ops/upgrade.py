@@ -34,7 +34,7 @@ from nativellm.fsutil import file_lock
 from nativellm.paths import Paths
 from nativellm.progress import Reporter, SilentReporter
 from nativellm.serve.dropins import base_url, unit_name
-from nativellm.serve.instances import Instances
+from nativellm.serve.instances import Instances, Refresh
 from nativellm.serve.systemd import Systemd, reachable, require_reachable
 from nativellm.specs import InstanceSpec
 
@@ -291,6 +291,11 @@ def upgrade(
         switched = store.set_current(new_id)
         if switched:
             rep.stage(f"current {previous} -> {new_id}")
+        # Every unit that follows current now names the new build's server: render its flags
+        # for that server (an instance restarted later by systemd itself runs it too).
+        for name, problem in insts.refresh_units().failed:
+            if name not in plan.restart:
+                notes.append(f"{name}: its unit still has the flags of the old build ({problem})")
         ro = _Rollout(paths, systemd)
         by_name = {s.name: s for s in specs}
         for name in plan.restart:
@@ -330,6 +335,9 @@ def upgrade(
 
 
 def _restart_and_check(insts: Instances, spec: InstanceSpec) -> str | None:
+    failed = dict(insts.refresh_units([spec.name]).failed)  # its flags for the build it will run
+    if spec.name in failed:
+        return failed[spec.name]
     try:
         insts.restart(spec.name)  # returns once the unit is active, i.e. /health answered 200
     except NativeLLMError as exc:
@@ -349,6 +357,7 @@ def _roll_back(
     if previous is not None:
         store.set_current(previous)
         rep.stage(f"rolling back: current -> {previous}")
+        insts.refresh_units()
     for name in ro.touched:
         t1 = time.monotonic()
         why = _restart_and_check(insts, by_name[name])
@@ -369,7 +378,26 @@ def raise_if_rolled_back(outcome: UpgradeOutcome) -> None:
         raise rollback_error(outcome)
 
 
-# --------------------------------------------------------------------------- builds rollback
+# --------------------------------------------------------------------------- builds use / rollback
+@dataclass(frozen=True)
+class UseOutcome:
+    """`builds use`: the build now current, and the units re-rendered for its llama-server."""
+
+    current: str
+    changed: bool
+    refresh: Refresh
+
+
+def use_build(paths: Paths, build_id: str, systemd: Systemd | None) -> UseOutcome:
+    """Point `current` at a build and re-render the followers' units for its server (restarts are
+    the user's: a running server keeps its binary until then)."""
+    store = Store(paths)
+    rec = store.get(build_id)
+    changed = store.set_current(rec.id)
+    refresh = Instances(paths, reachable(systemd)).refresh_units() if changed else Refresh((), ())
+    return UseOutcome(rec.id, changed, refresh)
+
+
 @dataclass(frozen=True)
 class RollbackOutcome:
     previous: str | None
@@ -385,9 +413,10 @@ def rollback_and_restart(paths: Paths, systemd: Systemd | None) -> RollbackOutco
     before = store.current_id()
     rec = store.rollback()
     sd = reachable(systemd)
+    insts = Instances(paths, sd)  # sd None: the units are still re-rendered
+    insts.refresh_units()  # the units must carry the flags of the server they will run
     if sd is None:
         return RollbackOutcome(before, rec.id, (), (), False)
-    insts = _instances(paths, sd)
     restarted: list[str] = []
     idle: list[str] = []
     for spec in insts.specs():

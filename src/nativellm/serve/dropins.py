@@ -11,7 +11,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from nativellm.errors import InstanceError
 from nativellm.paths import Scope, package_data
+from nativellm.serve.server_flags import UNKNOWN, ServerFlags
 from nativellm.serve.units import Section, UnitFile, exec_line, plain_value, quote_env, render
 from nativellm.specs import InstanceSpec, http_url
 
@@ -23,6 +25,9 @@ CREDENTIAL = "api-key"
 # within about 30 s and restarted by Restart=on-failure.
 PROBE_TRIES = 3
 PROBE_TIMEOUT_S = 3
+# Linux keeps a closed connection in TIME_WAIT for 60 s: the longest a server waits for its port
+# (see ServerFlags.socket_reuse) before it starts anyway.
+TIME_WAIT_S = 65
 
 
 class DeviceClass(str, enum.Enum):
@@ -76,9 +81,8 @@ class Resolved:
     healthcheck: Path
     systemctl: str
     spec_path: Path
-    # How this build spells "lock the model in RAM": `--mlock`, or `--load-mode mmap+mlock`
-    # in llama.cpp versions that replaced it.
-    mlock_args: tuple[str, ...] = ("--mlock",)
+    # What this build's llama-server accepts (its --help): the argv is rendered for it.
+    flags: ServerFlags = UNKNOWN
 
 
 def unit_name(name: str) -> str:
@@ -104,9 +108,11 @@ def server_argv(
     model: Path,
     *,
     api_key_path: str | None,
-    mlock_args: tuple[str, ...] = ("--mlock",),
+    flags: ServerFlags = UNKNOWN,
 ) -> list[str]:
-    """The exact llama-server argv; `nativellm run` uses it as is, the unit through quoting."""
+    """The exact llama-server argv for the server `flags` describes; `nativellm run` uses it as
+    is, the unit through quoting. Raises InstanceError when that server lacks a flag the spec
+    needs (an old tag pinned by the user), instead of a unit that can never start."""
     argv = [
         str(binary),
         "--model",
@@ -129,21 +135,29 @@ def server_argv(
     if spec.batch is not None:
         argv += ["--batch-size", str(spec.batch)]
     if spec.flash_attn is not None:
-        argv += ["--flash-attn", spec.flash_attn]
+        argv += flags.flash_attn_args(spec.flash_attn)
     if spec.cache_type_k is not None:
         argv += ["--cache-type-k", spec.cache_type_k]
     if spec.cache_type_v is not None:
         argv += ["--cache-type-v", spec.cache_type_v]
     if spec.mlock:
-        argv += list(mlock_args)
+        argv += list(flags.mlock_args)
     if spec.numa_node is not None:
         argv += ["--numa", "numactl"]
     if spec.rpc:
         argv += ["--rpc", ",".join(spec.rpc)]
-    if spec.metrics:
+    if spec.metrics and flags.knows("--metrics"):  # only `status` reads it: optional
         argv.append("--metrics")
     if api_key_path is not None:
         argv += ["--api-key-file", api_key_path]
+    missing = [a for a in argv[1:] if a.startswith("--") and not flags.knows(a)]
+    if missing:
+        raise InstanceError(
+            f"instance {spec.name} needs {', '.join(missing)}, which the llama-server of {binary} "
+            "does not know (it is older)",
+            f"use a newer build (`nativellm builds list`, `nativellm upgrade`), or drop the setting "
+            f"with `nativellm instance edit {spec.name}`",
+        )
     argv += list(spec.extra_args)
     return argv
 
@@ -159,7 +173,7 @@ def _cpu_limits(cpus: str) -> tuple[str, str]:
 def render_dropin(spec: InstanceSpec, r: Resolved) -> str:
     devices = DeviceClass.for_backend(r.backend)
     key_path = "${CREDENTIALS_DIRECTORY}/" + CREDENTIAL if spec.api_key_file else None
-    argv = server_argv(spec, r.server_binary, r.model_path, api_key_path=key_path, mlock_args=r.mlock_args)
+    argv = server_argv(spec, r.server_binary, r.model_path, api_key_path=key_path, flags=r.flags)
     expand = [len(argv) - len(spec.extra_args) - 1] if key_path else []
     # In system scope the helpers run with "+" (outside the sandbox, as root): the interpreter
     # nativellm was installed with (pyenv, a venv under /root) may be unreadable to the
@@ -184,7 +198,11 @@ def render_dropin(spec: InstanceSpec, r: Resolved) -> str:
             ("After", "systemd-modules-load.service nvidia-persistenced.service"),
             ("AssertPathExists", devices.ready_path),
         ]
+    # Waits (seconds at most) until this server's bind would succeed; see ServerFlags.socket_reuse.
+    port_wait = [r.python, "-I", str(r.healthcheck), "port", "--host", spec.host, "--port", str(spec.port),
+                 "--reuse", r.flags.socket_reuse, "--timeout", str(TIME_WAIT_S)]  # fmt: skip
     service: list[tuple[str, str]] = [
+        ("ExecStartPre", privileged + exec_line(port_wait)),
         ("ExecStart", ""),
         ("ExecStart", exec_line(argv, expand=expand)),
         ("ExecStartPost", privileged + exec_line(ready)),

@@ -6,6 +6,9 @@ installed into is later broken, and it starts in a few milliseconds.
 
     ready --url URL --timeout S         exit 0 once URL answers 200 (ExecStartPost=)
     probe --url URL [--tries N] -- CMD  exec CMD when URL gives no HTTP answer N times in a row
+    port --host H --port P --reuse addr|port --timeout S
+                                        exit 0 once a server that sets SO_REUSEADDR (or only
+                                        SO_REUSEPORT) can bind H:P (ExecStartPre=)
 
 Neither sits on the request path: clients talk to llama-server directly.
 """
@@ -13,22 +16,36 @@ Neither sits on the request path: clients talk to llama-server directly.
 from __future__ import annotations
 
 import argparse
+import errno
+import http.client
 import os
+import socket
 import sys
 import time
-import urllib.error
-import urllib.request
+import urllib.parse
 
 
 def _status(url: str, timeout: float) -> int | None:
-    """The HTTP status of GET url, or None when nothing answered in time."""
+    """The HTTP status of GET url, or None when nothing answered in time.
+
+    HTTP/1.1 keep-alive, closed by this side once the answer is read: the side that closes first
+    keeps the connection in TIME_WAIT, and on the server's side that would block, for 60 s, a
+    restart onto a llama-server of the other socket-option era (ServerFlags.socket_reuse).
+    urllib asks the server to close (`Connection: close`)."""
+    parts = urllib.parse.urlsplit(url)
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as r:
-            return int(r.status)
-    except urllib.error.HTTPError as exc:
-        return int(exc.code)
-    except (OSError, ValueError):
+        conn = http.client.HTTPConnection(parts.hostname or "", parts.port or 80, timeout=timeout)
+    except ValueError:
         return None
+    try:
+        conn.request("GET", parts.path or "/")
+        resp = conn.getresponse()
+        resp.read()
+        return int(resp.status)
+    except (OSError, http.client.HTTPException, ValueError):
+        return None
+    finally:
+        conn.close()
 
 
 def _alive(pid: int | None) -> bool:
@@ -80,6 +97,49 @@ def probe(url: str, tries: int, timeout: float, pause: float, then: list[str]) -
     return 1  # pragma: no cover
 
 
+def bind_ok(host: str, port: int, reuse: str) -> bool | None:
+    """Could llama-server bind host:port now? It sets SO_REUSEADDR (`reuse="addr"`, since early
+    2026) or, before, only SO_REUSEPORT (`"port"`, cpp-httplib's default on Linux). Linux refuses
+    either while sockets that a server with the *other* option closed on that port linger in
+    TIME_WAIT (up to 60 s): exactly the state after a restart from one llama.cpp era into the
+    other. None: some other failure, which the server reports better itself."""
+    try:
+        family, kind, proto, _, addr = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        sock = socket.socket(family, kind, proto)
+    except OSError:
+        return None
+    with sock:
+        option = socket.SO_REUSEADDR if reuse == "addr" else getattr(socket, "SO_REUSEPORT", None)
+        if option is not None:
+            sock.setsockopt(socket.SOL_SOCKET, option, 1)
+        try:
+            sock.bind(addr)
+        except OSError as exc:
+            return False if exc.errno == errno.EADDRINUSE else None
+    return True
+
+
+def _listening(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def wait_port(host: str, port: int, reuse: str, timeout: float, interval: float = 0.25) -> int:
+    """Wait (at most `timeout`) until the server can bind; then, or when a process really listens
+    there (waiting would not help), let it start and report for itself. Always 0."""
+    deadline = time.monotonic() + timeout
+    while bind_ok(host, port, reuse) is False and not _listening(host, port):
+        if time.monotonic() >= deadline:
+            print(f"port {port} on {host} still has connections in TIME_WAIT after {timeout:g}s; "
+                  "starting llama-server anyway", file=sys.stderr)  # fmt: skip
+            break
+        time.sleep(interval)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="nativellm-healthcheck")
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -92,7 +152,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--timeout", type=float, default=3)
     p.add_argument("--pause", type=float, default=1)
     p.add_argument("then", nargs=argparse.REMAINDER)
+    w = sub.add_parser("port")
+    w.add_argument("--host", required=True)
+    w.add_argument("--port", type=int, required=True)
+    w.add_argument("--reuse", choices=("addr", "port"), default="addr")
+    w.add_argument("--timeout", type=float, default=65)
     args = parser.parse_args(argv)
+    if args.cmd == "port":
+        return wait_port(args.host, args.port, args.reuse, args.timeout)
     if args.cmd == "ready":
         main_pid = os.environ.get("MAINPID", "")
         return wait_ready(args.url, args.timeout, main_pid=int(main_pid) if main_pid.isdigit() else None)

@@ -11,14 +11,14 @@ import dataclasses
 import os
 import re
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from nativellm import client, run
 from nativellm.build.store import Store
-from nativellm.errors import InstanceError, ModelError, NotFoundError, UsageError
+from nativellm.errors import InstanceError, ModelError, NativeLLMError, NotFoundError, UsageError
 from nativellm.hardware import detect_host
 from nativellm.hardware.profile import HostProfile
 from nativellm.models.fit import estimate_fit
@@ -35,6 +35,7 @@ from nativellm.serve.dropins import (
     unit_name,
     watchdog_unit,
 )
+from nativellm.serve.server_flags import ServerFlags, probe_server_flags
 from nativellm.serve.systemd import Systemd, UnitState, reachable, require_reachable, require_reads_units_from
 from nativellm.serve.units import write_unit
 from nativellm.specs import (
@@ -89,6 +90,14 @@ class Outcome:
     spec: InstanceSpec | None
     files: tuple[str, ...] = ()
     restarted: bool = False
+
+
+@dataclass(frozen=True)
+class Refresh:
+    """Units re-rendered after `current` moved: which changed, which could not be rendered (why)."""
+
+    rewritten: tuple[str, ...]
+    failed: tuple[tuple[str, str], ...]
 
 
 @dataclass(frozen=True)
@@ -152,11 +161,13 @@ class Instances:
         *,
         profile: Callable[[], HostProfile] = _default_profile,
         port_in_use: Callable[[int, str], bool] = client.port_in_use,
+        server_flags: Callable[[Path], ServerFlags] = probe_server_flags,
     ) -> None:
         self.paths = paths
         self.systemd = systemd
         self._profile = profile
         self._port_in_use = port_in_use
+        self._server_flags = server_flags
 
     # -- resolution ----------------------------------------------------------------------
     def _model_path(self, model: str) -> Path:
@@ -202,7 +213,7 @@ class Instances:
             healthcheck=self.paths.home / HEALTHCHECK,
             systemctl=run.which("systemctl") or "/usr/bin/systemctl",
             spec_path=spec_path(self.paths.config, spec.name),
-            mlock_args=find_mlock_args(binary) if spec.mlock else ("--mlock",),
+            flags=self._server_flags(binary),
         )
 
     def _other_ports(self, name: str) -> dict[int, str]:
@@ -341,6 +352,29 @@ class Instances:
         if warning:
             msg += f" (warning: {warning})"
         return Outcome(name, changed, msg, spec, tuple(written), restarted)
+
+    def refresh_units(self, names: Sequence[str] | None = None) -> Refresh:
+        """Re-render the units of the instances that follow `current` (or of `names` among them)
+        for the build `current` now names: its llama-server may spell flags differently (see
+        server_flags.py). Called whenever `current` moves (upgrade, rollback, `builds use`),
+        before any restart. Running servers are not touched; a unit that cannot be rendered
+        for the build keeps its old text and is reported, not raised."""
+        rewritten: list[str] = []
+        failed: list[tuple[str, str]] = []
+        for spec in self.specs():
+            if spec.build != "current" or (names is not None and spec.name not in names):
+                continue
+            try:
+                files = self._files(spec)
+            except NativeLLMError as exc:
+                failed.append((spec.name, exc.message))
+                continue
+            if [p for p, text in files.items() if write_unit(p, text)]:
+                rewritten.append(spec.name)
+        sd = reachable(self.systemd)
+        if rewritten and sd is not None:
+            sd.daemon_reload()
+        return Refresh(tuple(rewritten), tuple(failed))
 
     def remove(self, name: str) -> Outcome:
         spec = self.get(name)
@@ -482,9 +516,7 @@ class Instances:
         """`nativellm run NAME`: the unit's argv, with the key file read directly."""
         spec = self.get(name)
         r = self._resolve(spec)
-        return server_argv(
-            spec, r.server_binary, r.model_path, api_key_path=spec.api_key_file, mlock_args=r.mlock_args
-        )
+        return server_argv(spec, r.server_binary, r.model_path, api_key_path=spec.api_key_file, flags=r.flags)
 
 
 _NOT_SERVER = re.compile(r"did not become ready|exited before it was ready|gave no answer at")
@@ -539,15 +571,6 @@ def parse_metrics(text: str) -> dict[str, float]:
 def read_metrics(base_url: str) -> dict[str, float]:
     text = client.metrics_text(base_url)
     return parse_metrics(text) if text is not None else {}
-
-
-def find_mlock_args(binary: Path) -> tuple[str, ...]:
-    """Newer llama.cpp replaced `--mlock` with `--load-mode mmap+mlock`: ask the binary."""
-    res = run.probe([str(binary), "--help"], timeout=30)
-    text = (res.stdout + res.stderr) if res is not None else ""
-    if "--load-mode" in text and "--mlock" not in text.replace("mmap+mlock", ""):
-        return ("--load-mode", "mmap+mlock")
-    return ("--mlock",)
 
 
 def linger_enabled(user: str | None = None) -> bool | None:
