@@ -117,6 +117,7 @@ def test_ctrl_c_during_compile_leaves_the_store_untouched(tmp_path: Path, llama_
         proc.send_signal(signal.SIGABRT)
         pytest.fail(f"no exit 60 s after Ctrl-C; its threads:\n{proc.stderr.read()[-6000:]}")
     err = proc.stderr.read()  # the same buffered reader: communicate() would skip its buffer
+    proc.stderr.close()
     assert proc.returncode == 130, err
     assert "interrupted" in err and "Traceback" not in err
     store = Store(resolve_paths_for(tmp_path))
