@@ -35,7 +35,8 @@ README = CHECKOUT / "README.md"
 GIT_PORT = 9418  # git's own port: a stable URL keeps the sandbox's source path, so ccache hits next run
 SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 CCACHE = Path(os.environ.get("CCACHE_DIR", Path.home() / ".cache" / "ccache"))
-NPM_CACHE = Path.home() / ".npm"  # the web UI's `npm ci` downloads, shared like ccache
+# The web UI's `npm ci` downloads, shared like ccache.
+NPM_CACHE = Path(os.environ.get("NPM_CONFIG_CACHE", Path.home() / ".npm"))
 
 
 def quickstart_commands(text: str) -> list[str]:
@@ -111,7 +112,7 @@ def test_readme_quickstart_ends_with_a_completion(clean_machine: Sandbox, llama_
     t0 = time.monotonic()
     res = clean_machine.exec(
         ["bash", "-euo", "pipefail", "-c", script],
-        env={"PATH": SYSTEM_PATH, REPO_ENV: llama_mirror, "CCACHE_DIR": str(CCACHE)},
+        env={"PATH": SYSTEM_PATH, REPO_ENV: llama_mirror, "CCACHE_DIR": str(CCACHE), "NPM_CONFIG_CACHE": str(NPM_CACHE)},
         check=False, timeout=3600,
     )  # fmt: skip
     seconds = time.monotonic() - t0
