@@ -24,21 +24,23 @@ def test_ctrl_c_kills_descendants_in_their_own_process_groups_and_sessions(tmp_p
     # `set -m` gives a background job its own process group, and setsid a session of its own, as ninja
     # (setsid since 1.12, a process group before) does for every compile command.
     script = (
-        "set -m; sleep 300 & echo pid=$!; setsid sleep 301 & echo pid=$!; "
-        "sh -c 'sleep 302 & echo pid=$!; wait' & wait"
+        # The second reports its own pid once setsid has run (as `$!` it raced setsid under load).
+        "set -m; sleep 300 & echo group=$!; setsid sh -c 'echo session=$$; exec sleep 301' & "
+        "sh -c 'sleep 302 & echo child=$!; wait' & wait"
     )
-    pids: list[int] = []
+    found: dict[str, int] = {}
 
     def on_line(line: str) -> None:
-        if line.startswith("pid="):
-            pids.append(int(line[4:]))
-        if len(pids) == 3:
-            assert os.getpgid(pids[0]) != os.getpgid(os.getpid())
-            assert os.getsid(pids[1]) == pids[1]  # a session of its own
+        kind, _, pid = line.strip().partition("=")
+        if kind in ("group", "session", "child"):
+            found[kind] = int(pid)
+        if len(found) == 3:
+            assert os.getpgid(found["group"]) != os.getpgid(os.getpid())
+            assert os.getsid(found["session"]) == found["session"]  # a session of its own
             raise KeyboardInterrupt  # what Ctrl-C raises in the reading loop
 
     with pytest.raises(Interrupted):
         run.stream(["sh", "-c", script], log_path=tmp_path / "log", on_line=on_line)
-    assert len(pids) == 3
-    assert [p for p in pids if _alive(p)] == []
+    assert len(found) == 3
+    assert [p for p in found.values() if _alive(p)] == []
     assert "interrupted by user" in (tmp_path / "log").read_text()
