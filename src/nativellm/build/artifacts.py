@@ -21,11 +21,11 @@ import shutil
 import tarfile
 import tempfile
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, BinaryIO
 
 from nativellm import __version__, download
 from nativellm.build.fingerprint import Requirements, fingerprint, requirements_of
@@ -196,6 +196,27 @@ def _write_tar(raw: IO[bytes], rec: BuildRecord, meta: Mapping[str, Any], mtime:
                 tar.addfile(ti)
 
 
+def publish_archive(dest: Path, write: Callable[[BinaryIO], None]) -> tuple[str, bool]:
+    """Write an archive through a temp file beside `dest` (fsynced, then renamed over it) and its
+    `DEST.sha256` sidecar (`sha256sum -c` format). Returns (sha256, whether either file changed):
+    reproducible archives make a repeated pack a no-op."""
+    fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "wb") as raw:
+            write(raw)
+            raw.flush()
+            os.fsync(raw.fileno())
+        digest = sha256_file(tmp)
+        changed = not (dest.is_file() and sha256_file(dest) == digest)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, dest)
+    finally:
+        tmp.unlink(missing_ok=True)
+    changed = write_if_changed(dest.with_name(dest.name + ".sha256"), f"{digest}  {dest.name}\n") or changed
+    return digest, changed
+
+
 def pack(paths: Paths, opts: PackOptions) -> PackOutcome:
     """Write one installed build as a reproducible artifact next to its `.sha256` file."""
     t0 = time.monotonic()
@@ -214,29 +235,18 @@ def pack(paths: Paths, opts: PackOptions) -> PackOutcome:
     out = opts.output.expanduser() if opts.output else Path.cwd()
     dest = out / name if out.is_dir() else out
     dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "wb") as raw:
-            mtime = _epoch(rec.created)
-            if comp == "zst":
-                cctx = _zstd().ZstdCompressor(level=10)  # type: ignore[union-attr]
-                with cctx.stream_writer(raw, closefd=False) as zw:
-                    _write_tar(zw, rec, meta, mtime)
-            else:
-                with gzip.GzipFile(filename="", fileobj=raw, mode="wb", mtime=0) as gz:
-                    _write_tar(gz, rec, meta, mtime)  # type: ignore[arg-type]
-            raw.flush()
-            os.fsync(raw.fileno())
-        digest = sha256_file(tmp)
-        changed = not (dest.is_file() and sha256_file(dest) == digest)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, dest)
-    finally:
-        tmp.unlink(missing_ok=True)
-    sidecar = dest.with_name(dest.name + ".sha256")
-    line = f"{digest}  {dest.name}\n"
-    changed = write_if_changed(sidecar, line) or changed
+    mtime = _epoch(rec.created)
+
+    def write(raw: BinaryIO) -> None:
+        if comp == "zst":
+            cctx = _zstd().ZstdCompressor(level=10)  # type: ignore[union-attr]
+            with cctx.stream_writer(raw, closefd=False) as zw:
+                _write_tar(zw, rec, meta, mtime)
+        else:
+            with gzip.GzipFile(filename="", fileobj=raw, mode="wb", mtime=0) as gz:
+                _write_tar(gz, rec, meta, mtime)  # type: ignore[arg-type]
+
+    digest, changed = publish_archive(dest, write)
     size = dest.stat().st_size
     return PackOutcome(dest, digest, size, changed, rec.id, meta, time.monotonic() - t0)
 

@@ -18,18 +18,16 @@ from __future__ import annotations
 import gzip
 import hashlib
 import io
-import os
 import tarfile
-import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
-from nativellm.build.artifacts import PackOptions, PackOutcome, _epoch, artifact_meta
+from nativellm.build.artifacts import PackOptions, PackOutcome, _epoch, artifact_meta, publish_archive
 from nativellm.build.elf import beyond_glibc, find_needed
 from nativellm.build.store import BuildRecord, Store
 from nativellm.errors import ArtifactError, NotFoundError, UsageError
-from nativellm.fsutil import sha256_file, write_if_changed
+from nativellm.fsutil import sha256_file
 from nativellm.paths import Paths
 
 SERVER = "llama-server"
@@ -92,26 +90,17 @@ def pack_single_binary(paths: Paths, opts: PackOptions) -> PackOutcome:
     out = opts.output.expanduser() if opts.output else Path.cwd()
     dest = out / single_binary_name(rec.id, meta["variant"]) if out.is_dir() else out
     dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "wb") as raw:
-            with gzip.GzipFile(filename="", fileobj=raw, mode="wb", mtime=0) as gz:
-                members = [
-                    (SERVER, server, 0o755),
-                    ("manifest.json", manifest, 0o644),
-                    ("SHA256SUMS", sums.encode(), 0o644),
-                ]
-                _write(gz, rec.id, members, _epoch(rec.created))
-            raw.flush()
-            os.fsync(raw.fileno())
-        digest = sha256_file(tmp)
-        changed = not (dest.is_file() and sha256_file(dest) == digest)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, dest)
-    finally:
-        tmp.unlink(missing_ok=True)
-    changed = write_if_changed(dest.with_name(dest.name + ".sha256"), f"{digest}  {dest.name}\n") or changed
+    members = [
+        (SERVER, server, 0o755),
+        ("manifest.json", manifest, 0o644),
+        ("SHA256SUMS", sums.encode(), 0o644),
+    ]
+
+    def write(raw: BinaryIO) -> None:
+        with gzip.GzipFile(filename="", fileobj=raw, mode="wb", mtime=0) as gz:
+            _write(gz, rec.id, members, _epoch(rec.created))
+
+    digest, changed = publish_archive(dest, write)
     single = {
         "file": SERVER,
         "sha256": hashlib.sha256(server).hexdigest(),
