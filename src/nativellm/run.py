@@ -13,8 +13,10 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, NoReturn
@@ -144,20 +146,23 @@ def stream(
     with log_path.open("a", encoding="utf-8") as logf:
         logf.write(f"$ {shlex.join(argv)}\n")
         logf.flush()
+        with _ctrl_c_deferred() as interrupted:
+            try:
+                proc = subprocess.Popen(
+                    list(argv),
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.STDOUT,
+                    text=True,
+                    errors="replace",
+                    env=_env(env),
+                    cwd=cwd,
+                    start_new_session=True,
+                )
+            except FileNotFoundError as exc:
+                raise ToolchainError(f"{argv[0]} is not installed", f"install {argv[0]} and retry") from exc
         try:
-            proc = subprocess.Popen(
-                list(argv),
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                text=True,
-                errors="replace",
-                env=_env(env),
-                cwd=cwd,
-                start_new_session=True,
-            )
-        except FileNotFoundError as exc:
-            raise ToolchainError(f"{argv[0]} is not installed", f"install {argv[0]} and retry") from exc
-        try:
+            if interrupted:
+                raise KeyboardInterrupt  # Ctrl-C while the child was being started: it is killed below
             assert proc.stdout is not None
             for line in proc.stdout:
                 logf.write(line)
@@ -173,6 +178,25 @@ def stream(
                 _kill_group(proc)
             if proc.stdout is not None:
                 proc.stdout.close()
+
+
+@contextmanager
+def _ctrl_c_deferred() -> Iterator[list[int]]:
+    """Hold Ctrl-C back while a child is being started; yields a list that is non-empty if it came.
+
+    A KeyboardInterrupt raised inside Popen (after the fork, before it returns) leaves a started
+    child that nobody knows the pid of: a Ctrl-C right after "compile" left `cmake --build` and its
+    compilers running. The handler is Python's, so the child's exec resets it to the default.
+    """
+    caught: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield caught
+        return
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+    try:
+        yield caught
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _live_children() -> dict[int, list[int]]:
