@@ -22,9 +22,7 @@ def tree_state(root: Path) -> dict[str, str]:
             mode = os.lstat(p).st_mode
             if stat.S_ISLNK(mode):
                 state[rel] = "link:" + os.readlink(p)
-            elif stat.S_ISDIR(mode):
-                continue
-            elif name.endswith(".lock"):
+            elif stat.S_ISDIR(mode) or name.endswith(".lock"):
                 continue
             elif stat.S_ISREG(mode):
                 state[rel] = hashlib.sha256(p.read_bytes()).hexdigest()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -85,54 +86,105 @@ def find_ollama_dir(explicit: Path | None = None) -> Path | None:
     return None
 
 
-def _blob(root: Path, digest: str) -> Path:
-    return root / "blobs" / digest.replace(":", "-")
+DIGEST_RE = re.compile(r"sha256[:-](?P<hex>[0-9a-f]{64})")
+TEXT_CAP = 1 << 20  # template/params/system/license layers larger than this are not read
+
+
+def _blob(root: Path, digest: str, manifest: Path) -> Path:
+    """The blob file of `digest`, refused unless it is a regular file inside `<root>/blobs/`.
+
+    The digest comes from the manifest, so it is untrusted: only `sha256:<64 hex>` (or Ollama's
+    `sha256-<64 hex>` file spelling) is accepted, and the blob's real path (symlinks resolved) must stay
+    inside the blobs directory; otherwise a manifest could have any readable file copied into the index.
+    """
+    m = DIGEST_RE.fullmatch(digest)
+    if m is None:
+        raise ModelError(
+            f"the Ollama manifest {manifest} has a bad layer digest {digest[:80]!r}; nothing was imported",
+            "a digest is sha256:<64 hex digits>; re-pull the model with ollama",
+        )
+    blobs = root / "blobs"
+    path = blobs / f"sha256-{m['hex']}"
+    real = Path(os.path.realpath(path))
+    if real.parent != Path(os.path.realpath(blobs)):
+        raise ModelError(
+            f"the Ollama blob {path} points outside {blobs}; nothing was imported",
+            "blobs must be files in the Ollama blobs directory; re-pull the model with ollama",
+        )
+    return path
+
+
+def _is_regular(path: Path) -> bool:
+    try:
+        return stat.S_ISREG(os.stat(path).st_mode)
+    except OSError:
+        return False
+
+
+def _read_text_layer(path: Path) -> str | None:
+    """At most TEXT_CAP bytes of a small metadata layer; None if it is larger, missing or not a file."""
+    try:  # the real path, which _blob checked lies in the blobs directory; never a FIFO's open() wait
+        fd = os.open(os.path.realpath(path), os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW)
+    except OSError:
+        return None
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(f.fileno())
+        if not stat.S_ISREG(st.st_mode) or st.st_size > TEXT_CAP:
+            return None
+        data = f.read(TEXT_CAP + 1)
+    if len(data) > TEXT_CAP:
+        return None
+    return data.decode("utf-8", errors="replace")
 
 
 def read_model(root: Path, ref: OllamaRef) -> OllamaModel:
     path = ref.manifest(root)
-    if not path.is_file():
+    if not _is_regular(path):
         raise NotFoundError(
             f"Ollama has no model {ref.display} in {root}",
             "list them with `ollama list` or pass --ollama-dir; import everything with --all",
         )
     try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-        layers = list(doc["layers"])
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+        with path.open("rb") as f:
+            raw = f.read(TEXT_CAP + 1)
+        if len(raw) > TEXT_CAP:
+            raise ValueError(f"larger than {TEXT_CAP} bytes")
+        doc = json.loads(raw.decode("utf-8"))
+        layers = [dict(layer) for layer in doc["layers"]]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         raise ModelError(
             f"the Ollama manifest {path} is unreadable: {exc}", "re-pull it with ollama"
         ) from None
     model_layers = [layer for layer in layers if layer.get("mediaType") == MODEL_MEDIA]
     if not model_layers:
         raise ModelError(f"the Ollama manifest {path} has no model layer", "re-pull it with ollama")
-    digest = str(model_layers[0].get("digest", ""))
-    if not re.fullmatch(r"sha256:[0-9a-f]{64}", digest):
+    # Every digest is checked before any blob is read, the model's and the metadata layers' alike.
+    blobs = [_blob(root, str(layer.get("digest", "")), path) for layer in layers]
+    blob = blobs[layers.index(model_layers[0])]
+    match = DIGEST_RE.fullmatch(str(model_layers[0].get("digest", "")))
+    assert match is not None  # _blob checked it
+    if not _is_regular(blob):
         raise ModelError(
-            f"the Ollama manifest {path} has a bad model digest {digest!r}", "re-pull it with ollama"
+            f"the blob {blob} of {ref.display} is missing or not a regular file", "re-pull it with ollama"
         )
-    blob = _blob(root, digest)
-    if not blob.is_file():
-        raise ModelError(f"the blob {blob} of {ref.display} is missing", "re-pull it with ollama")
     metadata: dict[str, Any] = {"ollama_ref": ref.display, "ollama_manifest": str(path)}
     if len(model_layers) > 1:
         metadata["ollama_extra_model_layers"] = len(model_layers) - 1  # adapters/projectors, not used
-    for layer in layers:
+    for layer, lblob in zip(layers, blobs, strict=True):
         kind = str(layer.get("mediaType", "")).removeprefix(MEDIA_PREFIX)
-        if kind == "model":
+        if kind not in (*TEXT_LAYERS, "params"):
             continue
-        lblob = _blob(root, str(layer.get("digest", "")))
-        if not lblob.is_file() or lblob.stat().st_size > 1 << 20:
+        text = _read_text_layer(lblob)
+        if text is None:
             continue
-        text = lblob.read_text(encoding="utf-8", errors="replace")
         if kind == "params":
             try:
                 metadata["params"] = json.loads(text)
             except ValueError:
                 metadata["params_raw"] = text
-        elif kind in TEXT_LAYERS:
+        else:
             metadata[kind] = text
-    return OllamaModel(ref, path, blob, digest.removeprefix("sha256:"), metadata)
+    return OllamaModel(ref, path, blob, match["hex"], metadata)
 
 
 def list_refs(root: Path) -> list[OllamaRef]:

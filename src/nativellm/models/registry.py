@@ -10,12 +10,15 @@ its file passed validation (gguf_check).
 from __future__ import annotations
 
 import contextlib
+import errno
 import importlib
 import json
 import os
 import re
 import shutil
+import stat
 import sys
+import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
@@ -95,6 +98,13 @@ class ModelRecord:
         )
 
 
+def _damaged(index: Path, reason: str) -> ModelError:
+    return ModelError(
+        f"the model index {index} is damaged: {reason}; nothing was changed",
+        f"restore it from a backup, or move it aside (`mv {index} {index}.bad`) and register the models again",
+    )
+
+
 def validate_name(name: str) -> str:
     return specs.validate_name(name, "model")
 
@@ -120,20 +130,33 @@ class ModelRegistry:
         self.index = self.root / "index.json"
 
     def _load(self) -> dict[str, ModelRecord]:
+        """The index; a malformed one is refused (and so never overwritten), naming the file."""
         try:
             doc = json.loads(self.index.read_text(encoding="utf-8"))
         except FileNotFoundError:
             return {}
         except (OSError, ValueError) as exc:
-            raise ModelError(
-                f"the model index {self.index} is unreadable: {exc}", "restore or remove it"
-            ) from None
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            raise _damaged(self.index, f"unreadable ({reason})") from None
+        if not isinstance(doc, dict):
+            raise _damaged(self.index, f"a JSON {type(doc).__name__}, not an object")
         if doc.get("schema") != INDEX_SCHEMA:
             raise ModelError(
                 f"the model index {self.index} has schema {doc.get('schema')!r}, expected {INDEX_SCHEMA!r}",
                 "upgrade nativellm",
             )
-        return {n: ModelRecord.from_dict(d) for n, d in doc.get("models", {}).items()}
+        models = doc.get("models", {})
+        if not isinstance(models, dict):
+            raise _damaged(self.index, "its 'models' is not an object")
+        records = {}
+        for n, d in models.items():
+            try:
+                records[n] = ModelRecord.from_dict(d)
+            except (KeyError, TypeError, ValueError, AttributeError) as exc:
+                raise _damaged(
+                    self.index, f"the entry {n!r} is malformed ({type(exc).__name__}: {exc})"
+                ) from None
+        return records
 
     def _save(self, records: Mapping[str, ModelRecord]) -> None:
         write_json_atomic(
@@ -241,17 +264,61 @@ def make_record(
     )
 
 
+def _check_regular(path: Path, what: str = "") -> None:
+    """Refuse a path that is not a regular file, by what it is: never open a FIFO or a device."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise ModelError(
+                f"{what}{path} is a symlink loop", "point at the GGUF file itself, not a circular link"
+            ) from None
+        if exc.errno in (errno.ENOENT, errno.ENOTDIR):
+            if what:
+                raise ModelError(
+                    f"{what}{path} is missing", "keep all parts side by side in one directory"
+                ) from None
+            raise NotFoundError(f"{path} does not exist", "check the path") from None
+        raise ModelError(
+            f"cannot read {what}{path}: {exc.strerror}", "check the path and its permissions"
+        ) from None
+    if not stat.S_ISREG(mode):
+        kind = (
+            "a directory"
+            if stat.S_ISDIR(mode)
+            else "a FIFO"
+            if stat.S_ISFIFO(mode)
+            else "a device"
+            if stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
+            else "a socket"
+            if stat.S_ISSOCK(mode)
+            else "special"
+        )
+        raise ModelError(
+            f"{what}{path} is not a regular file (it is {kind})", "give the path of a .gguf file"
+        )
+
+
+def _resolve_source(file: Path) -> Path:
+    """The real path of a model file the user named, checked to be a regular file."""
+    path = file.expanduser()
+    _check_regular(path)
+    return Path(os.path.realpath(path))
+
+
 def _parts_of(path: Path) -> list[Path]:
     m = SPLIT_RE.match(path.name)
     if m and int(m["no"]) != 1:
         raise UsageError(f"{path.name} is not the first part of a split model", "name the -00001-of-N part")
     parts = list(split_parts(path)) or [path]
-    missing = [p for p in parts if not p.is_file()]
+    missing = [p for p in parts if not os.path.lexists(p)]
     if missing:
         raise ModelError(
             f"split model part {missing[0]} is missing ({len(missing)} of {len(parts)} parts absent)",
             "keep all parts side by side in one directory",
         )
+    for p in parts:
+        _check_regular(p, "split model part " if len(parts) > 1 else "")
     return parts
 
 
@@ -262,14 +329,15 @@ def add_model(
 
     With `sha256` the file (the first part of a split model) must have that hash, else nothing is
     registered; an already registered model is checked against its recorded hash (no re-hash).
+    A copy is written to temporary files in the store, validated there and renamed into place only
+    once every check passed, so a refused copy never touches a registered model's file.
     """
-    src = file.expanduser().resolve()
-    if not src.exists():
-        raise NotFoundError(f"{file} does not exist", "check the path")
-    reg = ModelRegistry(paths)
-    name = validate_name(name or name_from_file(src))
-    parts = _parts_of(src)
     want = specs.validate_sha256(sha256) if sha256 else None
+    name = validate_name(name) if name else None
+    src = _resolve_source(file)
+    reg = ModelRegistry(paths)
+    name = name or validate_name(name_from_file(src))
+    parts = _parts_of(src)
     existing = reg.find(name)
     if existing is not None and (existing.path == src or existing.metadata.get("origin") == str(src)):
         if want is not None and existing.sha256 != want:
@@ -278,6 +346,8 @@ def add_model(
                 f"check the expected hash, or remove it first with `nativellm model rm {name}`",
             )
         return existing, False
+    if existing is not None:
+        raise _taken(existing)
     if want is not None:
         got = sha256_file(parts[0])
         if got != want:
@@ -290,18 +360,54 @@ def add_model(
         return rec, reg.put(rec)
     validate_model(parts)  # refuse before copying gigabytes
     with reg.model_lock(name):
-        dest_dir = reg.files_dir(name)
+        existing = reg.find(name)
+        if existing is not None:
+            raise _taken(existing)  # registered meanwhile: its files may be the ones we would write
+        return _copy_into_store(reg, name, src, parts, want)
 
-        check_free_space(dest_dir, sum(p.stat().st_size for p in parts), str(src))
-        copies = []
-        for p in parts:
-            dest = dest_dir / p.name
-            tmp = dest.with_name(dest.name + ".part")
-            shutil.copyfile(p, tmp)
-            os.replace(tmp, dest)
-            copies.append(dest)
+
+def _taken(existing: ModelRecord) -> ModelError:
+    return ModelError(
+        f"a model named {existing.name!r} is already registered ({existing.path})",
+        f"choose another --name, or remove it first with `nativellm model rm {existing.name}`",
+    )
+
+
+def _copy_into_store(
+    reg: ModelRegistry, name: str, src: Path, parts: list[Path], want: str | None
+) -> tuple[ModelRecord, bool]:
+    dest_dir = reg.files_dir(name)
+    check_free_space(dest_dir, sum(p.stat().st_size for p in parts), str(src))
+    finals = [dest_dir / p.name for p in parts]
+    placed: list[Path] = []
+    staging = Path(tempfile.mkdtemp(dir=dest_dir, prefix=".copy-"))
+    try:
+        copies = [staging / p.name for p in parts]  # the same names: split parts are checked by name
+        for p, c in zip(parts, copies, strict=True):
+            shutil.copyfile(p, c)
+        # Validate and hash the copies themselves: the source may change while it is copied.
         rec = make_record(name, copies, "file", metadata={"origin": str(src), "owned": True})
-        return rec, reg.put(rec)
+        if want is not None and rec.sha256 != want:
+            raise ModelError(
+                f"{parts[0]} changed while it was copied (sha256 {rec.sha256}, expected {want}); "
+                "nothing was registered",
+                "check the file or the expected hash",
+            )
+        rec = replace(rec, path=finals[0], parts=tuple(finals) if len(finals) > 1 else ())
+        for c, final in zip(copies, finals, strict=True):
+            os.replace(c, final)
+            placed.append(final)
+        changed = reg.put(rec)
+        placed = []
+        return rec, changed
+    except OSError as exc:
+        raise ResourceError(
+            f"cannot copy {src} into {dest_dir}: {exc.strerror}", "check free disk space"
+        ) from None
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+        for final in placed:  # put() refused: nothing registered points at them
+            final.unlink(missing_ok=True)
 
 
 # --------------------------------------------------------------------------- ollama
@@ -398,8 +504,8 @@ def inspect_model(paths: Paths, name_or_path: str) -> ModelRecord:
         facts = validate_model(list(rec.parts) or [rec.path])
         return replace(rec, facts=facts)
     path = Path(name_or_path).expanduser()
-    if path.exists():
-        parts = _parts_of(path.resolve())
+    if os.path.lexists(path):
+        parts = _parts_of(_resolve_source(path))
         facts = validate_model(parts)
         return ModelRecord(
             name=path.name,
