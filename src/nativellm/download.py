@@ -172,6 +172,8 @@ def download_url(
     """
     _check_writable_file(dest, "the download target")
     if dest.is_file():
+        if not part_path(url, dest).exists():
+            forget_part(url, dest)  # a record left by a caller that renamed the part without forgetting it
         digest = sha256_file(dest)
         if expected_sha256 and digest != expected_sha256:
             raise DownloadError(
@@ -270,8 +272,14 @@ def download_url(
             f"sha256 mismatch for {url}: expected {expected_sha256}, got {digest}; the file was deleted",
             "check --sha256 and the URL",
         )
-    _meta_path(part).unlink(missing_ok=True)  # complete: nothing left to resume
+    # The record stays while the part does: a caller that uses the part where it is (artifacts) gets a
+    # 416 "already complete" next time instead of a new download. Callers that rename it call forget_part.
     return Fetched(part, digest, size, True)
+
+
+def forget_part(url: str, dest: Path) -> None:
+    """Drop the resume record of `url`'s part once the caller renamed the part to `dest`."""
+    _meta_path(part_path(url, dest)).unlink(missing_ok=True)
 
 
 def _write(

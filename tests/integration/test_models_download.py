@@ -391,6 +391,18 @@ def test_a_server_without_validators_is_never_resumed(
     assert [g[2] for g in gets] == [None, None]
 
 
+def test_a_complete_part_used_in_place_is_not_fetched_again(
+    server: Server, gguf_bytes: bytes, tmp_path: Path
+) -> None:
+    """Artifacts use the finished part where it lies: its record makes the next fetch a 416, not a copy."""
+    server.b.files["/a.gguf"] = gguf_bytes
+    dest = tmp_path / "dl" / "a.gguf"
+    first = download_url(f"{server.url}/a.gguf", dest, expected_sha256=_sha(gguf_bytes))
+    again = download_url(f"{server.url}/a.gguf", dest, expected_sha256=_sha(gguf_bytes))
+    assert again.path == first.path and again.sha256 == _sha(gguf_bytes)
+    assert server.b.log[-1][2:] == (f"bytes={len(gguf_bytes)}-", 416)
+
+
 # --------------------------------------------------------------------------- issue 14: clean refusals
 def _refused(res: CliResult, code: int, *needles: str) -> None:
     assert res.returncode == code, (res.returncode, res.stderr)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote
 
-from nativellm.download import download_url
+from nativellm.download import download_url, forget_part
 from nativellm.errors import ModelError, UsageError
 from nativellm.fsutil import sha256_file
 from nativellm.models.gguf import validate_model
@@ -98,6 +98,7 @@ def _pull_url(
                 fetched.path.unlink(missing_ok=True)  # complete but broken: resuming cannot fix it
                 raise
             os.replace(fetched.path, dest)
+            forget_part(url, dest)
     try:
         rec = make_record(name, finals, "url", sha256=hashes[0], metadata={"spec": opts.spec, "owned": True})
     except ModelError:
