@@ -115,6 +115,11 @@ def _check_writable_file(path: Path, what: str) -> None:
         mode = os.lstat(path).st_mode
     except FileNotFoundError:
         return
+    except NotADirectoryError:
+        raise DownloadError(
+            f"{path.parent} exists and is not a directory; nothing was downloaded",
+            f"move {path.parent} out of the way and run the same command again",
+        ) from None
     if not stat.S_ISREG(mode):
         raise DownloadError(
             f"{what} {path} exists and is not a regular file; nothing was downloaded",
@@ -231,7 +236,9 @@ def download_url(
                     break
                 last_error = f"the connection ended at byte {part.stat().st_size} of {total}"
             except httpx.TransportError as exc:
-                tls = _tls_failure(exc)
+                # A failed handshake (an untrusted or expired certificate, a wrong name) will fail the
+                # same way again; a TLS read cut mid-transfer is a cut like any other and is retried.
+                tls = _tls_failure(exc) if isinstance(exc, httpx.ConnectError) else None
                 if tls is not None:
                     reason = getattr(tls, "verify_message", None) or getattr(tls, "reason", None) or str(tls)
                     raise DownloadError(

@@ -127,6 +127,22 @@ def test_ollama_text_layers_are_capped_and_never_block(tmp_path: Path) -> None:
     assert "license" not in meta and "template" not in meta and meta["params"] == {"temperature": 0.5}
 
 
+def test_ollama_all_imports_nothing_when_one_manifest_is_hostile(secret: Path, tmp_path: Path) -> None:
+    root = tmp_path / "ollama"
+    _ollama_store(root, write_gguf(tmp_path / "m.gguf"))  # "tiny": a good model, listed first
+    bad = tmp_path / "bad"
+    _ollama_store(bad, write_gguf(tmp_path / "n.gguf", name="other"), template_digest="../../etc/shadow")
+    (root / "manifests" / "registry.ollama.ai" / "library" / "zzz").mkdir()
+    os.replace(bad / "manifests" / "registry.ollama.ai" / "library" / "tiny" / "latest",
+               root / "manifests" / "registry.ollama.ai" / "library" / "zzz" / "latest")  # fmt: skip
+    for blob in (bad / "blobs").iterdir():
+        os.replace(blob, root / "blobs" / blob.name)
+    home = tmp_path / "home"
+    res = nativellm("model", "import-ollama", "--all", "--ollama-dir", str(root), home=home)
+    _refused(res, 9, "bad layer digest")
+    assert tree_state(home) == {}  # not even "tiny": all or nothing
+
+
 # --------------------------------------------------------------------------- add --copy (finding 6)
 def test_copy_under_a_taken_name_leaves_the_registered_file_alone(tmp_path: Path) -> None:
     home = tmp_path / "home"
@@ -174,6 +190,15 @@ def test_a_damaged_index_is_named_and_never_overwritten(content: str, tmp_path: 
         assert "nothing was changed" in line
         assert f"mv {index} {index}.bad" in res.stderr
     assert tree_state(home) == before
+
+
+@pytest.mark.parametrize("lock", [".index.lock", ".locks/m.lock"])
+def test_a_directory_where_a_lock_goes_is_refused(lock: str, tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    (home / "data" / "models" / lock).mkdir(parents=True)
+    res = nativellm("model", "add", str(write_gguf(tmp_path / "m.gguf")), "--copy", home=home)
+    _refused(res, 12, "cannot be taken", lock)
+    assert tree_state(home) == {}
 
 
 def test_a_directory_as_index_is_refused(tmp_path: Path) -> None:

@@ -98,6 +98,23 @@ class ModelRecord:
         )
 
 
+def _lock_file(path: Path) -> Path:
+    """`path`, refused cleanly when something other than a lock file (a directory...) sits there."""
+    for p in (path.parent, path):
+        try:
+            mode = os.stat(p).st_mode
+        except FileNotFoundError:
+            break
+        except OSError as exc:
+            raise ResourceError(f"cannot use the lock {path}: {exc.strerror}", f"check {p}") from None
+        if stat.S_ISDIR(mode) != (p == path.parent) or not (stat.S_ISDIR(mode) or stat.S_ISREG(mode)):
+            raise ResourceError(
+                f"the lock {path} cannot be taken: {p} is not a {'directory' if p != path else 'file'}",
+                f"move {p} out of the way; nothing was changed",
+            )
+    return path
+
+
 def _damaged(index: Path, reason: str) -> ModelError:
     return ModelError(
         f"the model index {index} is damaged: {reason}; nothing was changed",
@@ -167,7 +184,7 @@ class ModelRegistry:
     @contextlib.contextmanager
     def _locked(self) -> Iterator[dict[str, ModelRecord]]:
         """Read-modify-write under an exclusive lock; the dict is saved if the body returns."""
-        with file_lock(self.root / ".index.lock"):
+        with file_lock(_lock_file(self.root / ".index.lock")):
             records = self._load()
             before = dict(records)
             yield records
@@ -217,7 +234,7 @@ class ModelRegistry:
     def model_lock(self, name: str, on_wait: Callable[[], None] | None = None) -> Iterator[None]:
         """One writer per model name: a second concurrent pull waits, then finds the work done."""
         with file_lock(
-            self.root / ".locks" / f"{validate_name(name)}.lock",
+            _lock_file(self.root / ".locks" / f"{validate_name(name)}.lock"),
             on_busy=(lambda holder: on_wait()) if on_wait else None,
         ):
             yield
@@ -416,24 +433,35 @@ def import_ollama(
 ) -> tuple[ModelRecord, bool]:
     """Register an Ollama model's GGUF blob where it lies: no copy."""
     root = _ollama_root(ollama_dir, find_ollama_dir)
-    om = read_model(root, OllamaRef.parse(ref))
     reg = ModelRegistry(paths)
+    rec, new = _ollama_record(reg, root, ref, name)
+    return (rec, reg.put(rec)) if new else (rec, False)
+
+
+def import_ollama_all(paths: Paths, *, ollama_dir: Path | None = None) -> list[tuple[ModelRecord, bool]]:
+    """Every model of the store, or none: all manifests and blobs are checked before one is registered."""
+    root = _ollama_root(ollama_dir, find_ollama_dir)
+    reg = ModelRegistry(paths)
+    planned = [_ollama_record(reg, root, r.display, None) for r in list_refs(root)]
+    return [(rec, reg.put(rec)) if new else (rec, False) for rec, new in planned]
+
+
+def _ollama_record(reg: ModelRegistry, root: Path, ref: str, name: str | None) -> tuple[ModelRecord, bool]:
+    """The validated record of one Ollama model, and whether it still needs registering."""
+    om = read_model(root, OllamaRef.parse(ref))
     name = validate_name(name or om.ref.default_model_name)
     existing = reg.find(name)
-    if existing is not None and existing.path == om.blob and existing.sha256 == om.digest:
-        return existing, False
+    if existing is not None:
+        if existing.path == om.blob and existing.sha256 == om.digest:
+            return existing, False
+        raise _taken(existing)
     rec = make_record(name, [om.blob], "ollama", metadata=om.metadata)
     if rec.sha256 != om.digest:
         raise ModelError(
             f"the Ollama blob {om.blob} does not match its digest sha256:{om.digest}; nothing was registered",
             f"re-pull it with `ollama pull {om.ref.display}`",
         )
-    return rec, reg.put(rec)
-
-
-def import_ollama_all(paths: Paths, *, ollama_dir: Path | None = None) -> list[tuple[ModelRecord, bool]]:
-    root = _ollama_root(ollama_dir, find_ollama_dir)
-    return [import_ollama(paths, r.display, ollama_dir=root) for r in list_refs(root)]
+    return rec, True
 
 
 def _ollama_root(explicit: Path | None, finder: Callable[[Path | None], Path | None]) -> Path:
