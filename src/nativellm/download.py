@@ -257,6 +257,8 @@ def download_url(
             if attempt < attempts:
                 time.sleep(min(0.2 * 2**attempt, 5.0))
         else:
+            if part.is_file() and _read_meta(part, url) is None:
+                _discard(part)  # no validator: it could never resume, so it is not kept to mislead
             have = part.stat().st_size if part.is_file() else 0
             raise DownloadError(
                 f"download of {url} stopped at {have} of {total or '?'} bytes after {attempts} attempts "

@@ -389,6 +389,12 @@ def test_a_server_without_validators_is_never_resumed(
     assert Path(res.json()["data"]["model"]["path"]).read_bytes() == gguf_bytes
     gets = [e for e in server.b.log if e[0] == "GET"]
     assert [g[2] for g in gets] == [None, None]
+    # Cut in its only attempt, such a download keeps nothing, and says so.
+    server.b.cut_first = 1
+    dest = tmp_path / "dl" / "model.gguf"
+    with pytest.raises(DownloadError, match="no partial file was kept"):
+        download_url(f"{server.url}/model.gguf", dest, attempts=1)
+    assert list(dest.parent.iterdir()) == []
 
 
 def test_a_complete_part_used_in_place_is_not_fetched_again(

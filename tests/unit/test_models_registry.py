@@ -253,6 +253,18 @@ def test_import_ollama_refuses_a_corrupt_blob(paths: Paths, model: Path, tmp_pat
     assert ModelRegistry(paths).list() == []
 
 
+def test_import_ollama_takes_the_blob_file_spelling_of_a_digest(
+    paths: Paths, model: Path, tmp_path: Path
+) -> None:
+    """Ollama names blob files sha256-<hex>; a manifest that spells digests that way is still its own."""
+    root = tmp_path / "ollama"
+    digest = _ollama_store(root, model)
+    manifest = root / "manifests" / "registry.ollama.ai" / "library" / "tinyllama" / "latest"
+    manifest.write_text(manifest.read_text().replace('"sha256:', '"sha256-'))
+    rec, changed = import_ollama(paths, "tinyllama", ollama_dir=root)
+    assert changed and rec.sha256 == digest and rec.metadata["template"] == "{{ .System }} {{ .Prompt }}"
+
+
 def test_import_ollama_missing(paths: Paths, tmp_path: Path) -> None:
     with pytest.raises(NotFoundError, match="no Ollama model store"):
         import_ollama(paths, "x", ollama_dir=tmp_path / "none")
