@@ -167,10 +167,10 @@ class InstanceSpec:
             )
         for endpoint in self.rpc or ():
             parse_endpoint(endpoint, "--rpc")
-        for key, value in self.env.items():
-            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):
-                raise UsageError(f"environment variable name {key!r} is invalid", "use letters, digits and _")
-            v.no_control(value, f"environment variable {key}")
+        for var, text in self.env.items():
+            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", var):
+                raise UsageError(f"environment variable name {var!r} is invalid", "use letters, digits and _")
+            v.no_control(text, f"environment variable {var}")
         for arg in self.extra_args:
             v.no_control(arg, "extra llama-server argument")
         return self

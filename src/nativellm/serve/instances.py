@@ -11,6 +11,7 @@ import dataclasses
 import os
 import re
 import sys
+import sysconfig
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +38,7 @@ from nativellm.serve.dropins import (
     Resolved,
     base_url,
     render_instance_files,
+    require_root_owned,
     server_argv,
     template_files,
     unit_name,
@@ -169,8 +171,10 @@ class Instances:
         profile: Callable[[], HostProfile] = _default_profile,
         port_in_use: Callable[[int, str], bool] = client.port_in_use,
         server_flags: Callable[[Path], ServerFlags] = probe_server_flags,
+        python: str = sys.executable,
     ) -> None:
         self.paths = paths
+        self._python = python
         self.systemd = systemd
         self._profile = profile
         self._port_in_use = port_in_use
@@ -208,16 +212,26 @@ class Instances:
             raise NotFoundError(
                 f"build {rec.id} has no llama-server at {binary}", "rebuild with `nativellm build --auto`"
             )
+        # The units must not depend on where nativellm's venv lives (a service's PrivateTmp
+        # hides /tmp, ProtectHome others): the base interpreter runs a copy of the stdlib-only
+        # helper that sits in the store next to the builds.
+        python = os.path.realpath(self._python)
+        helper = self.paths.home / HEALTHCHECK
+        if self.paths.scope is Scope.SYSTEM:
+            # The helpers run as root there: the interpreter, the stdlib it imports and the
+            # helper script must be root's alone.
+            stdlib = sysconfig.get_path("stdlib") if python == os.path.realpath(sys.executable) else None
+            require_root_owned(
+                {"the Python interpreter": Path(python), "the health helper": helper}
+                | ({"the Python standard library": Path(stdlib)} if stdlib else {})
+            )
         return Resolved(
             scope=self.paths.scope,
             server_binary=binary,
             model_path=self._model_path(spec.model),
             backend=rec.backend,
-            # The units must not depend on where nativellm's venv lives (a service's PrivateTmp
-            # hides /tmp, ProtectHome others): the base interpreter runs a copy of the stdlib-only
-            # helper that sits in the store next to the builds.
-            python=os.path.realpath(sys.executable),
-            healthcheck=self.paths.home / HEALTHCHECK,
+            python=python,
+            healthcheck=helper,
             systemctl=run.which("systemctl") or "/usr/bin/systemctl",
             spec_path=spec_path(self.paths.config, spec.name),
             flags=self._server_flags(binary),
