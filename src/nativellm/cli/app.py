@@ -134,7 +134,7 @@ def _check_utf8(args: list[str]) -> None:
         except UnicodeEncodeError:
             shown = arg.encode("utf-8", "surrogateescape").decode("ascii", "backslashreplace")
             raise UsageError(
-                f"argument {shown!r} is not valid UTF-8", "pass names, paths and values as UTF-8 text"
+                f"argument '{shown}' is not valid UTF-8", "pass names, paths and values as UTF-8 text"
             ) from None
 
 

@@ -268,8 +268,6 @@ class RpcWorkers:
 
     def remove(self, name: str) -> RpcOutcome:
         path = self._spec_path(name)
-        if not path.is_file():
-            raise NotFoundError(f"no RPC worker named {name!r}", "see the files under config/rpc-workers")
         text = read_spec_text(path, "RPC worker spec")
         if text is None:
             raise NotFoundError(f"no RPC worker named {name!r}", "see the files under config/rpc-workers")
