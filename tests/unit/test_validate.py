@@ -364,3 +364,15 @@ def test_a_helper_script_under_another_users_directory_is_refused(paths: Paths, 
         out.changed
         and "DynamicUser=yes" in (paths.units / "llama@q4.service.d" / "50-nativellm.conf").read_text()
     )
+
+
+def test_doctor_names_a_broken_build_instead_of_failing(paths: Paths) -> None:
+    from nativellm.ops.doctor import check_store
+
+    _build(paths, "cpu-good", "2026-01-01")
+    (paths.builds / "cpu-bad").mkdir()
+    (paths.builds / "cpu-bad" / "manifest.json").write_text('{"id": ')
+    manifest = paths.builds / "cpu-good" / "manifest.json"
+    manifest.write_text(manifest.read_text().replace("{", '{"binaries": [1], ', 1))
+    findings = check_store(Store(paths))
+    assert [(f.ok, f.message.split(":")[0]) for f in findings] == [(False, "build cpu-bad is broken")]
