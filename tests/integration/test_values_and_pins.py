@@ -288,6 +288,6 @@ def test_a_read_only_store_is_a_resource_error(home: Path, tmp_path: Path) -> No
     ]
     for args, where in cases:
         res = _in_ro_mount(home, home, *args)
-        _one_line_error(res, 12, "read-only file system")
+        _one_line_error(res, 12, "Read-only file system")
         assert where in res.stderr, res.stderr
     assert _snapshot(home) == before

@@ -376,3 +376,14 @@ def test_doctor_names_a_broken_build_instead_of_failing(paths: Paths) -> None:
     manifest.write_text(manifest.read_text().replace("{", '{"binaries": [1], ', 1))
     findings = check_store(Store(paths))
     assert [(f.ok, f.message.split(":")[0]) for f in findings] == [(False, "build cpu-bad is broken")]
+
+
+def test_refused_file_operations_map_to_resource_errors() -> None:
+    import errno
+
+    from nativellm.cli.app import resource_error
+
+    for code in (errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOSPC):
+        mapped = resource_error(OSError(code, os.strerror(code), "/store/x"))
+        assert mapped is not None and mapped.exit_code == 12 and "/store/x" in mapped.message and mapped.hint
+    assert resource_error(OSError(errno.ENOENT, "gone", "/x")) is None  # a bug: stays "internal error"

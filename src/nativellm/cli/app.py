@@ -138,23 +138,24 @@ def _check_utf8(args: list[str]) -> None:
             ) from None
 
 
-# OSError numbers that mean "this machine can't take the write", not a bug: a read-only or full
-# file system, or a path this user may not change.
-_RESOURCE_ERRNOS = {errno.EROFS: "is on a read-only file system", errno.EACCES: "is not writable here",
-                    errno.EPERM: "may not be changed by this user", errno.ENOSPC: "is on a full disk",
-                    errno.EDQUOT: "is over its disk quota"}  # fmt: skip
+# OSError numbers that mean "this machine refused the file operation", not a bug: a read-only or
+# full file system, or a path this user may not change. errno -> hint.
+_RESOURCE_ERRNOS = {
+    errno.EROFS: "the file system is mounted read-only: remount it read-write or point NATIVELLM_HOME elsewhere",
+    errno.EACCES: "this user may not change it: fix its permissions, or run as its owner (--system needs root)",
+    errno.EPERM: "this user may not change it: fix its permissions, or run as its owner (--system needs root)",
+    errno.ENOSPC: "the disk is full: free space (`nativellm builds gc`, `nativellm model rm`) and retry",
+    errno.EDQUOT: "the disk quota is used up: free space and retry",
+}
 
 
 def resource_error(exc: OSError) -> NativeLLMError | None:
-    """The ResourceError (exit 12) for a write the file system refused, naming the path."""
-    why = _RESOURCE_ERRNOS.get(exc.errno or 0)
-    if why is None:
+    """The ResourceError (exit 12) for a file operation the system refused, naming the path."""
+    hint = _RESOURCE_ERRNOS.get(exc.errno or 0)
+    if hint is None:
         return None
     where = exc.filename if exc.filename is not None else "a file"
-    return ResourceError(
-        f"cannot write {where}: it {why} ({exc.strerror})",
-        "free space, remount it read-write or fix its permissions (or use --system as root), then retry",
-    )
+    return ResourceError(f"cannot change {where}: {exc.strerror}", hint)
 
 
 def main(argv: list[str] | None = None) -> None:
