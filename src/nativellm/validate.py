@@ -40,9 +40,9 @@ def no_control(value: str, what: str) -> str:
                 f"{what} {printable(value)} contains a control character ({ch!r})",
                 "remove line breaks, tabs and other control characters from the value",
             )
-        if 0xD800 <= ord(ch) <= 0xDFFF:
-            raise UsageError(f"{what} {value.encode('utf-8', 'backslashreplace').decode()!r} is not valid UTF-8",
-                             "give the value as UTF-8 text")  # fmt: skip
+        if 0xD800 <= ord(ch) <= 0xDFFF:  # a byte that was not UTF-8 (surrogateescape)
+            shown = value.encode("utf-8", "surrogateescape").decode("ascii", "backslashreplace")
+            raise UsageError(f"{what} '{shown}' is not valid UTF-8", "give the value as UTF-8 text")
     return value
 
 
