@@ -10,6 +10,8 @@ import dataclasses
 import ipaddress
 import re
 import sys
+import types
+import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +20,7 @@ from urllib.parse import urlparse
 
 import tomli_w
 
+from nativellm import validate as v
 from nativellm.errors import InstanceError, UsageError
 from nativellm.fsutil import write_if_changed
 
@@ -28,9 +31,6 @@ else:  # pragma: no cover
 
 SPEC_SCHEMA = "nativellm.instance/1"
 DEFAULT_START_TIMEOUT_S = 900
-# systemd allows [A-Za-z0-9:_.\-] (and \x escapes) in an instance name; we keep a safe subset
-# that needs no escaping anywhere (unit names, file names, journal matches, URLs).
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 FLASH_ATTN = ("on", "off", "auto")
 CACHE_TYPES = ("f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "iq4_nl", "q5_0", "q5_1")
 
@@ -41,12 +41,7 @@ _SHA256 = re.compile(r"[0-9a-f]{64}")
 def validate_name(name: str, kind: str = "instance") -> str:
     """The one name rule for instances, RPC workers and models: it is used in unit names, file names,
     journal matches and URLs unescaped. fullmatch, so a trailing newline is refused too."""
-    if not _NAME.fullmatch(name) or (kind != "model" and name.endswith((".service", ".d"))):
-        raise UsageError(
-            f"invalid {kind} name {name!r}",
-            "use 1-64 letters, digits, '_', '.' or '-', starting with a letter or digit (for example q4)",
-        )
-    return name
+    return v.name(name, kind)
 
 
 def validate_sha256(text: str, what: str = "--sha256") -> str:
@@ -59,10 +54,7 @@ def validate_sha256(text: str, what: str = "--sha256") -> str:
 
 def parse_endpoint(text: str, what: str = "RPC endpoint") -> tuple[str, int]:
     """host:port or [v6]:port -> (host, port)."""
-    host, sep, port = text.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
-        raise UsageError(f"{what} {text!r} is not host:port", "write it as 127.0.0.1:50052")
-    return host.strip("[]"), int(port)
+    return v.endpoint(text, what)
 
 
 def is_loopback(host: str) -> bool:
@@ -127,9 +119,17 @@ class InstanceSpec:
     extra_args: tuple[str, ...] = ()
 
     def validate(self) -> InstanceSpec:
+        """Check every value; each kind of value through its one validator (nativellm.validate)."""
         validate_name(self.name)
         if not self.model:
             raise UsageError("--model is required", "name a model from `nativellm model list`")
+        # A registered model's name, or the absolute path of a GGUF (it reaches Description=).
+        if self.model.startswith("/"):
+            v.abs_path(self.model, "--model")
+        else:
+            v.name(self.model, "model")
+        v.build_id(self.build, "--build")
+        v.host(self.host, "--host")
         if not 1 <= self.port <= 65535:
             raise UsageError(f"port {self.port} is out of range", "use a port between 1 and 65535")
         for label, value in (
@@ -143,6 +143,10 @@ class InstanceSpec:
                 raise UsageError(f"--{label} {value} is invalid", f"give a positive --{label}")
         if self.gpu_layers is not None and self.gpu_layers < 0:
             raise UsageError("--gpu-layers must be 0 or more", "give --gpu-layers 0..N")
+        if self.numa_node is not None and self.numa_node < 0:
+            raise UsageError("--numa-node must be 0 or more", "give a NUMA node number")
+        if any(g < 0 for g in self.gpus or ()):
+            raise UsageError("--gpus must list GPU indices 0 or more", "use e.g. --gpus 0,1")
         if self.flash_attn is not None and self.flash_attn not in FLASH_ATTN:
             raise UsageError(f"--flash-attn {self.flash_attn!r} is invalid", "use on, off or auto")
         for label, ct in (("k", self.cache_type_k), ("v", self.cache_type_v)):
@@ -150,8 +154,12 @@ class InstanceSpec:
                 raise UsageError(
                     f"--cache-type-{label} {ct!r} is invalid", f"use one of {', '.join(CACHE_TYPES)}"
                 )
-        if self.api_key_file is not None and not Path(self.api_key_file).is_absolute():
-            raise UsageError("--api-key-file must be an absolute path", "give the full path of the key file")
+        if self.api_key_file is not None:
+            v.abs_path(self.api_key_file, "--api-key-file")
+        if self.memory_max is not None:
+            v.byte_size(self.memory_max, "--memory-max")
+        if self.cpus is not None:
+            v.cpus(self.cpus, "--cpus")
         if not is_loopback(self.host) and not self.api_key_file and not self.insecure_no_api_key:
             raise InstanceError(
                 f"binding {self.host} exposes llama-server beyond this machine without an API key",
@@ -159,8 +167,12 @@ class InstanceSpec:
             )
         for endpoint in self.rpc or ():
             parse_endpoint(endpoint, "--rpc")
-        if any("\n" in a or "\0" in a for a in self.extra_args):
-            raise UsageError("an extra llama-server argument contains a newline", "remove it")
+        for var, text in self.env.items():
+            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", var):
+                raise UsageError(f"environment variable name {var!r} is invalid", "use letters, digits and _")
+            v.no_control(text, f"environment variable {var}")
+        for arg in self.extra_args:
+            v.no_control(arg, "extra llama-server argument")
         return self
 
     # -- TOML ------------------------------------------------------------------------------
@@ -205,38 +217,99 @@ class InstanceSpec:
         unknown = sorted(set(doc) - known)
         if unknown:
             raise InstanceError(f"{origin} has unknown keys: {', '.join(unknown)}", "remove them")
-        if "gpus" in doc:
-            doc["gpus"] = tuple(doc["gpus"])
-        if "extra_args" in doc:
-            doc["extra_args"] = tuple(doc["extra_args"])
-        if "rpc" in doc:
-            doc["rpc"] = tuple(doc["rpc"])
+        check_toml_types(cls, doc, origin)
+        for key in ("gpus", "extra_args", "rpc"):
+            if key in doc:
+                doc[key] = tuple(doc[key])
         try:
-            return cls(**doc)
+            spec = cls(**doc)
         except TypeError as exc:
             raise InstanceError(f"{origin} is incomplete: {exc}", "re-add the instance") from exc
+        try:  # a hand-edited file passes the same validators as the CLI flags
+            return spec.validate()
+        except UsageError as exc:
+            raise InstanceError(f"{origin}: {exc.message}", f"fix the file ({exc.hint})") from exc
+
+
+def _type_matches(value: Any, tp: Any) -> bool:
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return True
+    if origin in (typing.Union, types.UnionType):
+        return any(_type_matches(value, a) for a in typing.get_args(tp))
+    if tp is type(None):
+        return value is None
+    if tp is bool:
+        return isinstance(value, bool)
+    if tp in (int, str):
+        return isinstance(value, tp) and not isinstance(value, bool)
+    if origin is tuple:
+        item = typing.get_args(tp)[0]
+        return isinstance(value, (list, tuple)) and all(_type_matches(x, item) for x in value)
+    if origin is Mapping or origin is dict:
+        k, val = typing.get_args(tp)
+        return isinstance(value, Mapping) and all(
+            _type_matches(a, k) and _type_matches(b, val) for a, b in value.items()
+        )
+    return isinstance(value, origin or tp)
+
+
+_TYPE_NAMES = {bool: "true or false", int: "an integer", str: "a string"}
+
+
+def check_toml_types(cls: type, doc: Mapping[str, Any], origin: str) -> None:
+    """Each key of a loaded spec has its field's type (`port = "abc"` names the file and key)."""
+    hints = typing.get_type_hints(cls)
+    for key, value in doc.items():
+        tp = hints.get(key)
+        if tp is not None and not _type_matches(value, tp):
+            plain = [a for a in typing.get_args(tp) if a is not type(None)] or [tp]
+            want = _TYPE_NAMES.get(plain[0], "a list" if typing.get_origin(plain[0]) is tuple else "a table")
+            raise InstanceError(
+                f"{origin}: key {key!r} is {type(value).__name__} {value!r}, expected {want}",
+                f"fix {key} in the file",
+            )
 
 
 def spec_path(config: Path, name: str) -> Path:
     return config / "instances" / f"{name}.toml"
 
 
-def load_spec(config: Path, name: str) -> InstanceSpec | None:
-    path = spec_path(config, validate_name(name))
+def read_spec_text(path: Path, what: str = "instance spec") -> str | None:
+    """A spec file's text; None when it does not exist; a clean error for a directory, bytes
+    that are not UTF-8 or an unreadable file."""
     try:
-        text = path.read_text(encoding="utf-8")
+        return path.read_text(encoding="utf-8")
     except FileNotFoundError:
         return None
-    return InstanceSpec.from_toml(text, str(path))
+    except IsADirectoryError:
+        raise InstanceError(f"{what} {path} is a directory, not a file", f"remove or rename {path}") from None
+    except UnicodeDecodeError as exc:
+        raise InstanceError(
+            f"{what} {path} is not UTF-8 text ({exc.reason})", "fix or remove the file"
+        ) from None
+    except OSError as exc:
+        raise InstanceError(
+            f"cannot read {what} {path}: {exc.strerror}", "check the file's permissions"
+        ) from None
+
+
+def load_spec(config: Path, name: str) -> InstanceSpec | None:
+    path = spec_path(config, validate_name(name))
+    text = read_spec_text(path)
+    return None if text is None else InstanceSpec.from_toml(text, str(path))
 
 
 def list_specs(config: Path) -> list[InstanceSpec]:
     folder = config / "instances"
     if not folder.is_dir():
         return []
-    return [
-        InstanceSpec.from_toml(p.read_text(encoding="utf-8"), str(p)) for p in sorted(folder.glob("*.toml"))
-    ]
+    specs = []
+    for p in sorted(folder.glob("*.toml")):
+        text = read_spec_text(p)
+        if text is not None:
+            specs.append(InstanceSpec.from_toml(text, str(p)))
+    return specs
 
 
 def write_spec(config: Path, spec: InstanceSpec) -> bool:

@@ -28,6 +28,7 @@ FOUNDATION = {
     "versions",
     "download",
     "specs",
+    "validate",
     "client",
 }
 

@@ -639,7 +639,7 @@ def _store(r: Recorder, p: Paths, fail: Fail) -> None:
     r.cls(
         store_mod, "Store", list_builds=fail or [build_record(p, OLD_ID), build_record(p, NEW_ID)],
         current_id=NEW_ID, pinned={OLD_ID: ["coder"]}, get=fail or build_record(p, OLD_ID),
-        set_current=True, remove=fail or OLD_ID, gc=fail or [OLDEST_ID],
+        set_current=True, remove=fail or OLD_ID, gc=fail or [OLDEST_ID], broken=[],
     )  # fmt: skip
 
 
@@ -902,7 +902,7 @@ def test_builds_list_marks_current_and_pins(cli: Cli, rec: Recorder, paths: Path
     _store(rec, paths, None)
     run = cli("builds", "list")
     assert run.code == 0
-    assert rec.labels == ["Store", "Store.list_builds", "Store.current_id", "Store.pinned"]
+    assert rec.labels == ["Store", "Store.list_builds", "Store.current_id", "Store.pinned", "Store.broken"]
     rec.called("Store", paths)
     rows = [cells(line) for line in run.out.splitlines() if "cuda-" in line]
     assert rows == [
@@ -915,6 +915,7 @@ def test_builds_list_marks_current_and_pins(cli: Cli, rec: Recorder, paths: Path
     assert run.json() == {
         "schema": "nativellm.builds/1",
         "current": NEW_ID,
+        "broken": [],
         "builds": [
             {"id": b, "backend": "cuda", "created": _BUILDS[b][0], "current": b == NEW_ID,
              "smoke_test_passed": True, "pinned_by": ["coder"] if b == OLD_ID else [],

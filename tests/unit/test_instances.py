@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from nativellm.errors import InstanceError, NotFoundError, UsageError
+from nativellm.errors import InstanceError, NotFoundError, ResourceError, UsageError
 from nativellm.hardware.profile import CpuInfo, HostProfile, Toolkits
 from nativellm.paths import Paths, resolve_paths
 from nativellm.serve.instances import InstanceOptions, Instances, Refresh, find_error_line, parse_metrics
@@ -91,7 +91,11 @@ def test_add_writes_spec_and_units_and_rerun_is_unchanged(paths: Paths) -> None:
         ("bad/name", InstanceOptions(model="x"), UsageError),
         ("q4", InstanceOptions(model="no-such-model"), NotFoundError),
         ("q4", InstanceOptions(model="M", host="0.0.0.0"), InstanceError),
-        ("q4", InstanceOptions(model="M", port=9000), InstanceError),  # used by another process
+        (
+            "q4",
+            InstanceOptions(model="M", port=9000),
+            ResourceError,
+        ),  # used by another process: exit 12 as the README says
         ("q4", InstanceOptions(model="M", build="cpu-gone"), NotFoundError),
         ("q4", InstanceOptions(model="M", flash_attn="maybe"), UsageError),
         ("q4", InstanceOptions(model="M", api_key_file="relative.key", host="0.0.0.0"), UsageError),

@@ -163,10 +163,22 @@ def resolve_tarball(
     return Source(dest, {"kind": "tarball", "sha256": digest, "origin": spec})
 
 
+def check_repo(repo: str) -> str:
+    """A git repository URL or path for `--repo`: never something git would read as an option
+    (`--upload-pack=CMD` runs CMD), and no control characters."""
+    if not repo or repo.startswith("-") or any(ord(c) < 0x20 or ord(c) == 0x7F for c in repo):
+        raise SourceError(
+            f"--repo {repo!r} is not a git repository URL or path",
+            "give a URL such as https://github.com/ggml-org/llama.cpp or an absolute path",
+        )
+    return repo
+
+
 def resolve_git(ref: str, repo: str, cache: Path) -> Source:
     """Shallow-clone one tag or commit into the source cache (reused when present)."""
     if not _REF_RE.match(ref):
         raise SourceError(f"{ref!r} is not a valid git ref", "pass a tag like b11312 or a commit sha")
+    check_repo(repo)
     cache.mkdir(parents=True, exist_ok=True)
     dest = cache / f"git-{hashlib.sha256((repo + '@' + ref).encode()).hexdigest()[:16]}"
     if not dest.is_dir():
@@ -174,7 +186,7 @@ def resolve_git(ref: str, repo: str, cache: Path) -> Source:
         try:
             is_sha = re.fullmatch(r"[0-9a-f]{7,40}", ref) is not None
             steps = [
-                ["git", "init", "-q", str(tmp)],
+                ["git", "init", "-q", "--", str(tmp)],
                 [
                     "git",
                     "-C",
@@ -183,10 +195,11 @@ def resolve_git(ref: str, repo: str, cache: Path) -> Source:
                     "-q",
                     "--depth",
                     "1",
+                    "--",  # what follows is a repository and a ref, never an option
                     repo,
                     ref if is_sha else f"refs/tags/{ref}",
                 ],
-                ["git", "-C", str(tmp), "checkout", "-q", "FETCH_HEAD"],
+                ["git", "-C", str(tmp), "checkout", "-q", "FETCH_HEAD", "--"],
             ]
             for argv in steps:
                 res = run.run(argv, timeout=900, env={"GIT_TERMINAL_PROMPT": "0"})
@@ -206,6 +219,8 @@ def resolve_git(ref: str, repo: str, cache: Path) -> Source:
 
 def check_request(req: SourceRequest) -> None:
     """Fail fast on local paths that don't exist, before any slow step runs."""
+    if req.directory is None and req.tarball is None:
+        check_repo(req.repo)
     if req.directory is not None and not req.directory.expanduser().is_dir():
         raise NotFoundError(f"source directory {req.directory} does not exist", "check the --source path")
     if (

@@ -24,6 +24,10 @@ else:  # pragma: no cover
 MANIFEST_SCHEMA = "nativellm.build/1"
 
 
+class ManifestProblem(Exception):
+    """Why a build dir's manifest cannot be read (internal: callers see StoreError or a warning)."""
+
+
 @dataclass(frozen=True)
 class BuildRecord:
     """One installed build, as read from its manifest."""
@@ -51,42 +55,100 @@ class Store:
         self.paths = paths
 
     # -- reading -------------------------------------------------------------
-    def _read(self, build_dir: Path) -> BuildRecord | None:
+    def _load(self, build_dir: Path) -> BuildRecord:
+        """The record of one build dir; ManifestProblem (why) when its manifest is missing or malformed."""
+        path = build_dir / "manifest.json"
         try:
-            m = json.loads((build_dir / "manifest.json").read_text())
-        except (OSError, json.JSONDecodeError):
-            return None
+            m = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ManifestProblem("it has no manifest.json") from None
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ManifestProblem(f"its manifest.json is unreadable ({exc})") from None
+        if not isinstance(m, dict):
+            raise ManifestProblem("its manifest.json is not a JSON object")
+        plan, smoke, source = m.get("plan", {}), m.get("smoke_test", {}), m.get("source", {})
+        if not isinstance(m.get("id"), str) or m["id"] != build_dir.name:
+            raise ManifestProblem(f"its manifest.json names id {m.get('id')!r}, not {build_dir.name!r}")
+        if not (isinstance(plan, dict) and isinstance(smoke, dict) and isinstance(source, dict)):
+            raise ManifestProblem("its manifest.json has a plan, smoke_test or source that is not an object")
         return BuildRecord(
             id=m["id"],
             path=build_dir,
-            backend=m.get("plan", {}).get("backend", "?"),
-            created=m.get("created", ""),
-            source=m.get("source", {}),
-            smoke_passed=bool(m.get("smoke_test", {}).get("passed")),
+            backend=str(plan.get("backend", "?")),
+            created=str(m.get("created", "")),
+            source=source,
+            smoke_passed=bool(smoke.get("passed")),
             manifest=m,
         )
 
-    def list_builds(self) -> list[BuildRecord]:
+    def _read(self, build_dir: Path) -> BuildRecord | None:
+        try:
+            return self._load(build_dir)
+        except ManifestProblem:
+            return None
+
+    def _build_dirs(self) -> list[Path]:
         if not self.paths.builds.is_dir():
             return []
-        records = [r for d in self.paths.builds.iterdir() if d.is_dir() and (r := self._read(d))]
+        return [d for d in self.paths.builds.iterdir() if d.is_dir() and not d.name.startswith(".")]
+
+    def list_builds(self) -> list[BuildRecord]:
+        records = [r for d in self._build_dirs() if (r := self._read(d))]
         return sorted(records, key=lambda r: (r.created, r.id))
+
+    def broken(self) -> list[tuple[str, str]]:
+        """(build dir name, why) for build dirs whose manifest is missing or malformed: `builds list`
+        shows them with a warning instead of failing for the whole store."""
+        found = []
+        for d in sorted(self._build_dirs()):
+            try:
+                self._load(d)
+            except ManifestProblem as exc:
+                found.append((d.name, str(exc)))
+        return found
+
+    def matches(self, build_id: str) -> list[BuildRecord]:
+        """The build with this exact id, else every build whose id starts with it."""
+        exact = self._read(self.paths.builds / build_id) if build_id and "/" not in build_id else None
+        if exact:
+            return [exact]
+        return [r for r in self.list_builds() if r.id.startswith(build_id)]
 
     def find(self, build_id: str) -> BuildRecord | None:
         """An exact id, or an unambiguous prefix of one."""
-        exact = self._read(self.paths.builds / build_id) if "/" not in build_id else None
-        if exact:
-            return exact
-        matches = [r for r in self.list_builds() if r.id.startswith(build_id)]
+        matches = self.matches(build_id)
         return matches[0] if len(matches) == 1 else None
 
     def get(self, build_id: str) -> BuildRecord:
         rec = self.find(build_id)
         if rec is None:
+            self._explain_missing(build_id)
             raise NotFoundError(
                 f"no build {build_id!r} in {self.paths.builds}", "list builds with `nativellm builds list`"
             )
         return rec
+
+    def _explain_missing(self, build_id: str) -> None:
+        """Why `build_id` names no build, when that is not simply "absent": ambiguous or broken."""
+        many = self.matches(build_id)
+        if len(many) > 1:
+            raise NotFoundError(
+                f"build id {build_id!r} is ambiguous: {', '.join(r.id for r in many)}",
+                "give more of the id",
+            )
+        for name, why in self.broken():
+            if name == build_id or (build_id and name.startswith(build_id)):
+                raise StoreError(
+                    f"build {name} in {self.paths.builds} is broken: {why}",
+                    f"remove the directory {self.paths.builds / name} by hand, or rebuild",
+                )
+
+    def resolve_pin(self, build_id: str) -> str:
+        """The full id an instance or worker pins: `current` stays, a prefix becomes the full id,
+        so that `builds rm`/`gc` see the pin (they compare full ids)."""
+        if build_id == "current":
+            return build_id
+        return self.get(build_id).id
 
     def find_by_request(self, request_id: str) -> BuildRecord | None:
         """The build that an earlier request with these inputs produced (possibly after a fallback)."""
@@ -116,16 +178,25 @@ class Store:
         return [str(x) for x in data.get("current", [])]
 
     def pinned(self) -> dict[str, list[str]]:
-        """build id -> instances pinning it (instance specs under config/instances/*.toml)."""
+        """full build id -> what pins it: instance specs (config/instances/*.toml, by name) and RPC
+        worker specs (config/rpc-workers/*.toml, as `rpc-worker NAME`). A pin written as a prefix
+        (older specs, hand edits) protects every build it could name."""
         pins: dict[str, list[str]] = {}
-        spec_dir = self.paths.config / "instances"
-        for spec in sorted(spec_dir.glob("*.toml")) if spec_dir.is_dir() else []:
-            try:
-                build = tomllib.loads(spec.read_text()).get("build")
-            except (OSError, tomllib.TOMLDecodeError):
-                continue
-            if isinstance(build, str) and build not in ("", "current"):
-                pins.setdefault(build, []).append(spec.stem)
+        records = self.list_builds()
+        for folder, label in (("instances", "{}"), ("rpc-workers", "rpc-worker {}")):
+            spec_dir = self.paths.config / folder
+            for spec in sorted(spec_dir.glob("*.toml")) if spec_dir.is_dir() else []:
+                try:
+                    doc = tomllib.loads(spec.read_text(encoding="utf-8"))
+                except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+                    continue
+                build = doc.get("build")
+                if not isinstance(build, str) or build in ("", "current"):
+                    continue
+                exact = [r.id for r in records if r.id == build]
+                ids = exact or [r.id for r in records if r.id.startswith(build)] or [build]
+                for full in ids:
+                    pins.setdefault(full, []).append(label.format(spec.stem))
         return pins
 
     # -- writing -------------------------------------------------------------
@@ -187,7 +258,8 @@ class Store:
         pins = self.pinned().get(rec.id)
         if pins:
             raise StoreError(
-                f"build {rec.id} is pinned by instance(s) {', '.join(pins)}",
+                f"build {rec.id} is pinned by "
+                + ", ".join(p if p.startswith("rpc-worker ") else f"instance {p}" for p in pins),
                 "re-pin those instances or remove them first",
             )
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import importlib
 import logging
 import sys
@@ -13,7 +14,7 @@ from rich.markup import escape
 
 from nativellm import __version__
 from nativellm.cli.output import emit_json, err, error_envelope, out
-from nativellm.errors import Interrupted, NativeLLMError, UsageError
+from nativellm.errors import Interrupted, NativeLLMError, ResourceError, UsageError
 from nativellm.paths import Scope
 
 app = typer.Typer(
@@ -124,12 +125,52 @@ def _usage_error(exc: BaseException) -> NativeLLMError:
     return error
 
 
+def _check_utf8(args: list[str]) -> None:
+    """Arguments that are not UTF-8 reach Python as lone surrogates (surrogateescape): refuse them
+    up front, naming the argument, instead of failing later wherever one is printed or encoded."""
+    for arg in args:
+        try:
+            arg.encode("utf-8")
+        except UnicodeEncodeError:
+            shown = arg.encode("utf-8", "surrogateescape").decode("ascii", "backslashreplace")
+            raise UsageError(
+                f"argument '{shown}' is not valid UTF-8", "pass names, paths and values as UTF-8 text"
+            ) from None
+
+
+# OSError numbers that mean "this machine refused the file operation", not a bug: a read-only or
+# full file system, or a path this user may not change. errno -> hint.
+_RESOURCE_ERRNOS = {
+    errno.EROFS: "the file system is mounted read-only: remount it read-write or point NATIVELLM_HOME elsewhere",
+    errno.EACCES: "this user may not change it: fix its permissions, or run as its owner (--system needs root)",
+    errno.EPERM: "this user may not change it: fix its permissions, or run as its owner (--system needs root)",
+    errno.ENOSPC: "the disk is full: free space (`nativellm builds gc`, `nativellm model rm`) and retry",
+    errno.EDQUOT: "the disk quota is used up: free space and retry",
+}
+
+
+def resource_error(exc: OSError) -> NativeLLMError | None:
+    """The ResourceError (exit 12) for a file operation the system refused, naming the path."""
+    hint = _RESOURCE_ERRNOS.get(exc.errno or 0)
+    if hint is None:
+        return None
+    where = exc.filename if exc.filename is not None else "a file"
+    return ResourceError(f"cannot change {where}: {exc.strerror}", hint)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Run the CLI; every NativeLLMError becomes one line plus a hint and its exit code."""
     try:
+        _check_utf8(sys.argv[1:] if argv is None else argv)
         rv = app(args=argv, standalone_mode=False)
     except NativeLLMError as exc:
         _fail(exc)
+    except OSError as exc:
+        mapped = resource_error(exc)
+        if mapped is None or STATE.debug:
+            _internal(exc)
+        else:
+            _fail(mapped)
     except _INTERRUPT:
         _fail(Interrupted("interrupted; nothing was changed", "run the command again"))
     except _EXIT as exc:
@@ -141,14 +182,24 @@ def main(argv: list[str] | None = None) -> None:
             STATE.command = _command_name(getattr(exc, "ctx", None))
         _fail(_usage_error(exc))
     except Exception as exc:
-        if STATE.debug:
-            raise
-        err.print(f"[red]error:[/red] internal error: {type(exc).__name__}: {escape(str(exc))}")
-        err.print("  hint: rerun with --debug and report the traceback")
-        sys.exit(1)
+        _internal(exc)
     if rv == Interrupted.exit_code:  # typer turns Ctrl-C into a silent "return 130"; commands return None
         _fail(Interrupted("interrupted; nothing was changed", "run the command again"))
     sys.exit(rv if isinstance(rv, int) else 0)
+
+
+def _internal(exc: BaseException) -> None:
+    if STATE.debug:
+        raise exc
+    err.print(f"[red]error:[/red] internal error: {type(exc).__name__}: {escape(_printable(str(exc)))}")
+    err.print("  hint: rerun with --debug and report the traceback")
+    sys.exit(1)
+
+
+def _printable(text: str) -> str:
+    """One line that any terminal encoding takes: line breaks escaped, undecodable bytes shown as \\x.."""
+    text = text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    return text.replace("\r", "\\r").replace("\n", "\\n")
 
 
 def _fail(exc: NativeLLMError) -> None:
@@ -158,7 +209,7 @@ def _fail(exc: NativeLLMError) -> None:
         traceback.print_exc()
     if STATE.json:
         emit_json(error_envelope(STATE.command, exc))
-    err.print(f"[red]error:[/red] {escape(exc.message)}")
+    err.print(f"[red]error:[/red] {escape(_printable(exc.message))}")
     if exc.hint:
-        err.print(f"  hint: {escape(exc.hint)}")
+        err.print(f"  hint: {escape(_printable(exc.hint))}")
     sys.exit(exc.exit_code)

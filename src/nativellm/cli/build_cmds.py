@@ -231,11 +231,15 @@ def builds_list(system: SystemOpt = False, json_out: JsonOpt = False) -> None:
     _begin("builds list", json_out)
     store = Store(resolve_paths(_scope(system)))
     records, current, pins = store.list_builds(), store.current_id(), store.pinned()
+    from nativellm.cli.views import warn_broken_builds
+
+    warn_broken_builds(broken := store.broken())
     if json_out:
         emit_json(
             {
                 "schema": "nativellm.builds/1",
                 "current": current,
+                "broken": [{"id": b, "problem": why} for b, why in broken],
                 "builds": [
                     {
                         "id": r.id,

@@ -78,8 +78,25 @@ def _instance_options(
     numa_node: int | None, gpus: str | None, build: str | None, enable: bool | None, start_timeout: int | None,
     extra: list[str] | None, force: bool,
 ) -> InstanceOptions:  # fmt: skip
+    from nativellm import validate as v
     from nativellm.serve.instances import InstanceOptions
 
+    # Each value through its validator before anything else looks at it (InstanceSpec.validate
+    # checks them again, for `instance edit` merges and hand-edited TOML).
+    if memory_max is not None:
+        v.byte_size(memory_max, "--memory-max")
+    if cpus is not None:
+        v.cpus(cpus, "--cpus")
+    if host is not None:
+        v.host(host, "--host")
+    if build is not None:
+        v.build_id(build, "--build")
+    if model is not None:
+        v.no_control(model, "--model")
+    for arg in extra or []:
+        v.no_control(arg, "extra llama-server argument")
+    if api_key_file is not None:
+        v.no_control(str(api_key_file), "--api-key-file")
     gpu_list = _gpu_indices(gpus)
     key = str(api_key_file.resolve()) if api_key_file is not None else None
     if api_key_file is not None and not api_key_file.is_file():
@@ -96,9 +113,14 @@ def _instance_options(
 def _with_rpc(opts: InstanceOptions, rpc: str | None) -> InstanceOptions:
     import dataclasses
 
+    from nativellm import validate as v
+
     if rpc is None:
         return opts
-    return dataclasses.replace(opts, rpc=tuple(e.strip() for e in rpc.split(",") if e.strip()))
+    endpoints = tuple(e.strip() for e in v.no_control(rpc, "--rpc").split(",") if e.strip())
+    for endpoint in endpoints:
+        v.endpoint(endpoint, "--rpc")
+    return dataclasses.replace(opts, rpc=endpoints)
 
 
 def _instance_result(

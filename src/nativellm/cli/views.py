@@ -73,13 +73,21 @@ def show_build_outcome(o: BuildOutcome) -> None:
         out.print(f"{o.build_id} is current; nothing changed ({o.duration_s:.1f}s)" if o.cached else "")
 
 
+def warn_broken_builds(broken: list[tuple[str, str]]) -> None:
+    """One warning per build dir whose manifest is missing or malformed (`builds list` goes on)."""
+    for build_id, why in broken:
+        err.print(
+            f"[yellow]warning:[/yellow] build {escape(build_id)} is broken: {escape(why)}; it is not listed"
+        )
+
+
 def show_builds(records: list[BuildRecord], current: str | None, pins: dict[str, list[str]]) -> None:
     if not records:
         out.print("no builds yet; run `nativellm build --auto`")
         return
     table = Table("", "id", "backend", "created", "source", "smoke", "pinned by")
     for r in records:
-        src = r.source.get("ref") or r.source.get("commit", "")[:12] or r.source.get("kind", "")
+        src = r.source.get("ref") or str(r.source.get("commit", ""))[:12] or r.source.get("kind", "")
         table.add_row(
             "*" if r.id == current else "",
             r.id,

@@ -49,9 +49,13 @@ def check_store(store: Store) -> list[Finding]:
     if store.paths.current.is_symlink() and store.current() is None:
         out.append(Finding("store", False, f"`current` points at a missing build ({current})",
                            "run `nativellm builds rollback` or `nativellm builds use ID`"))  # fmt: skip
+    for build_id, why in store.broken():
+        out.append(Finding("store", False, f"build {build_id} is broken: {why}",
+                           f"rebuild, or remove {store.paths.builds / build_id} by hand"))  # fmt: skip
     for rec in store.list_builds():
-        for rel, digest in sorted(rec.manifest.get("binaries", {}).items()):
-            path = rec.path / rel
+        binaries = rec.manifest.get("binaries", {})
+        for rel, digest in sorted(binaries.items() if isinstance(binaries, dict) else []):
+            path = rec.path / str(rel)
             if not path.is_file():
                 out.append(Finding("store", False, f"build {rec.id}: {rel} is missing",
                                    f"rebuild, or `nativellm builds rm {rec.id}`"))  # fmt: skip

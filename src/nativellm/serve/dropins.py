@@ -7,6 +7,8 @@ Pure: takes a spec plus the resolved paths, returns file texts. Writing happens 
 from __future__ import annotations
 
 import enum
+import os
+import stat
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -83,6 +85,44 @@ class Resolved:
     spec_path: Path
     # What this build's llama-server accepts (its --help): the argv is rendered for it.
     flags: ServerFlags = UNKNOWN
+
+
+def unsafe_for_root(path: Path) -> str | None:
+    """Why root should not run (or read code from) `path`, else None.
+
+    Every component of its real path, the file and each directory up to /, must be owned by
+    root and not writable by group or others: anyone who could write one of them could replace
+    what root runs. A world-writable directory with the sticky bit (/tmp) is accepted, because
+    its root-owned entries (checked too) cannot be renamed or removed by other users. Parts that
+    don't exist yet (the helper before its first write) are skipped: nativellm creates them as root.
+    """
+    real = Path(os.path.realpath(path))
+    for part in (real, *real.parents):
+        try:
+            st = os.stat(part)
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            return f"{part} cannot be checked ({exc.strerror})"
+        if st.st_uid != 0:
+            return f"{part} is owned by uid {st.st_uid}, not root"
+        sticky_dir = stat.S_ISDIR(st.st_mode) and st.st_mode & stat.S_ISVTX
+        if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH) and not sticky_dir:
+            return f"{part} is writable by {'others' if st.st_mode & stat.S_IWOTH else 'its group'}"
+    return None
+
+
+def require_root_owned(helpers: Mapping[str, Path]) -> None:
+    """System-scope units run the Python interpreter and the health helper as root (`+` and the
+    watchdog): refuse when a non-root user could change what they run (see unsafe_for_root)."""
+    for what, path in helpers.items():
+        why = unsafe_for_root(path)
+        if why is not None:
+            raise InstanceError(
+                f"system-scope units would run {what} {path} as root, but {why}",
+                "install nativellm with a Python that root owns (e.g. /usr/bin/python3 or a venv under "
+                "/opt made by root, no group/world-writable directories), then run the command again",
+            )
 
 
 def unit_name(name: str) -> str:
@@ -177,7 +217,8 @@ def render_dropin(spec: InstanceSpec, r: Resolved) -> str:
     expand = [len(argv) - len(spec.extra_args) - 1] if key_path else []
     # In system scope the helpers run with "+" (outside the sandbox, as root): the interpreter
     # nativellm was installed with (pyenv, a venv under /root) may be unreadable to the
-    # dynamic user. They only poll /health on loopback.
+    # dynamic user. They only poll /health on loopback. Because they run as root, the caller
+    # checks first that only root can change the interpreter and the helper (require_root_owned).
     privileged = "+" if r.scope is Scope.SYSTEM else ""
     ready = [
         r.python,

@@ -11,6 +11,7 @@ import dataclasses
 import os
 import re
 import sys
+import sysconfig
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +19,14 @@ from typing import Any
 
 from nativellm import client, run
 from nativellm.build.store import Store
-from nativellm.errors import InstanceError, ModelError, NativeLLMError, NotFoundError, UsageError
+from nativellm.errors import (
+    InstanceError,
+    ModelError,
+    NativeLLMError,
+    NotFoundError,
+    ResourceError,
+    UsageError,
+)
 from nativellm.hardware import detect_host
 from nativellm.hardware.profile import HostProfile
 from nativellm.models.fit import estimate_fit
@@ -30,6 +38,7 @@ from nativellm.serve.dropins import (
     Resolved,
     base_url,
     render_instance_files,
+    require_root_owned,
     server_argv,
     template_files,
     unit_name,
@@ -162,8 +171,10 @@ class Instances:
         profile: Callable[[], HostProfile] = _default_profile,
         port_in_use: Callable[[int, str], bool] = client.port_in_use,
         server_flags: Callable[[Path], ServerFlags] = probe_server_flags,
+        python: str = sys.executable,
     ) -> None:
         self.paths = paths
+        self._python = python
         self.systemd = systemd
         self._profile = profile
         self._port_in_use = port_in_use
@@ -201,20 +212,35 @@ class Instances:
             raise NotFoundError(
                 f"build {rec.id} has no llama-server at {binary}", "rebuild with `nativellm build --auto`"
             )
+        # The units must not depend on where nativellm's venv lives (a service's PrivateTmp
+        # hides /tmp, ProtectHome others): the base interpreter runs a copy of the stdlib-only
+        # helper that sits in the store next to the builds.
+        python = os.path.realpath(self._python)
+        helper = self.paths.home / HEALTHCHECK
+        if self.paths.scope is Scope.SYSTEM:
+            # The helpers run as root there: the interpreter, the stdlib it imports and the
+            # helper script must be root's alone.
+            stdlib = sysconfig.get_path("stdlib") if python == os.path.realpath(sys.executable) else None
+            require_root_owned(
+                {"the Python interpreter": Path(python), "the health helper": helper}
+                | ({"the Python standard library": Path(stdlib)} if stdlib else {})
+            )
         return Resolved(
             scope=self.paths.scope,
             server_binary=binary,
             model_path=self._model_path(spec.model),
             backend=rec.backend,
-            # The units must not depend on where nativellm's venv lives (a service's PrivateTmp
-            # hides /tmp, ProtectHome others): the base interpreter runs a copy of the stdlib-only
-            # helper that sits in the store next to the builds.
-            python=os.path.realpath(sys.executable),
-            healthcheck=self.paths.home / HEALTHCHECK,
+            python=python,
+            healthcheck=helper,
             systemctl=run.which("systemctl") or "/usr/bin/systemctl",
             spec_path=spec_path(self.paths.config, spec.name),
             flags=self._server_flags(binary),
         )
+
+    def _pin(self, spec: InstanceSpec) -> InstanceSpec:
+        """Store a pinned build by its full id: `builds rm`/`gc` compare full ids."""
+        full = Store(self.paths).resolve_pin(spec.build)
+        return spec if full == spec.build else dataclasses.replace(spec, build=full)
 
     def _other_ports(self, name: str) -> dict[int, str]:
         return {s.port: s.name for s in list_specs(self.paths.config) if s.name != name}
@@ -224,17 +250,17 @@ class Instances:
         for port in range(FIRST_PORT, FIRST_PORT + 1000):
             if port not in taken and not self._port_in_use(port, host):
                 return port
-        raise InstanceError(f"no free port in {FIRST_PORT}-{FIRST_PORT + 999}", "give one with --port")
+        raise ResourceError(f"no free port in {FIRST_PORT}-{FIRST_PORT + 999}", "give one with --port")
 
     def _check_port(self, spec: InstanceSpec, previous: InstanceSpec | None) -> None:
         owner = self._other_ports(spec.name).get(spec.port)
         if owner is not None:
-            raise InstanceError(
+            raise InstanceError(  # a conflict between specs; a busy port (below) is a resource
                 f"port {spec.port} is already used by instance {owner}", "choose another --port"
             )
         ours = previous is not None and previous.port == spec.port
         if not ours and self._port_in_use(spec.port, spec.host):
-            raise InstanceError(f"port {spec.port} is in use by another process", "choose another --port")
+            raise ResourceError(f"port {spec.port} is in use by another process", "choose another --port")
 
     def _check_fit(self, spec: InstanceSpec, force: bool) -> str | None:
         rec = ModelRegistry(self.paths).find(spec.model)
@@ -301,7 +327,7 @@ class Instances:
     def add(self, name: str, opts: InstanceOptions) -> Outcome:
         validate_name(name)
         existing = load_spec(self.paths.config, name)
-        spec = self._merge(name, existing, opts).validate()
+        spec = self._pin(self._merge(name, existing, opts).validate())
         if existing is not None and spec != existing:
             raise InstanceError(
                 f"instance {name} already exists with other settings",
@@ -329,7 +355,7 @@ class Instances:
 
     def edit(self, name: str, opts: InstanceOptions) -> Outcome:
         existing = self.get(name)
-        spec = self._merge(name, existing, opts).validate()
+        spec = self._pin(self._merge(name, existing, opts).validate())
         self._check_port(spec, existing)
         warning = self._check_fit(spec, opts.force) or _insecure_warning(spec)
         files = self._files(spec)
@@ -502,7 +528,8 @@ class Instances:
         return result
 
     def journal_argv(self, name: str, *, follow: bool = False, lines: int = 50) -> list[str]:
-        unit = unit_name(validate_name(name))
+        """`nativellm logs NAME`: the journal of an instance that exists (NotFoundError otherwise)."""
+        unit = unit_name(self.get(name).name)
         match = ["--user-unit", unit] if self.paths.scope is Scope.USER else ["--unit", unit]
         return ["journalctl", "--no-pager", *match, "-n", str(lines), *(["-f"] if follow else [])]
 

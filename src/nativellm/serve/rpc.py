@@ -19,6 +19,7 @@ from typing import Any
 import tomli_w
 
 from nativellm import client
+from nativellm import validate as v
 from nativellm.build.store import Store
 from nativellm.errors import InstanceError, NotFoundError, UsageError
 from nativellm.fsutil import write_if_changed
@@ -26,7 +27,7 @@ from nativellm.paths import Paths, Scope, package_data
 from nativellm.serve.dropins import DROPIN_NAME, DeviceClass
 from nativellm.serve.systemd import Systemd, UnitState, reachable, require_reachable, require_reads_units_from
 from nativellm.serve.units import Section, UnitFile, exec_line, plain_value, render, write_unit
-from nativellm.specs import is_loopback, reach_host, validate_name
+from nativellm.specs import check_toml_types, is_loopback, reach_host, read_spec_text, validate_name
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -76,6 +77,7 @@ class RpcWorkerSpec:
 
     def validate(self) -> RpcWorkerSpec:
         validate_name(self.name)
+        v.build_id(self.build, "--build")
         if not 1 <= self.port <= 65535:
             raise UsageError(f"port {self.port} is out of range", "use a port between 1 and 65535")
         if self.host != "localhost":
@@ -124,13 +126,18 @@ class RpcWorkerSpec:
         except tomllib.TOMLDecodeError as exc:
             raise InstanceError(f"{origin} is not valid TOML: {exc}", "re-add the worker") from exc
         doc.pop("schema", None)
+        check_toml_types(cls, doc, origin)
         for key in ("gpus", "allow"):
             if key in doc:
                 doc[key] = tuple(doc[key])
         try:
-            return cls(**doc)
+            spec = cls(**doc)
         except TypeError as exc:
             raise InstanceError(f"{origin} is not a worker spec: {exc}", "re-add the worker") from exc
+        try:
+            return spec.validate()
+        except UsageError as exc:
+            raise InstanceError(f"{origin}: {exc.message}", f"fix the file ({exc.hint})") from exc
 
 
 def rpc_argv(spec: RpcWorkerSpec, binary: Path) -> list[str]:
@@ -212,6 +219,8 @@ class RpcWorkers:
 
     def add(self, spec: RpcWorkerSpec, *, start: bool = False) -> RpcOutcome:
         spec.validate()
+        # A pin by its full id: `builds rm`/`gc` read worker specs too and compare full ids.
+        spec = dataclasses.replace(spec, build=Store(self.paths).resolve_pin(spec.build))
         files = self.files(spec)
         sd = require_reachable(self.systemd, "use --no-systemd") if self.systemd is not None else None
         if sd is not None:
@@ -259,9 +268,10 @@ class RpcWorkers:
 
     def remove(self, name: str) -> RpcOutcome:
         path = self._spec_path(name)
-        if not path.is_file():
+        text = read_spec_text(path, "RPC worker spec")
+        if text is None:
             raise NotFoundError(f"no RPC worker named {name!r}", "see the files under config/rpc-workers")
-        spec = RpcWorkerSpec.from_toml(path.read_text(encoding="utf-8"), str(path))
+        spec = RpcWorkerSpec.from_toml(text, str(path))
         sd = reachable(self.systemd)
         if sd is not None:
             sd.stop(rpc_unit(name))

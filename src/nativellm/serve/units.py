@@ -78,10 +78,16 @@ def quote_env(key: str, value: str) -> str:
     return f'"{out}"'
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
 def plain_value(value: str) -> str:
-    """A value for keys that take one literal token (paths, sizes): specifiers escaped."""
-    if "\n" in value or "\0" in value:
-        raise InstanceError(f"unit value {value!r} contains a newline", "remove it")
+    """A value for keys that take one literal token (paths, sizes): specifiers escaped.
+
+    systemd ends a line at \\n and also at \\r, so any control character is refused here:
+    the spec validators refuse them first; this is the second line of defence."""
+    if _CONTROL.search(value):
+        raise InstanceError(f"unit value {value!r} contains a control character", "remove it")
     return value.replace("%", "%%")
 
 
@@ -114,9 +120,12 @@ def render(unit: UnitFile) -> str:
             lines.extend(f"# {line}".rstrip() for line in section.comment.splitlines())
         lines.append(f"[{section.name}]")
         for key, value in section.entries:
-            if "\n" in value:
+            # Values arrive in unit-file syntax (quoted and escaped): a raw control character
+            # here would end the line early (\r too) and could add a directive.
+            if _CONTROL.search(key) or _CONTROL.search(value):
                 raise InstanceError(
-                    f"{key}= value spans lines", "this is a bug in nativellm; please report it"
+                    f"{key!r}= value {value!r} contains a control character",
+                    "this is a bug in nativellm; please report it",
                 )
             lines.append(f"{key}={value}")
         parts.append("\n".join(lines) + "\n")
