@@ -309,3 +309,21 @@ def test_a_signed_index_vouches_for_its_entries(signed: Path, tmp_path: Path, ze
     with pytest.raises(ArtifactError, match="sha256 of"):
         artifact_index.build_from_index(host, opts, plan_build(zen4), zen4, zen4, SilentReporter())
     untouched(host)
+
+
+def test_pack_single_binary_signs_too(tmp_path: Path) -> None:
+    from nativellm.build.single import pack_single_binary
+    from tests.unit.test_single_binary import elf, single_store
+
+    paths = single_store(tmp_path, elf(["libc.so.6"]))
+    out = tmp_path / "out"
+    out.mkdir()
+    k = key(tmp_path, "k")
+    res = pack_single_binary(paths, PackOptions(None, out, sign_key=k))
+    trust = signing.load_trust(home(tmp_path, "h", k))
+    sig = res.path.with_name(res.path.name + ".sig").read_text()
+    verdict = signing.check_signature(sig, "artifact", res.path.name, trust)
+    assert verdict.status is signing.Status.VERIFIED and verdict.sha256 == res.sha256 == sha256_file(res.path)
+    assert res.signed_by == verdict.key
+    with pytest.raises(NotFoundError, match="signing key"):  # a missing key fails before any work
+        pack_single_binary(paths, PackOptions(None, tmp_path / "nowhere", sign_key=tmp_path / "nokey"))
