@@ -30,7 +30,6 @@ import enum
 import hashlib
 import json
 import os
-from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -346,7 +345,3 @@ def enforce(verdict: Verdict, location: str, trust: Trust, reporter: Reporter) -
         f"--insecure-unsigned: {verdict.reason}; installing {location} without a verified signature"
     )
     return None
-
-
-def trusted_ids(keys: Iterable[TrustedKey]) -> list[str]:
-    return [k.id for k in keys]
