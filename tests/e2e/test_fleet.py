@@ -8,6 +8,11 @@ role packs that build and publishes an artifact index in a directory every host 
 and host-c have stores inside their own sandboxes and `nativellm_artifact_index` set: the role's
 `build --auto --from-index` installs the artifact (sha256, requirements, smoke test on the host)
 instead of compiling. Every host then serves an instance.
+
+Signatures are on (issue 14): host-a signs the pack and the index with a test key
+(`nativellm_signing_key`), the role writes the public key to every host's
+/etc/nativellm/trusted-keys (`nativellm_trusted_keys`), and host-b and host-c verify it before
+installing. Then host-c is given another key by the role and refuses the same index, unchanged.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from nativellm.build.signing import generate_key
 from tests.e2e.conftest import CHECKOUT
 from tests.e2e.sandbox import Sandbox
 from tests.e2e.test_ansible import (
@@ -93,6 +99,9 @@ def test_fleet_compiles_once(
     fleet: dict[str, Sandbox], fleet_dir: Path, demo_home: Path, llama_source: Path, wheelhouse: Path
 ) -> None:
     share = fleet_dir / "artifacts"
+    keys = fleet_dir / "keys"
+    keys.mkdir()
+    fleet_key = generate_key(keys / "fleet", "test fleet")  # in CACHE: every sandbox sees it
     model = demo_model(demo_home)
     builder_home = fleet_dir / "host-a-home"
     borrow_build(demo_home, builder_home)
@@ -108,7 +117,11 @@ def test_fleet_compiles_once(
         sb = fleet[host]
         hostdir = fleet_dir / host
         hostdir.mkdir()
-        publish = {"nativellm_artifact_publish_dir": str(share)} if host == "host-a" else {}
+        publish = (
+            {"nativellm_artifact_publish_dir": str(share), "nativellm_signing_key": str(fleet_key.private)}
+            if host == "host-a"
+            else {}
+        )
         index = {} if host == "host-a" else {"nativellm_artifact_index": str(share)}
         extra = role_vars(
             homes[host], "/opt/nativellm/venv", wheelhouse,
@@ -116,6 +129,7 @@ def test_fleet_compiles_once(
             nativellm_models=[{"name": "tiny", "source": model["path"], "sha256": model["sha256"]}],
             nativellm_instances=[{"name": "fleet", "model": "tiny", "port": ports[host], "ctx": 256,
                                   "threads": 1}],
+            nativellm_trusted_keys=[fleet_key.public_line],
             **publish, **index,
         )  # fmt: skip
         inventory = write_inventory(hostdir, {"llm": [host]})
@@ -127,6 +141,8 @@ def test_fleet_compiles_once(
         timings[host] = {"playbook_s": run.seconds, "build_task_s": task_seconds(junit, BUILD_TASK)}
         if host == "host-a":
             assert json.loads((share / "index.json").read_text())["artifacts"], "host-a published nothing"
+            sigs = sorted(p.name for p in share.glob("*.sig"))
+            assert len(sigs) == 2 and "index.json.sig" in sigs, sigs  # the artifact and the index
         if host == "host-b":  # the artifact path is idempotent too
             again = run_playbook(sb, write_playbook(hostdir), inventory, extra)
             assert again.rc == 0, again.output[-6000:]
@@ -148,6 +164,23 @@ def test_fleet_compiles_once(
         assert not any((root / "data" / "work").glob("*/build")), f"{host} has a compile dir"
     for host, port in ports.items():
         assert httpx.get(f"http://127.0.0.1:{port}/health", timeout=5).status_code == 200, host
+    keyfile = fleet["host-b"].host_path("/etc/nativellm/trusted-keys")
+    assert fleet_key.public_line in keyfile.read_text().splitlines()
+    assert keyfile.stat().st_mode & 0o777 == 0o644 and keyfile.stat().st_uid == 0
+
+    # A host whose trusted key is another one refuses the index, and nothing on it changes.
+    other = generate_key(keys / "other", "not the fleet's")
+    wrong = role_vars(
+        homes["host-c"], "/opt/nativellm/venv", wheelhouse, nativellm_build_source=str(llama_source),
+        nativellm_artifact_index=str(share), nativellm_trusted_keys=[other.public_line],
+    )  # fmt: skip
+    hostdir = fleet_dir / "host-c"
+    refused = run_playbook(fleet["host-c"], write_playbook(hostdir), write_inventory(hostdir, {"llm": ["host-c"]}),
+                           wrong)  # fmt: skip
+    assert refused.rc != 0 and refused.recap()["host-c"]["failed"] == 1, refused.output[-6000:]
+    assert "which is not a trusted key" in refused.output, refused.output[-6000:]
+    assert store_builds(fleet["host-c"].host_path(homes["host-c"])) == stores["host-c"]
+    assert httpx.get(f"http://127.0.0.1:{ports['host-c']}/health", timeout=5).status_code == 200
 
     compile_s = stores["host-a"][compiled_id]["duration_s"]
     print(f"\nfleet: compile on host-a (session build, manifest duration) {compile_s}s")

@@ -8,6 +8,9 @@ The new builds are real artifacts made from the session's build, installed by `u
   one carrying `--metrics`, which only instances pass (the smoke test does not): the build
   passes its smoke test and then fails at start with the instance's real flags.
 
+Both are signed with a test key that the sandbox's home trusts (issue 14); an unsigned copy of
+"good" is refused before anything moves.
+
 The tests run in file order and share two instances, up1 and up2, that follow `current`.
 """
 
@@ -24,6 +27,7 @@ from typing import Any
 
 import pytest
 
+from nativellm.build.signing import generate_key
 from nativellm.fsutil import sha256_file
 from tests.e2e.conftest import InnerCli
 from tests.e2e.test_instances import _record, chat, healthy, port_of, unit
@@ -38,7 +42,7 @@ exec "$(dirname "$0")/llama-server.real" "$@"
 """
 
 
-def _derive_artifact(base_home: Path, tag: str, out: Path, *, broken: bool) -> Path:
+def _derive_artifact(base_home: Path, tag: str, out: Path, *, broken: bool, key: Path | None) -> Path:
     """Copy the current build under a new id (optionally with the wrapper) and pack it."""
     src = (base_home / "data" / "current").resolve()
     scratch = out / f"home-{tag}"
@@ -59,7 +63,8 @@ def _derive_artifact(base_home: Path, tag: str, out: Path, *, broken: bool) -> P
         if p.is_file() and not p.is_symlink() and p.parent.name in ("bin", "lib")
     }
     (dest / "manifest.json").write_text(json.dumps(manifest, indent=2))
-    res = nativellm("pack", new_id, "-o", str(out), "--json", home=scratch, timeout=600)
+    sign = ["--sign-key", str(key)] if key else []
+    res = nativellm("pack", new_id, "-o", str(out), *sign, "--json", home=scratch, timeout=600)
     assert res.returncode == 0, res.stderr
     return Path(res.json()["data"]["file"])
 
@@ -69,13 +74,21 @@ def artifacts(cli: InnerCli) -> Iterator[dict[str, Any]]:
     out = CACHE / "upgrade-artifacts" / uuid.uuid4().hex[:8]  # visible inside the sandbox
     out.mkdir(parents=True)
     old = (cli.home / "data" / "current").resolve().name
+    key = generate_key(out / "upgrade-key", "upgrade test")
+    trusted = cli.home / "config" / "trusted-keys"
+    trusted.parent.mkdir(parents=True, exist_ok=True)
+    trusted.write_text(key.public_line + "\n")
+    unsigned = out / "unsigned"
+    unsigned.mkdir()
     try:
         yield {
             "old": old,
-            "good": _derive_artifact(cli.home, "good", out, broken=False),
-            "broken": _derive_artifact(cli.home, "broken", out, broken=True),
+            "good": _derive_artifact(cli.home, "good", out, broken=False, key=key.private),
+            "broken": _derive_artifact(cli.home, "broken", out, broken=True, key=key.private),
+            "unsigned": _derive_artifact(cli.home, "unsigned", unsigned, broken=False, key=None),
         }
     finally:
+        trusted.unlink(missing_ok=True)
         shutil.rmtree(out, ignore_errors=True)
 
 
@@ -103,6 +116,22 @@ def _build_of(cli: InnerCli, name: str) -> str:
 
 def _current(cli: InnerCli) -> str:
     return str(cli.json("builds", "list")["current"])
+
+
+def test_upgrade_refuses_an_unsigned_artifact_before_touching_anything(
+    cli: InnerCli, artifacts: dict[str, Any]
+) -> None:
+    old = artifacts["old"]
+    pids = {name: _pid(cli, name) for name in ("up1", "up2")}
+    builds = sorted(cli.json("builds", "list")["builds"], key=lambda b: b["id"])
+    res = cli("upgrade", "--artifact", str(artifacts["unsigned"]))
+    assert res.returncode == 14, res.stdout + res.stderr
+    assert "is not signed" in res.stderr and "hint:" in res.stderr and "Traceback" not in res.stderr
+    assert (
+        _current(cli) == old and sorted(cli.json("builds", "list")["builds"], key=lambda b: b["id"]) == builds
+    )
+    assert {name: _pid(cli, name) for name in ("up1", "up2")} == pids  # nothing was restarted
+    assert not list((cli.home / "data" / "work").glob(".artifact-*"))
 
 
 def test_upgrade_to_a_broken_server_build_rolls_back_and_keeps_serving(

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from nativellm.build import artifacts
+from nativellm.build import artifacts, signing
 from nativellm.build import index as artifact_index
 from nativellm.build.artifacts import ARTIFACT_SCHEMA, InstallOptions, PackOptions, pack, read_meta
 from nativellm.build.fingerprint import Requirements, fingerprint, requirements_of
@@ -190,13 +190,26 @@ def fake_store(tmp_path: Path, manifest: Mapping[str, Any]) -> Paths:
     return paths
 
 
+def signing_key(tmp_path: Path) -> Path:
+    """A signing key whose public half both test homes (config/ and oc/) trust."""
+    key = tmp_path / "keys" / "fleet"
+    if not key.exists():
+        key.parent.mkdir(parents=True)
+        line = signing.generate_key(key, "test").public_line
+        for config in (tmp_path / "config", tmp_path / "oc"):
+            config.mkdir(parents=True, exist_ok=True)
+            (config / "trusted-keys").write_text(f"# test fleet key\n{line}\n")
+    return key
+
+
 @pytest.fixture
 def packed(tmp_path: Path) -> tuple[Paths, Path, HostProfile]:
     zen4 = with_flags(load("zen4-epyc"))
     paths = fake_store(tmp_path, manifest_for(zen4))
     out = tmp_path / "out"
     out.mkdir()
-    res = pack(paths, PackOptions("cpu-0123456789ab", out))
+    res = pack(paths, PackOptions("cpu-0123456789ab", out, sign_key=signing_key(tmp_path)))
+    assert res.signed_by is not None and res.path.with_name(res.path.name + ".sig").is_file()
     return paths, res.path, zen4
 
 
@@ -205,8 +218,9 @@ def test_pack_is_reproducible_and_writes_a_sidecar(packed: tuple[Paths, Path, Ho
     assert path.name.startswith("nativellm-cpu-0123456789ab-x86_64-avx512.tar.")
     digest = sha256_file(path)
     assert path.with_name(path.name + ".sha256").read_text() == f"{digest}  {path.name}\n"
-    again = pack(paths, PackOptions("cpu-0123456789ab", path.parent))
-    assert again.sha256 == digest and again.changed is False
+    key = signing_key(path.parent.parent)
+    again = pack(paths, PackOptions("cpu-0123456789ab", path.parent, sign_key=key))
+    assert again.sha256 == digest and again.changed is False  # ed25519 is deterministic: same .sig
     meta = read_meta(path)
     assert meta["schema"] == ARTIFACT_SCHEMA and meta["build_id"] == "cpu-0123456789ab"
     assert meta["fingerprint"] == fingerprint(packed[2]).key and meta["version"] == DEFAULT_REF
@@ -239,13 +253,16 @@ def test_index_maps_fingerprint_and_version_and_is_idempotent(
     packed: tuple[Paths, Path, HostProfile],
 ) -> None:
     _, path, zen4 = packed
-    first = write_index(path.parent)
-    assert first.changed and len(first.entries) == 1
-    assert write_index(path.parent).changed is False
+    key = signing_key(path.parent.parent)
+    first = write_index(path.parent, key)
+    assert first.changed and len(first.entries) == 1 and first.signed_by
+    assert write_index(path.parent, key).changed is False
     doc = json.loads(first.path.read_text())
     slot = doc["fingerprints"][fingerprint(zen4).key][DEFAULT_REF][0]
     assert slot["file"] == path.name and slot["sha256"] == sha256_file(path) and slot["size"] > 0
-    index = load_index(str(path.parent))
+    trust = signing.load_trust(packed[0])
+    index = load_index(str(path.parent), trust, SilentReporter())
+    assert index.signed_by == first.signed_by
     assert index.resolve(index.entries[0]) == str(path)
 
 
@@ -278,14 +295,17 @@ def test_install_refuses_a_host_without_a_required_flag(
 
 def test_install_checks_the_sha256(packed: tuple[Paths, Path, HostProfile], tmp_path: Path) -> None:
     _, path, zen4 = packed
-    with pytest.raises(ArtifactError, match="sha256 of"):
+    with pytest.raises(ArtifactError, match="is not the signed sha256"):
         opts = InstallOptions(str(path), sha256="0" * 64)
+        artifacts.install_locked(other_home(tmp_path), opts, zen4, zen4, SilentReporter())
+    path.with_name(path.name + ".sig").unlink()  # unsigned: only --insecure-unsigned goes on
+    with pytest.raises(ArtifactError, match="sha256 of"):
+        opts = InstallOptions(str(path), sha256="0" * 64, insecure_unsigned=True)
         artifacts.install_locked(other_home(tmp_path), opts, zen4, zen4, SilentReporter())
     path.with_name(path.name + ".sha256").unlink()
     with pytest.raises(ArtifactError, match="no sha256"):
-        artifacts.install_locked(
-            other_home(tmp_path), InstallOptions(str(path)), zen4, zen4, SilentReporter()
-        )
+        opts = InstallOptions(str(path), insecure_unsigned=True)
+        artifacts.install_locked(other_home(tmp_path), opts, zen4, zen4, SilentReporter())
 
 
 def test_install_of_an_installed_build_is_a_noop(packed: tuple[Paths, Path, HostProfile]) -> None:
@@ -398,7 +418,7 @@ def test_from_index_on_a_host_that_has_the_build_needs_no_download(
     from nativellm.build.options import BuildOptions
 
     paths, path, zen4 = packed
-    write_index(path.parent)
+    write_index(path.parent, signing_key(path.parent.parent))
     path.unlink()  # a download would fail: the build is recognised by its id
     opts = BuildOptions(from_index=str(path.parent))
     got, why = artifact_index.build_from_index(paths, opts, plan_build(zen4), zen4, zen4, SilentReporter())
@@ -410,7 +430,7 @@ def test_from_index_dry_run_and_fallback(packed: tuple[Paths, Path, HostProfile]
     from nativellm.build.options import BuildOptions
 
     _, path, zen4 = packed
-    write_index(path.parent)
+    write_index(path.parent, signing_key(tmp_path))
     other = other_home(tmp_path)
     dry = BuildOptions(from_index=str(path.parent), dry_run=True)
     got, _ = artifact_index.build_from_index(other, dry, plan_build(zen4), zen4, zen4, SilentReporter())

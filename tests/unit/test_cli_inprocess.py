@@ -34,6 +34,7 @@ from nativellm.build import fingerprint as fingerprint_mod
 from nativellm.build import index as index_mod
 from nativellm.build import pipeline as pipeline_mod
 from nativellm.build import plan as plan_mod
+from nativellm.build import signing as signing_mod
 from nativellm.build import single as single_mod
 from nativellm.build import store as store_mod
 from nativellm.build.artifacts import (
@@ -740,6 +741,13 @@ def _index(r: Recorder, p: Paths, fail: Fail) -> None:
     r.fn(index_mod, "write_index", fail or index_outcome(Path("/srv/artifacts")))
 
 
+KEYGEN = signing_mod.KeygenOutcome(Path("/srv/k"), Path("/srv/k.pub"), "SHA256:abc", "ssh-ed25519 AAAA fleet")
+
+
+def _keygen(r: Recorder, p: Paths, fail: Fail) -> None:
+    r.fn(signing_mod, "generate_key", fail or KEYGEN)
+
+
 def _upgrade(r: Recorder, p: Paths, fail: Fail) -> None:
     r.fn(upgrade_mod, "upgrade", fail or upgrade_outcome())
 
@@ -862,11 +870,12 @@ def test_build_from_a_tarball_for_another_profile_in_system_scope_json(
     _build(rec, paths, None)
     tarball = "https://example.org/llama.cpp-b7100.tar.gz"
     run = cli("build", "--tarball", tarball, "--sha256", sha("tar"), "--profile", SPR_FILE, "--portable",
-              "--from-index", "/srv/artifacts", "--system", "--json")  # fmt: skip
+              "--from-index", "/srv/artifacts", "--insecure-unsigned", "--system", "--json")  # fmt: skip
     assert run.code == 0
     expected = BuildOptions(
         auto=False, profile=SPR_FILE, plan=PlanOptions(portable=True),
         source=SourceRequest(tarball=tarball, sha256=sha("tar")), from_index="/srv/artifacts",
+        insecure_unsigned=True,
     )  # fmt: skip
     rec.called("build_llama", system_paths, expected, Like(ConsoleReporter, quiet=True))
     outcome = build_outcome(paths)
@@ -1509,12 +1518,13 @@ def test_pack(cli: Cli, rec: Recorder, paths: Paths, system_paths: Paths) -> Non
         f"sha256 {res.sha256}  {res.path.name}",
     ]
     rec.calls.clear()
-    run = cli("pack", NEW_ID, "-o", "/srv/artifacts", "--compression", "gz", "--system", "--json")
-    rec.called("pack", system_paths, PackOptions(NEW_ID, Path("/srv/artifacts"), "gz"))
+    run = cli("pack", NEW_ID, "-o", "/srv/artifacts", "--compression", "gz", "--sign-key", "/srv/k", "--system",
+              "--json")  # fmt: skip
+    rec.called("pack", system_paths, PackOptions(NEW_ID, Path("/srv/artifacts"), "gz", Path("/srv/k")))
     assert run.json() == envelope("pack", True, {
         "build_id": NEW_ID, "file": str(res.path), "sha256": res.sha256, "size": 123_456_789,
         "variant": res.meta["variant"], "fingerprint": res.meta["fingerprint"],
-        "requirements": res.meta["requirements"], "duration_s": 8.91,
+        "requirements": res.meta["requirements"], "duration_s": 8.91, "signed_by": None,
     })  # fmt: skip
 
 
@@ -1545,7 +1555,7 @@ def test_pack_single_binary(cli: Cli, rec: Recorder, paths: Paths) -> None:
     assert run.json() == envelope("pack", True, {
         "build_id": NEW_ID, "file": str(res.path), "sha256": res.sha256, "size": 123_456_789,
         "variant": res.meta["variant"], "fingerprint": res.meta["fingerprint"],
-        "requirements": res.meta["requirements"], "duration_s": 8.91, "single_binary": single,
+        "requirements": res.meta["requirements"], "duration_s": 8.91, "signed_by": None, "single_binary": single,
     })  # fmt: skip
 
 
@@ -1553,9 +1563,10 @@ def test_pack_single_binary(cli: Cli, rec: Recorder, paths: Paths) -> None:
 def test_install_artifact(cli: Cli, rec: Recorder, paths: Paths) -> None:
     url = f"https://artifacts.example.org/nativellm-{NEW_ID}-x86_64.tar.gz"
     rec.fn(artifacts_mod, "install_artifact", install_outcome(paths, activated=False))
-    run = cli("install-artifact", url, "--sha256", sha("artifact"), "--profile", SPR_FILE, "--no-activate")
+    run = cli("install-artifact", url, "--sha256", sha("artifact"), "--profile", SPR_FILE, "--no-activate",
+              "--insecure-unsigned")  # fmt: skip
     assert run.code == 0
-    rec.called("install_artifact", paths, InstallOptions(url, sha("artifact"), SPR_FILE, False),
+    rec.called("install_artifact", paths, InstallOptions(url, sha("artifact"), SPR_FILE, False, insecure_unsigned=True),
                Like(ConsoleReporter, quiet=False))  # fmt: skip
     assert run.out.splitlines() == list(install_outcome(paths, activated=False).notes)  # no "current ->"
 
@@ -1567,7 +1578,7 @@ def test_install_artifact(cli: Cli, rec: Recorder, paths: Paths) -> None:
     assert run.json() == envelope("install-artifact", True, {
         "build_id": NEW_ID, "installed": True, "activated": True, "sha256": sha("artifact"),
         "requirements": jsonable(res.requirements.to_dict()), "smoke_test": jsonable(res.smoke_test),
-        "path": str(paths.builds / NEW_ID), "duration_s": 21.46, "notes": list(res.notes),
+        "path": str(paths.builds / NEW_ID), "duration_s": 21.46, "notes": list(res.notes), "signed_by": None,
     })  # fmt: skip
     run = cli("install-artifact", url)
     assert run.out.splitlines()[-1] == f"current -> {NEW_ID}"
@@ -1593,7 +1604,7 @@ def test_artifacts_index(cli: Cli, rec: Recorder, paths: Paths) -> None:
     res = index_outcome(Path("/srv/artifacts"))
     run = cli("artifacts", "index", "/srv/artifacts")
     assert run.code == 0
-    rec.called("write_index", Path("/srv/artifacts"))
+    rec.called("write_index", Path("/srv/artifacts"), None)
     entry = res.entries[0]
     assert run.out.splitlines() == [
         "wrote /srv/artifacts/index.json (1 artifact(s))",
@@ -1601,7 +1612,28 @@ def test_artifacts_index(cli: Cli, rec: Recorder, paths: Paths) -> None:
     ]
     run = cli("artifacts", "index", "/srv/artifacts", "--json")
     assert run.json() == envelope("artifacts index", True, {
-        "index": "/srv/artifacts/index.json", "artifacts": jsonable(list(res.entries)),
+        "index": "/srv/artifacts/index.json", "artifacts": jsonable(list(res.entries)), "signed_by": None,
+    })  # fmt: skip
+
+
+@covers("artifacts keygen")
+def test_artifacts_keygen(cli: Cli, rec: Recorder, paths: Paths) -> None:
+    _keygen(rec, paths, None)
+    run = cli("artifacts", "keygen", "/srv/k")
+    assert run.code == 0
+    rec.called("generate_key", Path("/srv/k"), "nativellm")
+    assert run.out.splitlines() == [
+        "wrote /srv/k (private, 0600) and /srv/k.pub",
+        "key id SHA256:abc",
+        "hosts trust it with this line in /etc/nativellm/trusted-keys (or <config>/trusted-keys):",
+        "ssh-ed25519 AAAA fleet",
+    ]
+    rec.calls.clear()
+    run = cli("artifacts", "keygen", "/srv/k", "--comment", "fleet", "--json")
+    rec.called("generate_key", Path("/srv/k"), "fleet")
+    assert run.json() == envelope("artifacts keygen", True, {
+        "private_key": "/srv/k", "public_key": "/srv/k.pub", "key_id": "SHA256:abc",
+        "public_line": "ssh-ed25519 AAAA fleet",
     })  # fmt: skip
 
 
@@ -1626,10 +1658,11 @@ def test_upgrade_builds_a_ref_and_moves_named_instances(cli: Cli, rec: Recorder,
 def test_upgrade_installs_an_artifact_on_a_canary_json(cli: Cli, rec: Recorder, system_paths: Paths) -> None:
     _upgrade(rec, system_paths, None)
     run = cli(
-        "upgrade", "--artifact", "/srv/a.tar.gz", "--sha256", sha("a"), "--canary", "q4", "--system", "--json"
-    )
+        "upgrade", "--artifact", "/srv/a.tar.gz", "--sha256", sha("a"), "--canary", "q4", "--insecure-unsigned",
+        "--system", "--json",
+    )  # fmt: skip
     assert run.code == 0
-    rec.called("upgrade", system_paths, UpgradeOptions(None, "/srv/a.tar.gz", sha("a"), None, "q4"),
+    rec.called("upgrade", system_paths, UpgradeOptions(None, "/srv/a.tar.gz", sha("a"), None, "q4", True),
                FakeSystemd(Scope.SYSTEM), Like(ConsoleReporter, quiet=True))  # fmt: skip
     assert run.json() == envelope("upgrade", True, jsonable(upgrade_outcome().to_dict()))
 
@@ -1893,6 +1926,8 @@ CASES: dict[str, Case] = {
         f"{SPR_FILE} is not a nativellm.host/1 profile", "write one with `nativellm detect --json`")),
     "artifacts index": Case(("/srv/nothing",), _index, NotFoundError(
         "/srv/nothing is not a directory", "pass the directory that holds the artifacts")),
+    "artifacts keygen": Case(("/srv/k",), _keygen, UsageError(
+        "/srv/k already exists", "choose another path; keygen never overwrites a key")),
     "upgrade": Case(("--ref", "b9999"), _upgrade, SourceError(
         "llama.cpp ref b9999 was not found in https://github.com/ggml-org/llama.cpp", "check --ref")),
     "instance add-rpc-worker": Case(("gpu1", "--port", "50052"), _rpc, InstanceError(

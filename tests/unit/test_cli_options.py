@@ -37,7 +37,7 @@ def _leaf_commands() -> dict[str, set[str]]:
 
 
 def test_the_readme_names_the_commands_without_json_or_system() -> None:
-    """README: every command but `logs` and `run` takes --json; all but four take --system."""
+    """README: every command but `logs` and `run` takes --json; all but five take --system."""
     from pathlib import Path
 
     commands = _leaf_commands()
@@ -45,9 +45,9 @@ def test_the_readme_names_the_commands_without_json_or_system() -> None:
     no_json = sorted(c for c, opts in commands.items() if "--json" not in opts)
     no_system = sorted(c for c, opts in commands.items() if "--system" not in opts)
     assert no_json == ["logs", "run"]
-    assert no_system == ["artifacts index", "detect", "fingerprint", "plan"]
+    assert no_system == ["artifacts index", "artifacts keygen", "detect", "fingerprint", "plan"]
     readme = " ".join((Path(__file__).parents[2] / "README.md").read_text().split())
     assert (
         "Every command but `logs` and `run` (which stream llama-server's own output) takes `--json`" in readme
     )
-    assert "all but `detect`, `plan`, `fingerprint` and `artifacts index`" in readme
+    assert "all but `detect`, `plan`, `fingerprint`, `artifacts index` and `artifacts keygen`" in readme

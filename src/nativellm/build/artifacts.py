@@ -3,7 +3,9 @@
 `pack` writes one installed build as `nativellm-<build-id>-<variant>.tar.zst` (`.tar.gz` without
 the zstandard package): `<build-id>/artifact.json` first, then manifest.json, bin/, lib/ and
 share/. The tarball is reproducible (sorted members, fixed owner and mtime), so packing the same
-build twice gives the same sha256. `install_artifact` verifies the sha256, checks the
+build twice gives the same sha256; with a key it is signed (`<archive>.sig`, signing.py).
+`install_artifact` first verifies the signature against this host's trusted keys (issue 14: a
+sha256 from the same server proves nothing) and then the sha256 it signs, checks the
 requirements against this host before unpacking anything, unpacks into a temp dir inside the
 store, smoke-tests with the build's own binaries and only then renames it into builds/<id>.
 Indexes and `build --from-index` live in artifact_index.py.
@@ -28,6 +30,7 @@ from pathlib import Path
 from typing import IO, Any, BinaryIO
 
 from nativellm import __version__, download
+from nativellm.build import signing
 from nativellm.build.fingerprint import Requirements, fingerprint, requirements_of
 from nativellm.build.smoke import base_model, smoke_test
 from nativellm.build.source import _safe_extract
@@ -130,6 +133,7 @@ class PackOptions:
     build_id: str | None = None  # None: the current build
     output: Path | None = None  # a file, or a directory for the default name; None: the working directory
     compression: str = "auto"  # auto (zst when zstandard is installed, else gz) | zst | gz
+    sign_key: Path | None = None  # ed25519 private key: write <archive>.sig (signing.py); None: unsigned
 
 
 @dataclass(frozen=True)
@@ -141,6 +145,7 @@ class PackOutcome:
     build_id: str
     meta: Mapping[str, Any]
     duration_s: float
+    signed_by: str | None = None  # the key id of <archive>.sig; None: unsigned
 
 
 def _compression(wanted: str) -> str:
@@ -196,10 +201,13 @@ def _write_tar(raw: IO[bytes], rec: BuildRecord, meta: Mapping[str, Any], mtime:
                 tar.addfile(ti)
 
 
-def publish_archive(dest: Path, write: Callable[[BinaryIO], None]) -> tuple[str, bool]:
-    """Write an archive through a temp file beside `dest` (fsynced, then renamed over it) and its
-    `DEST.sha256` sidecar (`sha256sum -c` format). Returns (sha256, whether either file changed):
-    reproducible archives make a repeated pack a no-op."""
+def publish_archive(
+    dest: Path, write: Callable[[BinaryIO], None], key: signing.SigningKey | None = None
+) -> tuple[str, bool]:
+    """Write an archive through a temp file beside `dest` (fsynced, then renamed over it), its
+    `DEST.sha256` sidecar (`sha256sum -c` format) and, with a key, its `DEST.sig` signature.
+    Returns (sha256, whether any file changed): reproducible archives and deterministic ed25519
+    signatures make a repeated pack a no-op. Unsigned, a `.sig` of other bytes is removed."""
     fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
     tmp = Path(tmp_name)
     try:
@@ -214,12 +222,23 @@ def publish_archive(dest: Path, write: Callable[[BinaryIO], None]) -> tuple[str,
     finally:
         tmp.unlink(missing_ok=True)
     changed = write_if_changed(dest.with_name(dest.name + ".sha256"), f"{digest}  {dest.name}\n") or changed
+    if key is not None:
+        changed = signing.write_signature(key, dest, "artifact", digest) or changed
+    else:
+        changed = signing.drop_stale_signature(dest, digest) or changed
     return digest, changed
+
+
+def pack_key(opts: PackOptions) -> signing.SigningKey | None:
+    """The signing key of a pack (--sign-key, else $NATIVELLM_SIGNING_KEY), loaded before any work."""
+    path = signing.signing_key_path(opts.sign_key)
+    return signing.load_signing_key(path) if path is not None else None
 
 
 def pack(paths: Paths, opts: PackOptions) -> PackOutcome:
     """Write one installed build as a reproducible artifact next to its `.sha256` file."""
     t0 = time.monotonic()
+    key = pack_key(opts)
     store = Store(paths)
     if opts.build_id is None:
         rec = store.current()
@@ -246,9 +265,10 @@ def pack(paths: Paths, opts: PackOptions) -> PackOutcome:
             with gzip.GzipFile(filename="", fileobj=raw, mode="wb", mtime=0) as gz:
                 _write_tar(gz, rec, meta, mtime)  # type: ignore[arg-type]
 
-    digest, changed = publish_archive(dest, write)
+    digest, changed = publish_archive(dest, write, key)
     size = dest.stat().st_size
-    return PackOutcome(dest, digest, size, changed, rec.id, meta, time.monotonic() - t0)
+    signed_by = key.id if key else None
+    return PackOutcome(dest, digest, size, changed, rec.id, meta, time.monotonic() - t0, signed_by)
 
 
 # --------------------------------------------------------------------------- reading an artifact
@@ -327,6 +347,8 @@ class InstallOptions:
     profile: Path | None = None  # check the requirements against this profile instead of this host
     activate: bool = True
     build_id: str | None = None  # known from an index entry: an installed build is seen without a download
+    insecure_unsigned: bool = False  # install without a verified signature (a warning; never over plain http)
+    vouched_by: str | None = None  # the trusted key whose signed index gave `sha256` (build --from-index)
 
 
 @dataclass(frozen=True)
@@ -341,6 +363,7 @@ class InstallOutcome:
     smoke_test: Mapping[str, Any] | None
     duration_s: float
     notes: tuple[str, ...] = ()
+    signed_by: str | None = None  # the trusted key that vouched for it; None: --insecure-unsigned
 
 
 def get_text(url: str) -> str | None:
@@ -369,6 +392,51 @@ def _expected_sha(location: str, given: str | None) -> str:
             f"pass --sha256 HEX, or keep {Path(location).name}.sha256 (written by `nativellm pack`) beside it",
         )
     return validate_sha256(sha, "sha256")
+
+
+def file_name(location: str) -> str:
+    """The name a signature binds: the last path component of a URL or a path."""
+    if URL_RE.match(location):
+        return location.rstrip("/").rsplit("/", 1)[-1].split("?")[0].split("#")[0]
+    return Path(location).expanduser().name
+
+
+def signature_of(location: str) -> str | None:
+    """The `.sig` sidecar beside a file or URL; None when there is none (a 404)."""
+    where = location + signing.SIG_SUFFIX
+    if URL_RE.match(location):
+        text = get_text(where)
+    else:
+        p = Path(where).expanduser()
+        if not p.is_file():
+            return None
+        with p.open("rb") as f:
+            data = f.read(signing.MAX_SIG_BYTES + 1)
+        text = data.decode("utf-8", errors="replace")
+    if text is not None and len(text) > signing.MAX_SIG_BYTES:
+        return "{}"  # not a signature: check_signature calls it invalid
+    return text
+
+
+def trusted_sha(paths: Paths, opts: InstallOptions, reporter: Reporter) -> tuple[str, str | None]:
+    """(the sha256 to install, the trusted key that vouched for it), before anything is fetched,
+    unpacked or run. A verified `.sig` (or a signed index, `vouched_by`) gives the sha256; without
+    one only --insecure-unsigned goes on (warned, never over plain http), with --sha256 or the
+    `.sha256` sidecar as before."""
+    if opts.vouched_by is not None and opts.sha256:
+        return validate_sha256(opts.sha256.lower(), "sha256"), opts.vouched_by
+    trust = signing.load_trust(paths, opts.insecure_unsigned)
+    name = file_name(opts.location)
+    verdict = signing.check_signature(signature_of(opts.location), "artifact", name, trust)
+    signed = signing.enforce(verdict, opts.location, trust, reporter)
+    if signed is None:
+        return _expected_sha(opts.location, opts.sha256), None
+    if opts.sha256 and opts.sha256.lower() != signed:
+        raise ArtifactError(
+            f"--sha256 {opts.sha256} is not the signed sha256 of {name} ({signed})",
+            "drop --sha256 (the signature gives it) or check which artifact you meant",
+        )
+    return signed, verdict.key
 
 
 def _fetch(location: str, sha: str, downloads: Path) -> Path:
@@ -415,12 +483,18 @@ def _verify_binaries(top: Path, manifest: Mapping[str, Any]) -> None:
 
 
 def _already(
-    store: Store, rec: BuildRecord, sha: str, req: Requirements, activate: bool, t0: float
+    store: Store,
+    rec: BuildRecord,
+    sha: str,
+    req: Requirements,
+    activate: bool,
+    t0: float,
+    signed_by: str | None = None,
 ) -> InstallOutcome:
     activated = activate and store.set_current(rec.id)
     note = f"build {rec.id} is already installed" + ("; made it current" if activated else "")
     return InstallOutcome(
-        rec.id, activated, False, activated, sha, req, rec, None, time.monotonic() - t0, (note,)
+        rec.id, activated, False, activated, sha, req, rec, None, time.monotonic() - t0, (note,), signed_by
     )
 
 
@@ -430,14 +504,14 @@ def install_locked(
     """install_artifact without taking the store lock (the caller holds it)."""
     t0 = time.monotonic()
     store = Store(paths)
-    sha = _expected_sha(opts.location, opts.sha256)
+    sha, signed_by = trusted_sha(paths, opts, reporter)
     seen = _by_artifact_sha(store, sha)
     if seen is not None:
         req = Requirements.from_dict(seen.manifest["artifact"]["requirements"])
-        return _already(store, seen, sha, req, opts.activate, t0)
+        return _already(store, seen, sha, req, opts.activate, t0, signed_by)
     known = store.find(opts.build_id) if opts.build_id else None
     if known is not None and known.id == opts.build_id and known.smoke_passed:
-        return _already(store, known, sha, requirements_of(known.manifest), opts.activate, t0)
+        return _already(store, known, sha, requirements_of(known.manifest), opts.activate, t0, signed_by)
     paths.work.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=paths.work, prefix=".artifact-"))
     try:
@@ -455,7 +529,7 @@ def install_locked(
         build_id = str(meta["build_id"])
         existing = store.find(build_id)
         if existing is not None and existing.id == build_id and existing.smoke_passed:
-            return _already(store, existing, sha, req, opts.activate, t0)
+            return _already(store, existing, sha, req, opts.activate, t0, signed_by)
         reporter.stage(f"unpacking {build_id}")
         top = _extract(archive, tmp / "unpacked")
         manifest = json.loads((top / "manifest.json").read_text())
@@ -503,6 +577,7 @@ def install_locked(
         result.to_dict(),
         time.monotonic() - t0,
         tuple(notes),
+        signed_by,
     )
 
 

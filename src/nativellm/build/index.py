@@ -3,11 +3,17 @@
 `write_index` describes a directory of artifacts in `index.json`, so that a plain HTTP server or a
 shared directory can serve a fleet. `select_artifact` (pure) picks the entry a host should install
 instead of compiling; `build_from_index` installs it, and says why not when nothing matches.
+
+With a key, `write_index` also writes `index.json.sig` (signing.py) over the index's bytes, so the
+sha256 of every entry is the signer's word, not the server's. `load_index` verifies it against the
+host's trusted keys before an entry is used; an entry of a verified index installs without its own
+`.sig` (`InstallOptions.vouched_by`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import time
 from collections.abc import Callable, Mapping
@@ -16,6 +22,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urljoin
 
+from nativellm.build import signing
 from nativellm.build.artifacts import (
     NAME_RE,
     URL_RE,
@@ -24,6 +31,7 @@ from nativellm.build.artifacts import (
     install_locked,
     plan_key,
     read_meta,
+    signature_of,
 )
 from nativellm.build.fingerprint import Requirements, fingerprint
 from nativellm.build.options import BuildOptions, BuildOutcome, runs_here
@@ -44,10 +52,14 @@ class IndexOutcome:
     path: Path
     changed: bool
     entries: tuple[Mapping[str, Any], ...]
+    signed_by: str | None = None  # the key id of index.json.sig; None: unsigned
 
 
-def write_index(directory: Path) -> IndexOutcome:
-    """Describe every artifact in `directory` in its index.json (rewritten only when it changes)."""
+def write_index(directory: Path, sign_key: Path | None = None) -> IndexOutcome:
+    """Describe every artifact in `directory` in its index.json (rewritten only when it changes),
+    signed with `sign_key` (else $NATIVELLM_SIGNING_KEY; neither: unsigned) as index.json.sig."""
+    key_path = signing.signing_key_path(sign_key)
+    key = signing.load_signing_key(key_path) if key_path is not None else None
     directory = directory.expanduser()
     if not directory.is_dir():
         raise NotFoundError(f"{directory} is not a directory", "pass the directory that holds the artifacts")
@@ -80,13 +92,19 @@ def write_index(directory: Path) -> IndexOutcome:
     text = json.dumps(doc, indent=2, sort_keys=True) + "\n"
     path = directory / "index.json"
     changed = write_if_changed(path, text)
-    return IndexOutcome(path, changed, tuple(entries))
+    digest = hashlib.sha256(text.encode()).hexdigest()
+    if key is not None:
+        changed = signing.write_signature(key, path, "index", digest) or changed
+    else:
+        changed = signing.drop_stale_signature(path, digest) or changed
+    return IndexOutcome(path, changed, tuple(entries), key.id if key else None)
 
 
 @dataclass(frozen=True)
 class ArtifactIndex:
     location: str  # where index.json was read
     entries: tuple[Mapping[str, Any], ...]
+    signed_by: str | None = None  # the trusted key that signed it; None: unsigned (--insecure-unsigned)
 
     def resolve(self, entry: Mapping[str, Any]) -> str:
         """Where an entry's file is: beside index.json, on disk or over HTTP."""
@@ -95,8 +113,9 @@ class ArtifactIndex:
         return str(Path(self.location).parent / str(entry["file"]))
 
 
-def load_index(url_or_dir: str) -> ArtifactIndex:
-    """An index from a directory, a path to index.json, or an http(s) URL of either."""
+def load_index(url_or_dir: str, trust: signing.Trust, reporter: Reporter) -> ArtifactIndex:
+    """An index from a directory, a path to index.json, or an http(s) URL of either, verified
+    against `trust` (signing.enforce) before any of it is used."""
     if URL_RE.match(url_or_dir):
         location = url_or_dir if url_or_dir.endswith(".json") else url_or_dir.rstrip("/") + "/index.json"
         text = get_text(location)
@@ -110,14 +129,31 @@ def load_index(url_or_dir: str) -> ArtifactIndex:
         location = str(p)
         if not p.is_file():
             raise NotFoundError(f"no artifact index at {p}", "run `nativellm artifacts index DIR` first")
-        text = p.read_text()
+        try:
+            text = p.read_bytes().decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise ArtifactError(f"{location} is not UTF-8 text: {exc.reason}", "regenerate it") from None
+    # The signature covers the bytes (an index is ASCII JSON, so text and bytes are one).
+    name = location.rstrip("/").rsplit("/", 1)[-1]
+    verdict = signing.check_signature(signature_of(location), "index", name, trust)
+    signed = signing.enforce(verdict, location, trust, reporter)
+    if signed is not None and hashlib.sha256(text.encode("utf-8")).hexdigest() != signed:
+        raise ArtifactError(
+            f"{location} is not the index its signature signs (sha256 differs): refusing it",
+            "the index was changed after signing; regenerate and sign it with `artifacts index --sign-key`",
+        )
     try:
         doc = json.loads(text)
     except json.JSONDecodeError as exc:
         raise ArtifactError(f"{location} is not JSON: {exc.msg}", "regenerate it") from exc
     if not isinstance(doc, dict) or doc.get("schema") != INDEX_SCHEMA:
         raise ArtifactError(f"{location} is not a {INDEX_SCHEMA} index", "regenerate it")
-    return ArtifactIndex(location, tuple(e for e in doc.get("artifacts", []) if isinstance(e, dict)))
+    entries = doc.get("artifacts", [])
+    if not isinstance(entries, list):
+        raise ArtifactError(f"{location} has no list of artifacts", "regenerate it")
+    return ArtifactIndex(
+        location, tuple(e for e in entries if isinstance(e, dict)), verdict.key if signed else None
+    )
 
 
 @dataclass(frozen=True)
@@ -206,7 +242,7 @@ def build_from_index(
     if opts.profile is not None and not runs_here(target, here):
         return None, "--from-index is ignored when building for another host (--profile); compiling"
     reporter.stage(f"looking for a matching artifact in {opts.from_index}")
-    index = load_index(opts.from_index)
+    index = load_index(opts.from_index, signing.load_trust(paths, opts.insecure_unsigned), reporter)
 
     def wanted(dropped: frozenset[str]) -> Mapping[str, Any] | None:
         if not dropped:
@@ -228,7 +264,12 @@ def build_from_index(
         note = f"dry run: would install artifact {entry['file']} (build {entry['build_id']}) instead of compiling"
         return BuildOutcome(chosen, str(entry["build_id"]), notes=(note,)), ""
     install = InstallOptions(
-        location, str(entry["sha256"]), activate=opts.activate, build_id=str(entry["build_id"])
+        location,
+        str(entry["sha256"]),
+        activate=opts.activate,
+        build_id=str(entry["build_id"]),
+        insecure_unsigned=opts.insecure_unsigned,
+        vouched_by=index.signed_by,
     )
     try:
         with Store(paths).lock():

@@ -26,6 +26,7 @@ class BuildOptions:
     dry_run: bool = False
     activate: bool = True
     from_index: str | None = None  # artifact index (URL or dir): install a match instead of compiling
+    insecure_unsigned: bool = False  # issue 14: --from-index without a verified signature (warned)
 
 
 @dataclass(frozen=True)

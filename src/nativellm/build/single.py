@@ -23,7 +23,14 @@ import time
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from nativellm.build.artifacts import PackOptions, PackOutcome, _epoch, artifact_meta, publish_archive
+from nativellm.build.artifacts import (
+    PackOptions,
+    PackOutcome,
+    _epoch,
+    artifact_meta,
+    pack_key,
+    publish_archive,
+)
 from nativellm.build.elf import beyond_glibc, find_needed
 from nativellm.build.store import BuildRecord, Store
 from nativellm.errors import ArtifactError, NotFoundError, UsageError
@@ -76,6 +83,7 @@ def pack_single_binary(paths: Paths, opts: PackOptions) -> PackOutcome:
     t0 = time.monotonic()
     if opts.compression not in ("auto", "gz"):
         raise UsageError("--single-binary packs are .tar.gz", "drop --compression, or use --compression gz")
+    key = pack_key(opts)
     store = Store(paths)
     rec = store.current() if opts.build_id is None else store.get(opts.build_id)
     if rec is None:
@@ -100,7 +108,7 @@ def pack_single_binary(paths: Paths, opts: PackOptions) -> PackOutcome:
         with gzip.GzipFile(filename="", fileobj=raw, mode="wb", mtime=0) as gz:
             _write(gz, rec.id, members, _epoch(rec.created))
 
-    digest, changed = publish_archive(dest, write)
+    digest, changed = publish_archive(dest, write, key)
     single = {
         "file": SERVER,
         "sha256": hashlib.sha256(server).hexdigest(),
@@ -108,4 +116,7 @@ def pack_single_binary(paths: Paths, opts: PackOptions) -> PackOutcome:
         "needed": list(needed),
     }
     meta = {**meta, "single_binary": single}
-    return PackOutcome(dest, digest, dest.stat().st_size, changed, rec.id, meta, time.monotonic() - t0)
+    signed_by = key.id if key else None
+    return PackOutcome(
+        dest, digest, dest.stat().st_size, changed, rec.id, meta, time.monotonic() - t0, signed_by
+    )

@@ -173,6 +173,13 @@ def build(
         str | None,
         typer.Option("--from-index", help="Install a matching artifact from an index (URL or dir) instead."),
     ] = None,
+    insecure_unsigned: Annotated[
+        bool,
+        typer.Option(
+            "--insecure-unsigned",
+            help="With --from-index: accept an index without a trusted signature (warns; never plain http).",
+        ),
+    ] = False,
     system: SystemOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
@@ -184,6 +191,8 @@ def build(
     _begin("build", json_out)
     if sum(x is not None for x in (source, tarball, ref)) > 1:
         raise UsageError("--source, --tarball and --ref exclude each other", "give one llama.cpp source")
+    if insecure_unsigned and not from_index:
+        raise UsageError("--insecure-unsigned only applies to --from-index", "drop --insecure-unsigned")
     if sha256 and not tarball:
         raise UsageError("--sha256 only applies to --tarball", "drop --sha256 or add --tarball")
     opts = BuildOptions(
@@ -196,6 +205,7 @@ def build(
         jobs=jobs,
         dry_run=dry_run,
         from_index=from_index,
+        insecure_unsigned=insecure_unsigned,
     )
     outcome = build_llama(resolve_paths(_scope(system)), opts, ConsoleReporter(quiet=json_out))
     if json_out:

@@ -20,6 +20,25 @@ artifacts_app = typer.Typer(help="Artifact indexes for fleets: build once, insta
                             no_args_is_help=True)  # fmt: skip
 app.add_typer(artifacts_app, name="artifacts")
 
+SignKeyOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--sign-key",
+        help="ed25519 private key to sign with (default: $NATIVELLM_SIGNING_KEY; neither: unsigned).",
+    ),
+]
+InsecureUnsignedOpt = Annotated[
+    bool,
+    typer.Option(
+        "--insecure-unsigned",
+        help="Install without a signature from a trusted key (warns; plain http is still refused).",
+    ),
+]
+UNSIGNED_NOTE = (
+    "unsigned: hosts refuse it unless they pass --insecure-unsigned; sign with --sign-key KEY "
+    "(`nativellm artifacts keygen KEY`)"
+)
+
 
 @app.command("pack")
 def pack_cmd(
@@ -38,6 +57,7 @@ def pack_cmd(
             help="Pack only llama-server of a `build --single-binary` build, with its manifest and SHA256SUMS.",
         ),
     ] = False,
+    sign_key: SignKeyOpt = None,
     system: SystemOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
@@ -47,10 +67,11 @@ def pack_cmd(
 
     _begin("pack", json_out)
     packer = pack_single_binary if single_binary else pack
-    res = packer(resolve_paths(_scope(system)), PackOptions(build_id, output, compression))
+    res = packer(resolve_paths(_scope(system)), PackOptions(build_id, output, compression, sign_key))
     data = {"build_id": res.build_id, "file": str(res.path), "sha256": res.sha256, "size": res.size,
             "variant": res.meta["variant"], "fingerprint": res.meta["fingerprint"],
-            "requirements": res.meta["requirements"], "duration_s": round(res.duration_s, 2)}  # fmt: skip
+            "requirements": res.meta["requirements"], "duration_s": round(res.duration_s, 2),
+            "signed_by": res.signed_by}  # fmt: skip
     if single_binary:
         data["single_binary"] = res.meta["single_binary"]
     if json_out:
@@ -63,6 +84,10 @@ def pack_cmd(
         single = res.meta["single_binary"]
         out.print(f"llama-server ({single['size'] / 1e6:.1f} MB) links only {', '.join(single['needed'])}")
     out.print(f"sha256 {res.sha256}  {res.path.name}")
+    if res.signed_by:
+        out.print(f"signed by {res.signed_by} -> {res.path.name}.sig")
+    else:
+        err.print(f"note: {UNSIGNED_NOTE}")
 
 
 @app.command("install-artifact")
@@ -78,6 +103,7 @@ def install_artifact_cmd(
     activate: Annotated[
         bool, typer.Option("--activate/--no-activate", help="Make it current after the smoke test.")
     ] = True,
+    insecure_unsigned: InsecureUnsignedOpt = False,
     system: SystemOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
@@ -87,13 +113,13 @@ def install_artifact_cmd(
     _begin("install-artifact", json_out)
     res = install_artifact(
         resolve_paths(_scope(system)),
-        InstallOptions(location, sha256, profile, activate),
+        InstallOptions(location, sha256, profile, activate, insecure_unsigned=insecure_unsigned),
         ConsoleReporter(quiet=json_out),
     )
     data = {"build_id": res.build_id, "installed": res.installed, "activated": res.activated,
             "sha256": res.sha256, "requirements": res.requirements.to_dict(), "smoke_test": res.smoke_test,
             "path": str(res.record.path), "duration_s": round(res.duration_s, 2),
-            "notes": list(res.notes)}  # fmt: skip
+            "notes": list(res.notes), "signed_by": res.signed_by}  # fmt: skip
     if json_out:
         emit_json(envelope("install-artifact", res.changed, data))
         return
@@ -121,20 +147,47 @@ def fingerprint_cmd(profile: ProfileOpt = None, json_out: JsonOpt = False) -> No
 @artifacts_app.command("index")
 def artifacts_index(
     directory: Annotated[Path, typer.Argument(help="Directory holding nativellm-*.tar.zst/.tar.gz files.")],
+    sign_key: SignKeyOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Write DIR/index.json: {fingerprint, version} -> {file, sha256, size}, for a fleet to read."""
     from nativellm.build.index import write_index
 
     _begin("artifacts index", json_out)
-    res = write_index(directory)
-    data = {"index": str(res.path), "artifacts": [dict(e) for e in res.entries]}
+    res = write_index(directory, sign_key)
+    data = {"index": str(res.path), "artifacts": [dict(e) for e in res.entries], "signed_by": res.signed_by}
     if json_out:
         emit_json(envelope("artifacts index", res.changed, data))
         return
     out.print(f"{'wrote' if res.changed else 'unchanged'} {res.path} ({len(res.entries)} artifact(s))")
     for e in res.entries:
         out.print(f"  {e['fingerprint']}  {e['version']}  {e['file']}")
+    if res.signed_by:
+        out.print(f"signed by {res.signed_by} -> {res.path.name}.sig")
+    else:
+        err.print(f"note: {UNSIGNED_NOTE}")
+
+
+@artifacts_app.command("keygen")
+def artifacts_keygen(
+    path: Annotated[Path, typer.Argument(help="Private key file to create (PATH.pub is written beside it).")],
+    comment: Annotated[str, typer.Option("--comment", help="Comment on the .pub line.")] = "nativellm",
+    json_out: JsonOpt = False,
+) -> None:
+    """Create an ed25519 signing key: PATH (private, 0600) and PATH.pub for hosts' trusted-keys."""
+    from nativellm.build.signing import generate_key
+
+    _begin("artifacts keygen", json_out)
+    res = generate_key(path, comment)
+    data = {"private_key": str(res.private), "public_key": str(res.public), "key_id": res.key_id,
+            "public_line": res.public_line}  # fmt: skip
+    if json_out:
+        emit_json(envelope("artifacts keygen", True, data))
+        return
+    out.print(f"wrote {res.private} (private, 0600) and {res.public}")
+    out.print(f"key id {res.key_id}")
+    out.print("hosts trust it with this line in /etc/nativellm/trusted-keys (or <config>/trusted-keys):")
+    out.print(escape(res.public_line))
 
 
 # ---- end artifact commands
@@ -163,6 +216,7 @@ def upgrade_cmd(
     canary: Annotated[
         str | None, typer.Option("--canary", help="Move this one instance only, then stop.")
     ] = None,
+    insecure_unsigned: InsecureUnsignedOpt = False,
     system: SystemOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
@@ -181,6 +235,8 @@ def upgrade_cmd(
         )
     if sha256 and not (tarball or artifact):
         raise UsageError("--sha256 only applies to --tarball or --artifact", "drop --sha256")
+    if insecure_unsigned and artifact is None:
+        raise UsageError("--insecure-unsigned only applies to --artifact", "drop --insecure-unsigned")
     build_opts = None
     if artifact is None and (source or tarball or ref):
         build_opts = BuildOptions(
@@ -194,7 +250,7 @@ def upgrade_cmd(
     scope = _scope(system)
     res = upgrade(
         resolve_paths(scope),
-        UpgradeOptions(build_opts, artifact, sha256 if artifact else None, names, canary),
+        UpgradeOptions(build_opts, artifact, sha256 if artifact else None, names, canary, insecure_unsigned),
         Systemd(scope),
         ConsoleReporter(quiet=json_out),
     )

@@ -139,6 +139,7 @@ class UpgradeOptions:
     sha256: str | None = None
     instances: tuple[str, ...] | None = None  # None: all
     canary: str | None = None
+    insecure_unsigned: bool = False  # --artifact without a verified signature (warned; never plain http)
 
 
 @dataclass(frozen=True)
@@ -263,7 +264,13 @@ def upgrade(
         plan_rollout(insts.specs(), selected=opts.instances, canary=opts.canary,
                      running=lambda n: False, on_build=lambda n: None, new_id="")  # fmt: skip
         if opts.artifact is not None:
-            res = install_artifact(paths, InstallOptions(opts.artifact, opts.sha256, activate=False), rep)
+            res = install_artifact(
+                paths,
+                InstallOptions(
+                    opts.artifact, opts.sha256, activate=False, insecure_unsigned=opts.insecure_unsigned
+                ),
+                rep,
+            )
             new_id = res.build_id
         else:
             bopts = _build_options(store, opts.build)
