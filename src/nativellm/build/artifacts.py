@@ -28,16 +28,15 @@ from pathlib import Path
 from typing import IO, Any, BinaryIO
 
 from nativellm import __version__, download
+from nativellm.build.extract import extract_archive, read_json_member
 from nativellm.build.fingerprint import Requirements, fingerprint, requirements_of
 from nativellm.build.smoke import base_model, smoke_test
-from nativellm.build.source import _safe_extract
 from nativellm.build.store import BuildRecord, Store
 from nativellm.build.synth import VOCAB_FILE
 from nativellm.download import download_url
 from nativellm.errors import (
     ArtifactError,
     DownloadError,
-    NativeLLMError,
     NotFoundError,
     SmokeTestError,
     UsageError,
@@ -297,26 +296,18 @@ def read_meta(archive: Path) -> dict[str, Any]:
 
 
 def _extract(archive: Path, into: Path) -> Path:
-    """Unpack through source._safe_extract (unsafe paths are refused); zstd is decoded first."""
-    into.mkdir(parents=True, exist_ok=True)
-    plain = into.with_name(into.name + ".tar")
-    try:
-        if not _is_zstd(archive):
-            return _safe_extract(archive, into)
-        zstd = _zstd()
-        if zstd is None:
-            read_meta(archive)  # raises the "zstandard is missing" error
-        with archive.open("rb") as src, plain.open("wb") as dst:
-            zstd.ZstdDecompressor().copy_stream(src, dst)  # type: ignore[union-attr]
-        return _safe_extract(plain, into)
-    except ArtifactError:
-        raise
-    except NativeLLMError as exc:  # source._safe_extract speaks of tarballs; this is an artifact
-        raise ArtifactError(exc.message, "the artifact is unsafe or damaged: pack it again") from exc
-    except Exception as exc:
-        raise ArtifactError(f"{archive} is not a readable artifact: {exc}", "download it again") from exc
-    finally:
-        plain.unlink(missing_ok=True)
+    """Unpack through build.extract (unsafe members, bombs and special files are refused, nothing is
+    left behind on failure); the top directory must hold a manifest.json object."""
+    top = extract_archive(
+        archive, into, ArtifactError, what="artifact", hint="the artifact is unsafe or damaged: pack it again"
+    )
+    if read_json_member(top, "manifest.json") is None:
+        shutil.rmtree(into, ignore_errors=True)
+        raise ArtifactError(
+            f"{archive.name} has no build manifest (manifest.json) in {top.name}/",
+            "make artifacts with `nativellm pack`",
+        )
+    return top
 
 
 # --------------------------------------------------------------------------- install
