@@ -28,9 +28,10 @@ from pathlib import Path
 from typing import IO, Any, BinaryIO
 
 from nativellm import __version__, download
+from nativellm.build.confine import confined_smoke_test
 from nativellm.build.extract import extract_archive, read_json_member
 from nativellm.build.fingerprint import Requirements, fingerprint, requirements_of
-from nativellm.build.smoke import base_model, smoke_test
+from nativellm.build.smoke import base_model
 from nativellm.build.store import BuildRecord, Store
 from nativellm.build.synth import VOCAB_FILE
 from nativellm.download import download_url
@@ -458,7 +459,10 @@ def install_locked(
             raise ArtifactError(f"{archive.name} has no smoke-test vocab ({VOCAB_FILE})", "pack it again")
         reporter.stage("smoke test on this host: real inference on Q4_0, Q8_0 and Q4_K_M models")
         base = base_model(paths.work / "smoke-cache" / sha256_file(vocab)[:12], vocab)
-        result = smoke_test(top / "bin", base, tmp / "smoke", threads=max(1, here.cpu.physical_cores))
+        # Not built here: its binaries run confined (build.confine), never as root on the host.
+        result = confined_smoke_test(
+            top, base, tmp / "smoke", max(1, here.cpu.physical_cores), readonly=(paths.home,)
+        )
         if not result.passed:
             raise SmokeTestError(
                 f"artifact build {build_id} failed its smoke test on this host ({result.summary()}); "
