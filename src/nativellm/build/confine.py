@@ -134,11 +134,15 @@ def choose_mode() -> str:
 
 
 # --------------------------------------------------------------------------- the host side
-def _python_paths() -> list[str]:
-    """Where this interpreter, its packages and nativellm live: bound read-only into the unit."""
+def nativellm_file() -> str:
     import nativellm
 
-    found = {sys.prefix, sys.base_prefix, sys.exec_prefix, str(Path(nativellm.__file__).parent.parent)}
+    return str(nativellm.__file__)
+
+
+def _python_paths() -> list[str]:
+    """Where this interpreter, its packages and nativellm live: bound read-only into the unit."""
+    found = {sys.prefix, sys.base_prefix, sys.exec_prefix, str(Path(nativellm_file()).parent.parent)}
     found.update(p for p in sys.path if p and Path(p).is_dir())
     hidden = ("/home/", "/root/", "/run/user/", "/tmp/", "/var/tmp/")  # ProtectHome, PrivateTmp
     real = sorted({r for r in (os.path.realpath(p) for p in found if p) if r.startswith(hidden)})
@@ -168,6 +172,7 @@ def _systemd_argv(job: Job, artifact: Path, model: Path, timeout: float) -> list
         f"BindReadOnlyPaths={model}:{job.model}",
         *(f"BindReadOnlyPaths=-{p}" for p in _python_paths()),
         "Environment=HOME=/tmp",
+        f"Environment=PYTHONPATH={Path(nativellm_file()).parent.parent}",
     ]
     argv = ["systemd-run", "--quiet", "--wait", "--pipe", "--collect", "--service-type=exec"]
     argv += [f"--unit=nativellm-smoke-{os.getpid()}-{int.from_bytes(os.urandom(3), 'big'):06x}"]
