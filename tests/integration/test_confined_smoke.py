@@ -105,3 +105,40 @@ def test_the_payload_is_real_when_unconfined(trojan: dict[str, Any], victim: Pat
     assert res.returncode == 0, res.stderr
     assert res.json()["data"]["smoke_test"]["confinement"] == "none"
     assert all(m.exists() for m in trojan["markers"]), [str(m) for m in trojan["markers"] if not m.exists()]
+
+
+def test_install_artifact_refuses_a_symlink_chain_before_it_writes(
+    auto_build: CliResult, session_home: Path, victim: Path, tmp_path: Path
+) -> None:
+    """Finding 1 end to end: a real artifact's artifact.json (so every earlier check passes), then
+    links that are inside on paper and a member that, followed on disk, lands in the victim's home."""
+    import io
+    import tarfile
+
+    from nativellm.build.artifacts import artifact_meta
+
+    build_id = auto_build.json()["data"]["build_id"]
+    manifest = json.loads((session_home / "data" / "builds" / build_id / "manifest.json").read_text())
+    meta = json.dumps(artifact_meta(manifest)).encode()
+    # Unpacked into <store>/work/.artifact-X/unpacked: a/c/b is top/b on disk, whose ../../..
+    # is the store's work dir (on paper it is unpacked/, inside).
+    evil = tmp_path / f"nativellm-{build_id}-evil.tar.gz"
+    with tarfile.open(evil, "w:gz") as tar:
+        ti = tarfile.TarInfo(f"{build_id}/artifact.json")
+        ti.size = len(meta)
+        tar.addfile(ti, io.BytesIO(meta))
+        for name, link in (("a", "."), ("a/c", "."), ("a/c/b", "../../..")):
+            ti = tarfile.TarInfo(f"{build_id}/{name}")
+            ti.type, ti.linkname = tarfile.SYMTYPE, link
+            tar.addfile(ti)
+        ti = tarfile.TarInfo(f"{build_id}/a/c/b/pwn-chain")
+        ti.size = 5
+        tar.addfile(ti, io.BytesIO(b"owned"))
+    res = nativellm("install-artifact", str(evil), "--sha256", sha256_file(evil), home=victim)
+    assert res.returncode == 14, res.stderr
+    lines = res.stderr.strip().splitlines()
+    assert [ln.split(":")[0] for ln in lines] == ["error", "hint"], res.stderr
+    assert "unsafe path" in lines[0] and "a/c/b" in lines[0] and "Traceback" not in res.stderr
+    assert not list(victim.rglob("pwn-chain")) and not list(tmp_path.rglob("pwn-chain"))
+    assert not (victim / "data" / "builds").exists() or not list((victim / "data" / "builds").iterdir())
+    assert not list((victim / "data" / "work").glob(".artifact-*"))

@@ -76,3 +76,27 @@ def test_the_runner_answer_is_read_back_and_garbage_is_none() -> None:
     # No cases is no pass, whatever the runner says.
     empty = confine._parse(confine._MARK + json.dumps({"result": {"passed": True, "cases": []}}), "systemd")
     assert empty is not None and empty[0].passed is False
+
+
+def test_a_unit_that_gives_no_result_falls_back_to_namespaces(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """An older systemd refuses a property (ProtectHome=tmpfs is v242): namespaces run instead,
+    and a host with neither raises a typed error rather than running unconfined."""
+    ok = SmokeResult(True, (SmokeCase("Q4_0", True, "ok", tokens=8),), "namespaces", 65534)
+    tried: list[str] = []
+
+    def fake(mode: str, *args: object) -> tuple[tuple[SmokeResult, str] | None, str]:
+        tried.append(mode)
+        return ((ok, "log\n") if mode == "namespaces" else None), "Unknown assignment: ProtectHome=tmpfs"
+
+    monkeypatch.delenv(confine.ENV, raising=False)
+    monkeypatch.setattr(confine, "choose_mode", lambda: "systemd")
+    monkeypatch.setattr(confine, "_run_confined", fake)
+    monkeypatch.setattr(confine, "probe_namespaces", lambda: True)
+    res = confine.confined_smoke_test(tmp_path / "top", tmp_path / "m.gguf", tmp_path / "w", 2)
+    assert res == ok and tried == ["systemd", "namespaces"]
+    assert "ran in namespaces instead" in (tmp_path / "w" / "smoke.log").read_text()
+    monkeypatch.setattr(confine, "probe_namespaces", lambda: False)
+    with pytest.raises(SmokeTestError, match=r"confined smoke test \(systemd\) did not report.*ProtectHome"):
+        confine.confined_smoke_test(tmp_path / "top", tmp_path / "m.gguf", tmp_path / "w", 2)

@@ -212,6 +212,26 @@ def confined_smoke_test(
         with (workdir / "smoke.log").open("a") as f:
             f.write(f"warning: the smoke test ran unconfined ({ENV}=none or not root)\n")
         return SmokeResult(res.passed, res.cases, "none", os.getuid())
+    notes = ""
+    parsed, why = _run_confined(mode, artifact, base, threads, readonly)
+    if parsed is None and mode == "systemd" and os.environ.get(ENV, "") != "systemd" and probe_namespaces():
+        # An older systemd may not know a property (ProtectHome=tmpfs needs v242): namespaces next.
+        notes = f"note: the systemd unit gave no result ({why}); ran in namespaces instead\n"
+        mode = "namespaces"
+        parsed, why = _run_confined(mode, artifact, base, threads, readonly)
+    if parsed is None:
+        raise SmokeTestError(
+            f"the confined smoke test ({mode}) did not report a result: {why}",
+            f"see `nativellm --debug`; {ENV}=namespaces or systemd picks the other confinement",
+        )
+    result, log = parsed
+    (workdir / "smoke.log").write_text(log + notes + f"confinement: {mode}, uid {result.uid}\n")
+    return result
+
+
+def _run_confined(
+    mode: str, artifact: Path, base: Path, threads: int, readonly: Sequence[Path]
+) -> tuple[tuple[SmokeResult, str] | None, str]:
     if mode == "systemd":
         job = Job(mode, str(_INSIDE / "artifact"), str(_INSIDE / "model.gguf"), threads)
         argv = _systemd_argv(job, artifact, base, TIMEOUT)
@@ -221,16 +241,8 @@ def confined_smoke_test(
         argv = _namespaces_argv(job)
     done = run.probe(argv, timeout=TIMEOUT + 60)  # None: it could not start or ran out of time
     parsed = _parse(done.stdout, mode) if done is not None else None
-    if parsed is None:
-        lines = (done.stderr.strip().splitlines() or done.stdout.strip().splitlines()) if done else []
-        tail = (lines or [f"no answer within {TIMEOUT + 60:.0f}s"])[-1]
-        raise SmokeTestError(
-            f"the confined smoke test ({mode}) did not report a result: {tail}",
-            f"see `nativellm --debug`; {ENV}=namespaces or systemd picks the other confinement",
-        )
-    result, log = parsed
-    (workdir / "smoke.log").write_text(log + f"confinement: {mode}, uid {result.uid}\n")
-    return result
+    lines = (done.stderr.strip().splitlines() or done.stdout.strip().splitlines()) if done else []
+    return parsed, (lines or [f"no answer within {TIMEOUT + 60:.0f}s"])[-1]
 
 
 # --------------------------------------------------------------------------- the confined side
@@ -257,10 +269,10 @@ def _namespaces_setup(job: Job) -> tuple[Path, Path, Path, Path]:
     model_fd = os.open(job.model, os.O_PATH)
     pid = os.getpid()
     opts = "nosuid,nodev,mode=0755"
-    _mount("-t", "tmpfs", "-o", opts, "tmpfs", "/tmp")
+    _mount("-t", "tmpfs", "-o", f"{opts},size=2g", "tmpfs", "/tmp")  # the smoke models are MBs
     for extra in ("/var/tmp", "/dev/shm"):
         if Path(extra).is_dir():
-            _mount("-t", "tmpfs", "-o", "nosuid,nodev,noexec,mode=1777", "tmpfs", extra)
+            _mount("-t", "tmpfs", "-o", "nosuid,nodev,noexec,mode=1777,size=64m", "tmpfs", extra)
     inside = _INSIDE
     art, model, work, logs = inside / "artifact", inside / "model.gguf", inside / "work", inside / "log"
     for d in (art, work, logs):
