@@ -104,6 +104,7 @@ def test_the_payload_is_real_when_unconfined(trojan: dict[str, Any], victim: Pat
     res = _install(trojan, victim, "none")
     assert res.returncode == 0, res.stderr
     assert res.json()["data"]["smoke_test"]["confinement"] == "none"
+    assert any("ran unconfined" in n for n in res.json()["data"]["notes"])
     assert all(m.exists() for m in trojan["markers"]), [str(m) for m in trojan["markers"] if not m.exists()]
 
 

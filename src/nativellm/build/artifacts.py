@@ -487,6 +487,8 @@ def install_locked(
         shutil.rmtree(tmp, ignore_errors=True)
     activated = opts.activate and store.set_current(record.id)
     notes = [f"installed artifact {record.id} ({meta['variant']})"]
+    if result.confinement == "none":
+        notes.append("warning: its smoke test ran unconfined, with this user's rights")
     return InstallOutcome(
         record.id,
         True,
