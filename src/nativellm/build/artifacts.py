@@ -31,16 +31,16 @@ from typing import IO, Any, BinaryIO
 
 from nativellm import __version__, download
 from nativellm.build import signing
+from nativellm.build.confine import confined_smoke_test
+from nativellm.build.extract import extract_archive, read_json_member
 from nativellm.build.fingerprint import Requirements, fingerprint, requirements_of
-from nativellm.build.smoke import base_model, smoke_test
-from nativellm.build.source import _safe_extract
+from nativellm.build.smoke import base_model
 from nativellm.build.store import BuildRecord, Store
 from nativellm.build.synth import VOCAB_FILE
 from nativellm.download import download_url
 from nativellm.errors import (
     ArtifactError,
     DownloadError,
-    NativeLLMError,
     NotFoundError,
     SmokeTestError,
     UsageError,
@@ -295,17 +295,26 @@ def _stream(archive: Path) -> Iterator[tarfile.TarFile]:
                 yield tar
 
 
+META_MAX_BYTES = 1 << 20
+
+
 def read_meta(archive: Path) -> dict[str, Any]:
     """`artifact.json` of an artifact (the first member), without unpacking the rest."""
     try:
         with _stream(archive) as tar:
-            for member in tar:
-                if member.isfile() and member.name.endswith("/" + META_FILE) and member.name.count("/") == 1:
-                    f = tar.extractfile(member)
-                    meta = json.loads(f.read()) if f else None
-                    break
-            else:
-                meta = None
+            # pack writes it first: only the first member is looked at, and only its first MiB read,
+            # so a hostile archive costs no more than that before its signature decides.
+            member = tar.next()
+            meta = None
+            if (
+                member is not None
+                and member.isfile()
+                and member.name.endswith("/" + META_FILE)
+                and member.name.count("/") == 1
+                and member.size <= META_MAX_BYTES
+            ):
+                f = tar.extractfile(member)
+                meta = json.loads(f.read(META_MAX_BYTES)) if f else None
     except (tarfile.TarError, OSError, EOFError, json.JSONDecodeError, ValueError) as exc:
         raise ArtifactError(f"{archive} is not a readable artifact: {exc}", "pack it again") from exc
     if not isinstance(meta, dict) or meta.get("schema") != ARTIFACT_SCHEMA:
@@ -317,26 +326,18 @@ def read_meta(archive: Path) -> dict[str, Any]:
 
 
 def _extract(archive: Path, into: Path) -> Path:
-    """Unpack through source._safe_extract (unsafe paths are refused); zstd is decoded first."""
-    into.mkdir(parents=True, exist_ok=True)
-    plain = into.with_name(into.name + ".tar")
-    try:
-        if not _is_zstd(archive):
-            return _safe_extract(archive, into)
-        zstd = _zstd()
-        if zstd is None:
-            read_meta(archive)  # raises the "zstandard is missing" error
-        with archive.open("rb") as src, plain.open("wb") as dst:
-            zstd.ZstdDecompressor().copy_stream(src, dst)  # type: ignore[union-attr]
-        return _safe_extract(plain, into)
-    except ArtifactError:
-        raise
-    except NativeLLMError as exc:  # source._safe_extract speaks of tarballs; this is an artifact
-        raise ArtifactError(exc.message, "the artifact is unsafe or damaged: pack it again") from exc
-    except Exception as exc:
-        raise ArtifactError(f"{archive} is not a readable artifact: {exc}", "download it again") from exc
-    finally:
-        plain.unlink(missing_ok=True)
+    """Unpack through build.extract (unsafe members, bombs and special files are refused, nothing is
+    left behind on failure); the top directory must hold a manifest.json object."""
+    top = extract_archive(
+        archive, into, ArtifactError, what="artifact", hint="the artifact is unsafe or damaged: pack it again"
+    )
+    if read_json_member(top, "manifest.json") is None:
+        shutil.rmtree(into, ignore_errors=True)
+        raise ArtifactError(
+            f"{archive.name} has no build manifest (manifest.json) in {top.name}/",
+            "make artifacts with `nativellm pack`",
+        )
+    return top
 
 
 # --------------------------------------------------------------------------- install
@@ -541,7 +542,10 @@ def install_locked(
             raise ArtifactError(f"{archive.name} has no smoke-test vocab ({VOCAB_FILE})", "pack it again")
         reporter.stage("smoke test on this host: real inference on Q4_0, Q8_0 and Q4_K_M models")
         base = base_model(paths.work / "smoke-cache" / sha256_file(vocab)[:12], vocab)
-        result = smoke_test(top / "bin", base, tmp / "smoke", threads=max(1, here.cpu.physical_cores))
+        # Not built here: its binaries run confined (build.confine), never as root on the host.
+        result = confined_smoke_test(
+            top, base, tmp / "smoke", max(1, here.cpu.physical_cores), readonly=(paths.home,)
+        )
         if not result.passed:
             raise SmokeTestError(
                 f"artifact build {build_id} failed its smoke test on this host ({result.summary()}); "
@@ -566,6 +570,8 @@ def install_locked(
         shutil.rmtree(tmp, ignore_errors=True)
     activated = opts.activate and store.set_current(record.id)
     notes = [f"installed artifact {record.id} ({meta['variant']})"]
+    if result.confinement == "none":
+        notes.append("warning: its smoke test ran unconfined, with this user's rights")
     return InstallOutcome(
         record.id,
         True,

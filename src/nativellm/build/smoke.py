@@ -6,6 +6,7 @@ VMs an F16 model works while Q4_0/Q8_0 die at once in the AMX kernels.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,10 @@ class SmokeCase:
 class SmokeResult:
     passed: bool
     cases: tuple[SmokeCase, ...]
+    # How the binaries ran: "local" (built here), or for an artifact "systemd" (a transient
+    # DynamicUser unit), "namespaces" (uid 65534 in its own namespaces) or "none" (unconfined).
+    confinement: str = "local"
+    uid: int | None = None  # the uid the binaries ran as, where confined
 
     @property
     def crashed(self) -> bool:
@@ -43,7 +48,38 @@ class SmokeResult:
         return "; ".join(f"{c.quant}: {c.detail}" for c in failed)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"passed": self.passed, "cases": [asdict(c) for c in self.cases]}
+        doc: dict[str, Any] = {"passed": self.passed, "cases": [asdict(c) for c in self.cases]}
+        if self.confinement != "local":
+            doc["confinement"] = self.confinement
+            doc["uid"] = self.uid
+        return doc
+
+    @classmethod
+    def from_dict(cls, doc: Mapping[str, Any]) -> SmokeResult:
+        cases = tuple(SmokeCase(**c) for c in doc.get("cases", []))
+        uid = doc.get("uid")
+        return cls(
+            bool(doc.get("passed")) and bool(cases),
+            cases,
+            str(doc.get("confinement", "local")),
+            int(uid) if isinstance(uid, int) else None,
+        )
+
+
+@dataclass(frozen=True)
+class Runner:
+    """How the build's own binaries are started: an argv prefix (setpriv to an unprivileged user
+    inside the confinement), their environment and working directory. Empty for local builds."""
+
+    wrap: tuple[str, ...] = ()
+    env: Mapping[str, str] | None = None
+    cwd: Path | None = None
+
+    def argv(self, argv: Sequence[str]) -> list[str]:
+        return [*self.wrap, *argv]
+
+
+LOCAL = Runner()
 
 
 def _describe_exit(rc: int) -> tuple[str, str | None]:
@@ -59,9 +95,12 @@ def base_model(cache: Path, vocab: Path) -> Path:
     return path
 
 
-def quantize(bin_dir: Path, src: Path, dest: Path, quant: str, log: Path) -> SmokeCase | None:
+def quantize(
+    bin_dir: Path, src: Path, dest: Path, quant: str, log: Path, runner: Runner = LOCAL
+) -> SmokeCase | None:
     """Quantize with the freshly built llama-quantize; a failure is a smoke-test failure."""
-    res = run.run([str(bin_dir / "llama-quantize"), str(src), str(dest), quant], timeout=300)
+    argv = runner.argv([str(bin_dir / "llama-quantize"), str(src), str(dest), quant])
+    res = run.run(argv, timeout=300, env=runner.env, cwd=runner.cwd)
     with log.open("a") as f:
         f.write(
             f"$ llama-quantize {src.name} {dest.name} {quant} -> {res.returncode}\n{res.stdout[-2000:]}{res.stderr[-4000:]}\n"
@@ -77,17 +116,19 @@ def server_knows(help_text: str, flag: str) -> bool:
     return any(flag in line.replace(",", " ").split() for line in help_text.splitlines())
 
 
-def _optional_flags(bin_dir: Path) -> list[str]:
+def _optional_flags(bin_dir: Path, runner: Runner = LOCAL) -> list[str]:
     """--no-webui where this server has it: the smoke test needs no UI, and an older server refuses
     flags it does not know (llama.cpp of late 2024 exits on --no-webui)."""
-    res = run.probe([str(bin_dir / "llama-server"), "--help"], timeout=30)
+    res = run.probe(runner.argv([str(bin_dir / "llama-server"), "--help"]), timeout=30)
     text = (res.stdout + res.stderr) if res is not None else ""
     return ["--no-webui"] if server_knows(text, "--no-webui") or not text else []
 
 
-def serve_once(bin_dir: Path, model: Path, quant: str, log: Path, threads: int) -> SmokeCase:
+def serve_once(
+    bin_dir: Path, model: Path, quant: str, log: Path, threads: int, runner: Runner = LOCAL
+) -> SmokeCase:
     port = free_port()
-    argv = [
+    argv = runner.argv([
         str(bin_dir / "llama-server"),
         "-m", str(model),
         "--host", "127.0.0.1",
@@ -95,9 +136,9 @@ def serve_once(bin_dir: Path, model: Path, quant: str, log: Path, threads: int) 
         "-c", "256",
         "-t", str(threads),
         "-np", "1",
-        *_optional_flags(bin_dir),
-    ]  # fmt: skip
-    proc = run.Process(argv, log_file=log.with_name(f"smoke-{quant}.log"))
+        *_optional_flags(bin_dir, runner),
+    ])  # fmt: skip
+    proc = run.Process(argv, log_file=log.with_name(f"smoke-{quant}.log"), env=runner.env)
     base = f"http://127.0.0.1:{port}"
     try:
         h = wait_ready(base, READY_TIMEOUT, alive=lambda: proc.poll() is None)
@@ -125,14 +166,27 @@ def serve_once(bin_dir: Path, model: Path, quant: str, log: Path, threads: int) 
             f.write(f"--- llama-server {quant} ---\n{proc.output()[-6000:]}\n")
 
 
-def smoke_test(bin_dir: Path, base: Path, workdir: Path, threads: int = 2) -> SmokeResult:
-    """Quantize `base` to each smoke type with the new build and serve a completion from each."""
+def smoke_test(
+    bin_dir: Path,
+    base: Path,
+    workdir: Path,
+    threads: int = 2,
+    *,
+    runner: Runner = LOCAL,
+    logdir: Path | None = None,
+) -> SmokeResult:
+    """Quantize `base` to each smoke type with the new build and serve a completion from each.
+
+    The quantized models go to `workdir` (the binaries write there); the logs to `logdir` (default:
+    workdir), which a confined run keeps out of the binaries' reach. Artifacts not built here go
+    through build.confine, which calls this inside the confinement."""
     workdir.mkdir(parents=True, exist_ok=True)
-    log = workdir / "smoke.log"
+    log = (logdir or workdir) / "smoke.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
     cases: list[SmokeCase] = []
     for quant in SMOKE_QUANTS:
         model = workdir / f"smoke-{quant}.gguf"
-        failed = quantize(bin_dir, base, model, quant, log)
-        cases.append(failed or serve_once(bin_dir, model, quant, log, threads))
+        failed = quantize(bin_dir, base, model, quant, log, runner)
+        cases.append(failed or serve_once(bin_dir, model, quant, log, threads, runner))
         model.unlink(missing_ok=True)
     return SmokeResult(all(c.passed for c in cases), tuple(cases))

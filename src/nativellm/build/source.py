@@ -10,7 +10,6 @@ import hashlib
 import os
 import re
 import shutil
-import tarfile
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -18,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from nativellm import run
+from nativellm.build.extract import extract_archive
 from nativellm.download import download_url
 from nativellm.errors import NotFoundError, SourceError
 from nativellm.fsutil import sha256_file
@@ -94,31 +94,11 @@ def resolve_local(directory: Path) -> Source:
 
 
 def _safe_extract(archive: Path, into: Path) -> Path:
-    """Extract a tarball refusing paths that escape; return the single top directory."""
-    try:
-        with tarfile.open(archive) as tar:
-            root = into.resolve()
-            for member in tar.getmembers():
-                target = (into / member.name).resolve()
-                # A link must stay inside too: a relative symlink can point out of the tree.
-                link = (
-                    (target.parent / member.linkname).resolve()
-                    if member.issym()
-                    else (into / member.linkname).resolve()
-                    if member.islnk()
-                    else root
-                )
-                if not (target.is_relative_to(root) and link.is_relative_to(root)) or (
-                    member.issym() and member.linkname.startswith("/")
-                ):
-                    raise SourceError(
-                        f"{archive} contains an unsafe path {member.name!r}", "use a trusted tarball"
-                    )
-            tar.extractall(into)
-    except (tarfile.TarError, EOFError) as exc:
-        raise SourceError(f"{archive} is not a readable tarball: {exc}", "download it again") from exc
-    entries = [p for p in into.iterdir()]
-    return entries[0] if len(entries) == 1 and entries[0].is_dir() else into
+    """Extract a tarball through build.extract (member by member, links resolved on disk, capped);
+    return the single top directory."""
+    if into.is_dir() and not any(into.iterdir()):
+        into.rmdir()  # extract_archive makes it, from a temp dir beside it
+    return extract_archive(archive, into, SourceError, what="tarball", hint="use a trusted tarball")
 
 
 def resolve_tarball(
