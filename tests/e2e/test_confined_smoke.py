@@ -40,7 +40,7 @@ def test_the_trojan_runs_in_a_dynamic_user_unit_and_cannot_write(
     artifact = make_trojan(build, data, root_marker, work)
 
     cli = InnerCli(sandbox, victim, unit_dir=None)
-    res = cli("install-artifact", str(artifact), "--json", timeout=900)
+    res = cli("install-artifact", str(artifact), "--insecure-unsigned", "--json", timeout=900)
     assert res.returncode == 0, res.stderr[-3000:]
     smoke = res.json()["data"]["smoke_test"]
     assert smoke["passed"] is True and smoke["confinement"] == "systemd"

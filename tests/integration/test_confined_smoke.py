@@ -78,7 +78,10 @@ def trojan(
 
 def _install(trojan: dict[str, Any], victim: Path, confine: str | None) -> CliResult:
     env = {"NATIVELLM_SMOKE_CONFINE": confine} if confine else {}
-    return nativellm("install-artifact", trojan["file"], "--json", home=victim, env=env)
+    # Not about trust (the signature checks are test_artifacts.py's): the opt-out lets it reach the smoke.
+    return nativellm(
+        "install-artifact", trojan["file"], "--insecure-unsigned", "--json", home=victim, env=env
+    )
 
 
 def test_a_trojan_artifact_cannot_write_to_the_store_or_root(trojan: dict[str, Any], victim: Path) -> None:
@@ -135,7 +138,9 @@ def test_install_artifact_refuses_a_symlink_chain_before_it_writes(
         ti = tarfile.TarInfo(f"{build_id}/a/c/b/pwn-chain")
         ti.size = 5
         tar.addfile(ti, io.BytesIO(b"owned"))
-    res = nativellm("install-artifact", str(evil), "--sha256", sha256_file(evil), home=victim)
+    res = nativellm(
+        "install-artifact", str(evil), "--sha256", sha256_file(evil), "--insecure-unsigned", home=victim
+    )
     assert res.returncode == 14, res.stderr
     errors = [ln for ln in res.stderr.splitlines() if ln.startswith("error:")]
     hints = [ln for ln in res.stderr.splitlines() if ln.strip().startswith("hint:")]

@@ -18,7 +18,7 @@ from typing import Any
 
 from nativellm import run
 from nativellm.build.extract import extract_archive
-from nativellm.download import download_url
+from nativellm.download import download_url, forget_part
 from nativellm.errors import NotFoundError, SourceError
 from nativellm.fsutil import sha256_file
 
@@ -121,6 +121,7 @@ def resolve_tarball(
                 spec, archive, expected_sha256=sha256.lower() if sha256 else None, progress=progress
             )
             os.replace(fetched.path, archive)
+            forget_part(spec, archive)  # the part is gone; so is its resume record
     else:
         archive = Path(spec).expanduser()
         if not archive.is_file():
