@@ -84,8 +84,13 @@ def pack_cmd(
         single = res.meta["single_binary"]
         out.print(f"llama-server ({single['size'] / 1e6:.1f} MB) links only {', '.join(single['needed'])}")
     out.print(f"sha256 {res.sha256}  {res.path.name}")
-    if res.signed_by:
-        out.print(f"signed by {res.signed_by} -> {res.path.name}.sig")
+    _say_signature(res.signed_by, res.path)
+
+
+def _say_signature(signed_by: str | None, path: Path) -> None:
+    """Which key signed a written archive or index, or the note that hosts will refuse it."""
+    if signed_by:
+        out.print(f"signed by {signed_by} -> {path.name}.sig")
     else:
         err.print(f"note: {UNSIGNED_NOTE}")
 
@@ -162,10 +167,7 @@ def artifacts_index(
     out.print(f"{'wrote' if res.changed else 'unchanged'} {res.path} ({len(res.entries)} artifact(s))")
     for e in res.entries:
         out.print(f"  {e['fingerprint']}  {e['version']}  {e['file']}")
-    if res.signed_by:
-        out.print(f"signed by {res.signed_by} -> {res.path.name}.sig")
-    else:
-        err.print(f"note: {UNSIGNED_NOTE}")
+    _say_signature(res.signed_by, res.path)
 
 
 @artifacts_app.command("keygen")
