@@ -30,7 +30,7 @@ SUPPORTED_VERSIONS = (2, 3)
 # Caps no real model comes near (the largest have ~2k tensors, ~100 keys, a 262k-token vocabulary);
 # a count or length above them means a corrupt or hostile header, refused before anything is allocated.
 MAX_TENSORS = 65_536
-MAX_KV = 65_536
+MAX_KV = 16_384
 MAX_DIMS = 4  # GGML_MAX_DIMS
 MAX_KEY_LEN = 65_535  # the GGUF spec's bound on a key
 MAX_TENSOR_NAME = 63  # GGML_MAX_NAME is 64 with the terminating NUL; llama.cpp refuses longer names
@@ -143,7 +143,7 @@ class _Reader:
         return ModelError(f"{self.path} is corrupt: {what}", _HELP_CORRUPT)
 
     def _fail(self, n: int, what: str) -> ModelError:
-        what = what.replace("{}", repr(self.ctx))
+        what = what.replace("{}", self.ctx)
         if n < 0 or self.pos + n > self.size:
             return ModelError(
                 f"{self.path} is truncated: its header ends inside {what} at byte {self.pos} of {self.size}",
@@ -171,7 +171,7 @@ class _Reader:
         """Charge `n` bytes to what the parsed header keeps in memory."""
         self.kept += n
         if self.kept > MAX_KEPT_BYTES:
-            what = what.replace("{}", repr(self.ctx))
+            what = what.replace("{}", self.ctx)
             raise self.corrupt(f"its metadata would take over {MAX_KEPT_BYTES >> 20} MiB of memory ({what})")
 
     def read(self, n: int, what: str) -> bytes:
@@ -206,14 +206,14 @@ class _Reader:
         """A length-prefixed string, refused before reading when longer than `limit` or the file."""
         n = int(self.unpack(_U64, what)[0])
         if n > self.size - self.pos:
-            what = what.replace("{}", repr(self.ctx))
+            what = what.replace("{}", self.ctx)
             raise ModelError(
                 f"{self.path} is corrupt or truncated: {what} claims {n} bytes but only "
                 f"{self.size - self.pos} remain",
                 _HELP_CORRUPT,
             )
         if n > limit:
-            raise self.corrupt(f"{what.replace('{}', repr(self.ctx))} is {n} bytes long (at most {limit})")
+            raise self.corrupt(f"{what.replace('{}', self.ctx)} is {n} bytes long (at most {limit})")
         self.keep(_OBJ + n, what)
         return self.read(n, what).decode("utf-8", errors="replace")
 
@@ -222,7 +222,7 @@ class _Reader:
         self.strings += count
         if self.strings > MAX_ARRAY_STRINGS:
             raise self.corrupt(
-                f"{what.replace('{}', repr(self.ctx))} brings its metadata to over {MAX_ARRAY_STRINGS} strings"
+                f"{what.replace('{}', self.ctx)} brings its metadata to over {MAX_ARRAY_STRINGS} strings"
             )
         unpack_from, zeros = _U64.unpack_from, _ZEROS.match
         left = count
@@ -318,19 +318,18 @@ _KINDS: dict[str, tuple[tuple[type, ...], str]] = {
 }
 
 
+_TYPE_NAMES = {bool: "a boolean", int: "an integer", float: "a float", str: "a string", list: "an array"}
+
+
 def _typed(path: Path, kv: dict[str, Any], key: str, kind: str) -> Any:
     """kv[key] if it has the type nativellm reads it as, None when absent; ModelError naming both if not."""
-    value = kv.get(key)
-    if value is None:
+    if key not in kv:
         return None
+    value = kv[key]
     types, expected = _KINDS[kind]
     if isinstance(value, types) and not isinstance(value, bool):
         return value
-    got = (
-        "an array"
-        if isinstance(value, list)
-        else {bool: "a boolean", float: "a float"}.get(type(value), f"a {type(value).__name__}")
-    )
+    got = _TYPE_NAMES.get(type(value), "an array")  # long arrays are kept as None
     raise ModelError(
         f"{path} is corrupt: metadata key {key!r} is {got} but must be {expected}",
         _HELP_CORRUPT,
@@ -394,7 +393,7 @@ def _read_header(f: IO[bytes], path: Path, size: int) -> GGUFHeader:
         key = r.string("metadata key {}", MAX_KEY_LEN)
         if key in kv:
             raise r.corrupt(f"metadata key {key!r} appears twice")
-        r.ctx = key
+        r.ctx = repr(key)
         type_id = r.u32("the type of {}")
         value, length = r.value(type_id, key)
         kv[key] = value
@@ -412,7 +411,7 @@ def _read_header(f: IO[bytes], path: Path, size: int) -> GGUFHeader:
     for i in range(n_tensors):
         r.ctx = f"#{i}"
         name = r.string("the name of tensor {}", MAX_TENSOR_NAME)
-        r.ctx = name
+        r.ctx = repr(name)
         n_dims = r.u32("the dimensions of {}")
         if n_dims == 0 or n_dims > MAX_DIMS:
             raise r.corrupt(f"tensor {name!r} has {n_dims} dimensions")
