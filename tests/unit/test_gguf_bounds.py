@@ -138,7 +138,12 @@ def test_fit_refuses_a_huge_block_count_from_stored_facts() -> None:
     """Facts from an older registry (or edited) never make fit build a list per claimed layer."""
     from nativellm.hardware.profile import CpuInfo, HostProfile
 
-    facts: dict[str, Any] = {"block_count": 10**12, "head_count": 2, "head_count_kv": 2, "embedding_length": 8}
+    facts: dict[str, Any] = {
+        "block_count": 10**12,
+        "head_count": 2,
+        "head_count_kv": 2,
+        "embedding_length": 8,
+    }
     cpu = CpuInfo(vendor="x", model="x", flags=(), physical_cores=1, logical_cores=1)
     profile = HostProfile(os="linux", arch="x86_64", cpu=cpu, memory_bytes=8 << 30)
     err, _, _ = bounded(lambda: estimate_fit(_Rec(facts), profile, ctx=512))
