@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import zstandard
 from hypothesis import HealthCheck, settings
 
 from nativellm.errors import NativeLLMError
@@ -29,7 +30,7 @@ from nativellm.errors import NativeLLMError
 MiB = 1 << 20
 INPUT_LIMIT = MiB
 PEAK_LIMIT = 64 * MiB
-EXAMPLES = int(os.environ.get("NATIVELLM_FUZZ_EXAMPLES", "150"))
+EXAMPLES = int(os.environ.get("NATIVELLM_FUZZ_EXAMPLES", "300"))
 
 settings.register_profile(
     "nativellm-fuzz",
@@ -55,6 +56,11 @@ KNOWN: dict[tuple[str, type[BaseException]], str] = {
     ("models/ollama.py", AttributeError): "a manifest layer (or the manifest) of the wrong JSON type",
     ("specs.py", TypeError): "an instance TOML value of the wrong type (port = 'abc', ctx = [])",
     ("specs.py", AttributeError): "an instance TOML value of the wrong type (host = [])",
+    ("build/artifacts.py", zstandard.ZstdError): "a corrupt zstd stream in an artifact",
+    ("build/store.py", KeyError): "a build manifest.json without an id",
+    ("build/store.py", TypeError): "a build manifest.json that is not an object",
+    ("build/store.py", AttributeError): "a build manifest.json with a field of the wrong type",
+    ("build/store.py", UnicodeDecodeError): "a build manifest.json that is not UTF-8",
 }
 KNOWN_HITS: dict[tuple[str, type[BaseException]], int] = {}
 
