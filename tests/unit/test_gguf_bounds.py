@@ -295,3 +295,19 @@ def test_a_large_real_shaped_vocabulary(tmp_path: Path) -> None:
     facts = validate_model([path])
     assert facts["vocab_size"] == n and facts["head_count_kv"] == 2 and facts["has_chat_template"]
     assert facts["layer_bytes"] == [64, 64]
+
+
+def test_token_lists_with_runs_of_empty_strings_are_walked_exactly(tmp_path: Path) -> None:
+    """The fast path for runs of empty strings lands exactly on the next key, across chunk borders."""
+    tokens = [""] * 5000 + [("" if i % 3 else f"t{i}") for i in range(100_000)] + ["x" * 70_000] + [""] * 9
+    path = model(
+        tmp_path / "m.gguf",
+        tokenizer__ggml__tokens=tokens,
+        tokenizer__ggml__merges=["a b"] * 10 + [""] * 100,
+        tokenizer__chat_template="after the lists",
+    )
+    h = read_header(path)
+    assert h.array_lengths["tokenizer.ggml.tokens"] == len(tokens)
+    assert h.array_lengths["tokenizer.ggml.merges"] == 110
+    assert h.kv["tokenizer.chat_template"] == "after the lists"
+    assert [t.name for t in h.tensors] == ["token_embd.weight", "blk.0.attn_q.weight", "blk.1.attn_q.weight"]
