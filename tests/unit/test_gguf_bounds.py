@@ -7,6 +7,7 @@ Python allocation measured with tracemalloc.
 
 from __future__ import annotations
 
+import os
 import struct
 import time
 import tracemalloc
@@ -311,3 +312,9 @@ def test_token_lists_with_runs_of_empty_strings_are_walked_exactly(tmp_path: Pat
     assert h.array_lengths["tokenizer.ggml.merges"] == 110
     assert h.kv["tokenizer.chat_template"] == "after the lists"
     assert [t.name for t in h.tensors] == ["token_embd.weight", "blk.0.attn_q.weight", "blk.1.attn_q.weight"]
+
+
+def test_a_fifo_is_refused_without_blocking(tmp_path: Path) -> None:
+    fifo = tmp_path / "m.gguf"
+    os.mkfifo(fifo)
+    assert "is not a regular file" in refused(fifo)

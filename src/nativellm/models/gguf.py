@@ -16,7 +16,9 @@ architectures llama.cpp knows.
 from __future__ import annotations
 
 import functools
+import os
 import re
+import stat
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -338,8 +340,13 @@ def _typed(path: Path, kv: dict[str, Any], key: str, kind: str) -> Any:
 
 def _open(path: Path) -> tuple[IO[bytes], int]:
     try:
+        st = path.stat()
+        if stat.S_ISDIR(st.st_mode):
+            raise IsADirectoryError
+        if not stat.S_ISREG(st.st_mode):  # a FIFO or a device would block the read or never end
+            raise ModelError(f"{path} is not a regular file", "give the path of a .gguf file")
         f = path.open("rb", buffering=1 << 16)
-        size = path.stat().st_size
+        size = os.fstat(f.fileno()).st_size
     except FileNotFoundError:
         raise ModelError(f"{path} does not exist", "check the path") from None
     except IsADirectoryError:
