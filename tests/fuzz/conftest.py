@@ -58,6 +58,7 @@ KNOWN: dict[tuple[str, type[BaseException]], str] = {
     ("specs.py", TypeError): "an instance TOML value of the wrong type (port = 'abc', ctx = [])",
     ("specs.py", AttributeError): "an instance TOML value of the wrong type (host = [])",
     ("build/artifacts.py", zstandard.ZstdError): "a corrupt zstd stream in an artifact",
+    ("build/artifacts.py", TypeError): "a truncated gzip header (tarfile raises TypeError)",
     ("build/store.py", KeyError): "a build manifest.json without an id",
     ("build/store.py", TypeError): "a build manifest.json that is not an object",
     ("build/store.py", AttributeError): "a build manifest.json with a field of the wrong type",

@@ -85,10 +85,26 @@ def test_artifact_meta(workdir: Path, data: bytes) -> None:
 
 
 # Crashes this tier found (issue 14): each must end as an ArtifactError once artifacts.py is fixed.
-@pytest.mark.xfail(strict=True, reason="artifacts.py: a corrupt zstd stream -> zstandard.ZstdError")
-def test_artifact_meta_corrupt_zstd_regression(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "data",
+    [
+        pytest.param(
+            b"(\xb5/\xfd\x00\x00\x00\x00\x01",
+            marks=pytest.mark.xfail(
+                strict=True, reason="artifacts.py: a corrupt zstd stream -> zstandard.ZstdError"
+            ),
+        ),
+        pytest.param(
+            b"\x1f\x8b\x08",
+            marks=pytest.mark.xfail(
+                strict=True, reason="artifacts.py: a truncated gzip header -> TypeError (from tarfile)"
+            ),
+        ),
+    ],
+)
+def test_artifact_meta_regressions(tmp_path: Path, data: bytes) -> None:
     path = tmp_path / "a.tar.zst"
-    path.write_bytes(b"(\xb5/\xfd\x00\x00\x00\x00\x01")
+    path.write_bytes(data)
     with pytest.raises(NativeLLMError):
         read_meta(path)
 
