@@ -30,7 +30,7 @@ from nativellm.errors import NativeLLMError
 MiB = 1 << 20
 INPUT_LIMIT = MiB
 PEAK_LIMIT = 64 * MiB
-EXAMPLES = int(os.environ.get("NATIVELLM_FUZZ_EXAMPLES", "300"))
+EXAMPLES = int(os.environ.get("NATIVELLM_FUZZ_EXAMPLES", "600"))
 
 settings.register_profile(
     "nativellm-fuzz",
