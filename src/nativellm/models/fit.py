@@ -14,8 +14,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from nativellm.errors import UsageError
+from nativellm.errors import ModelError, UsageError
 from nativellm.hardware.profile import HostProfile
+from nativellm.models.gguf import MAX_LAYERS
 
 # Bytes per KV-cache element for llama.cpp's --cache-type-k/-v values.
 CACHE_TYPE_BYTES: dict[str, float] = {
@@ -78,6 +79,18 @@ def _req(facts: Mapping[str, Any], key: str) -> int:
     return value
 
 
+def _layers(facts: Mapping[str, Any]) -> int:
+    """block_count, bounded like the GGUF reader bounds it: a layer holds at least one tensor."""
+    n_layer = _req(facts, "block_count")
+    layer_bytes = facts.get("layer_bytes") or []
+    if n_layer > MAX_LAYERS or not isinstance(layer_bytes, list) or len(layer_bytes) > MAX_LAYERS:
+        raise ModelError(
+            f"the model's GGUF facts claim {n_layer} layers, more than any model file can hold",
+            "run `nativellm model verify NAME` to re-read it",
+        )
+    return n_layer
+
+
 def kv_cache_bytes(
     facts: Mapping[str, Any], ctx: int, cache_type_k: str = "f16", cache_type_v: str = "f16"
 ) -> int:
@@ -85,7 +98,7 @@ def kv_cache_bytes(
     for t in (cache_type_k, cache_type_v):
         if t not in CACHE_TYPE_BYTES:
             raise UsageError(f"unknown cache type {t!r}", f"use one of: {', '.join(CACHE_TYPE_BYTES)}")
-    n_layer = _req(facts, "block_count")
+    n_layer = _layers(facts)
     n_head_kv = _req(facts, "head_count_kv")
     k_dim = facts.get("key_length") or _req(facts, "embedding_length") // _req(facts, "head_count")
     v_dim = facts.get("value_length") or k_dim
@@ -174,10 +187,10 @@ def estimate_fit(
         ctx = int(facts.get("context_length") or 4096)
     if parallel < 1:
         raise UsageError("--parallel must be at least 1", "give --parallel 1 or more")
-    n_layer = _req(facts, "block_count")
-    layer_bytes = [int(b) for b in facts.get("layer_bytes") or []] or [
-        int(facts.get("tensor_bytes", 0)) // n_layer
-    ] * n_layer
+    n_layer = _layers(facts)
+    layer_bytes = [int(b) for b in facts.get("layer_bytes") or []]
+    if not layer_bytes:  # no per-layer sizes: spread the weights evenly, without a list per layer
+        layer_bytes = [int(facts.get("tensor_bytes", 0)) // n_layer] * n_layer
     other = int(facts.get("other_bytes", 0))
     gpus = [g.memory_bytes for g in profile.gpus]
     ngl = max(0, min(gpu_layers, n_layer + 1)) if gpus else 0
