@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import zstandard
 from hypothesis import HealthCheck, settings
 
 from nativellm.errors import NativeLLMError
@@ -48,22 +47,10 @@ PEAKS: dict[str, int] = {}
 COUNTS: dict[str, int] = {}
 
 
-# Crashes found by this tier in modules other engineers are fixing (issue 14), as (the file that
-# raises, the exception type): the property tolerates them so the tier still hunts for new ones, and
-# each has a strict-xfail regression case next to its target that fails the day the crash is fixed.
-# Then delete the entry here and the xfail mark there.
-KNOWN: dict[tuple[str, type[BaseException]], str] = {
-    ("models/ollama.py", AttributeError): "a manifest layer (or the manifest) of the wrong JSON type",
-    ("models/ollama.py", OSError): "a layer digest too long for a file name (ENAMETOOLONG)",
-    ("specs.py", TypeError): "an instance TOML value of the wrong type (port = 'abc', ctx = [])",
-    ("specs.py", AttributeError): "an instance TOML value of the wrong type (host = [])",
-    ("build/artifacts.py", zstandard.ZstdError): "a corrupt zstd stream in an artifact",
-    ("build/artifacts.py", TypeError): "a truncated gzip header (tarfile raises TypeError)",
-    ("build/store.py", KeyError): "a build manifest.json without an id",
-    ("build/store.py", TypeError): "a build manifest.json that is not an object",
-    ("build/store.py", AttributeError): "a build manifest.json with a field of the wrong type",
-    ("build/store.py", UnicodeDecodeError): "a build manifest.json that is not UTF-8",
-}
+# Crashes known but not fixed yet, as (the file that raises, the exception type): the property
+# tolerates them so the tier still hunts for new ones; each must have a strict-xfail regression case
+# next to its target. Empty: every crash this tier found (issue 14) is fixed and kept as a case.
+KNOWN: dict[tuple[str, type[BaseException]], str] = {}
 KNOWN_HITS: dict[tuple[str, type[BaseException]], int] = {}
 
 

@@ -84,22 +84,12 @@ def test_artifact_meta(workdir: Path, data: bytes) -> None:
     check("artifact meta", lambda: read_meta(path), len(data))
 
 
-# Crashes this tier found (issue 14): each must end as an ArtifactError once artifacts.py is fixed.
+# Crashes this tier found (issue 14): each now ends as an ArtifactError.
 @pytest.mark.parametrize(
     "data",
     [
-        pytest.param(
-            b"(\xb5/\xfd\x00\x00\x00\x00\x01",
-            marks=pytest.mark.xfail(
-                strict=True, reason="artifacts.py: a corrupt zstd stream -> zstandard.ZstdError"
-            ),
-        ),
-        pytest.param(
-            b"\x1f\x8b\x08",
-            marks=pytest.mark.xfail(
-                strict=True, reason="artifacts.py: a truncated gzip header -> TypeError (from tarfile)"
-            ),
-        ),
+        pytest.param(b"(\xb5/\xfd\x00\x00\x00\x00\x01", id="corrupt-zstd-stream"),  # was ZstdError
+        pytest.param(b"\x1f\x8b\x08", id="truncated-gzip-header"),  # was TypeError from tarfile
     ],
 )
 def test_artifact_meta_regressions(tmp_path: Path, data: bytes) -> None:
@@ -109,9 +99,9 @@ def test_artifact_meta_regressions(tmp_path: Path, data: bytes) -> None:
         read_meta(path)
 
 
-@pytest.mark.xfail(strict=True, reason="artifacts.py: artifact.json is read whole, unbounded (209 MiB peak)")
 def test_artifact_meta_bomb_regression(tmp_path: Path) -> None:
-    """A 100 MiB artifact.json of spaces, gzipped to a few hundred KiB: read into memory whole."""
+    """A 100 MiB artifact.json of spaces, gzipped to a few hundred KiB: it was read whole (209 MiB
+    peak); read_meta now refuses a first member over 1 MiB without reading it."""
     bomb = tar_bytes([(f"b/{META_FILE}", tarfile.REGTYPE, b" " * (100 * MiB))], "gz")
     assert len(bomb) < INPUT_LIMIT
     path = tmp_path / "a.tar.gz"
@@ -151,22 +141,19 @@ def test_store_manifest(workdir: Path, manifest: bytes) -> None:
     check("store manifest", lambda: (store.list_builds(), store.find("b")), len(manifest))
 
 
-# Crashes this tier found (issue 14): each must end as a NativeLLMError (or a skipped build) once fixed.
-STORE_XFAIL = pytest.mark.xfail(
-    strict=True,
-    reason="store.py: a manifest.json of the wrong shape or not UTF-8 -> KeyError/TypeError/AttributeError/UnicodeDecodeError",
-)
+# Crashes this tier found (issue 14; KeyError/TypeError/AttributeError/UnicodeDecodeError before the
+# fix): each now ends as a NativeLLMError or a build listed as broken.
 
 
 @pytest.mark.parametrize(
     "manifest",
     [
-        pytest.param(b"{}", marks=STORE_XFAIL),
-        pytest.param(b"[]", marks=STORE_XFAIL),
-        pytest.param(b'{"id": "b1", "plan": []}', marks=STORE_XFAIL),
-        pytest.param(b'{"id": null}', marks=STORE_XFAIL),
-        pytest.param(b'{"id": "b1", "smoke_test": null}', marks=STORE_XFAIL),
-        pytest.param(b"\x80", marks=STORE_XFAIL),
+        b"{}",
+        b"[]",
+        b'{"id": "b1", "plan": []}',
+        b'{"id": null}',
+        b'{"id": "b1", "smoke_test": null}',
+        b"\x80",
     ],
 )
 def test_store_manifest_regressions(tmp_path: Path, manifest: bytes) -> None:

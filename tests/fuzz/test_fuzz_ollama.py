@@ -50,16 +50,11 @@ def write_manifest(workdir: Path, manifest: bytes, blob: bytes) -> tuple[Path, O
     return root, ref
 
 
-# Crashes this tier found (issue 14): each must end as a ModelError once ollama.py is fixed.
+# Crashes this tier found (issue 14): each now ends as a ModelError.
 @pytest.mark.parametrize(
     "manifest",
     [
-        pytest.param(
-            b'{"layers": [null]}',
-            marks=pytest.mark.xfail(
-                strict=True, reason="ollama.py: a layer that is not an object -> AttributeError"
-            ),
-        ),
+        pytest.param(b'{"layers": [null]}', id="layer-not-an-object"),  # was AttributeError
         pytest.param(
             json.dumps(
                 {
@@ -69,9 +64,7 @@ def write_manifest(workdir: Path, manifest: bytes, blob: bytes) -> tuple[Path, O
                     ]
                 }
             ).encode(),
-            marks=pytest.mark.xfail(
-                strict=True, reason="ollama.py: a layer digest too long for a file name -> OSError"
-            ),
+            id="digest-too-long-for-a-file-name",  # was OSError (ENAMETOOLONG)
         ),
     ],
 )
@@ -92,7 +85,6 @@ def test_ollama_ref(text: str) -> None:
     check("ollama ref", lambda: OllamaRef.parse(text), len(text.encode("utf-8", "surrogatepass")))
 
 
-@pytest.mark.xfail(strict=True, reason="ollama.py: a layer digest with ../ reads a file outside blobs/")
 def test_ollama_layer_digest_stays_in_blobs(tmp_path: Path) -> None:
     """Found while fuzzing: non-model layer digests are not checked like the model digest is."""
     secret = tmp_path / "secret"

@@ -62,23 +62,18 @@ def write_spec(workdir: Path, text: str) -> Path:
     return config
 
 
-SPECS_XFAIL = pytest.mark.xfail(
-    strict=True, reason="specs.py: a TOML value of the wrong type -> TypeError/AttributeError"
-)
-
-
-# Crashes this tier found (issue 14): each must end as a NativeLLMError once specs.py is fixed.
+# Crashes this tier found (issue 14; TypeError/AttributeError before): each now ends as a NativeLLMError.
 @pytest.mark.parametrize(
     "text",
     [
-        pytest.param('name = "i"\nmodel = "m"\nport = "abc"\n', marks=SPECS_XFAIL),
-        pytest.param('name = "i"\nmodel = "m"\nport = []\n', marks=SPECS_XFAIL),
-        pytest.param('name = []\nmodel = "m"\nport = 1\n', marks=SPECS_XFAIL),
-        pytest.param('name = "i"\nmodel = "m"\nport = 1\nhost = []\n', marks=SPECS_XFAIL),
-        pytest.param('name = "i"\nmodel = "m"\nport = 1\nctx = []\n', marks=SPECS_XFAIL),
-        pytest.param('name = "i"\nmodel = "m"\nport = 1\ngpu_layers = "x"\n', marks=SPECS_XFAIL),
-        pytest.param('name = "i"\nmodel = "m"\nport = 1\ngpus = false\n', marks=SPECS_XFAIL),
-        pytest.param('name = "i"\nmodel = "m"\nport = 1\nextra_args = false\n', marks=SPECS_XFAIL),
+        'name = "i"\nmodel = "m"\nport = "abc"\n',
+        'name = "i"\nmodel = "m"\nport = []\n',
+        'name = []\nmodel = "m"\nport = 1\n',
+        'name = "i"\nmodel = "m"\nport = 1\nhost = []\n',
+        'name = "i"\nmodel = "m"\nport = 1\nctx = []\n',
+        'name = "i"\nmodel = "m"\nport = 1\ngpu_layers = "x"\n',
+        'name = "i"\nmodel = "m"\nport = 1\ngpus = false\n',
+        'name = "i"\nmodel = "m"\nport = 1\nextra_args = false\n',
     ],
 )
 def test_instance_toml_regressions(tmp_path: Path, text: str) -> None:

@@ -41,6 +41,7 @@ from nativellm.download import download_url
 from nativellm.errors import (
     ArtifactError,
     DownloadError,
+    NativeLLMError,
     NotFoundError,
     SmokeTestError,
     UsageError,
@@ -315,8 +316,12 @@ def read_meta(archive: Path) -> dict[str, Any]:
             ):
                 f = tar.extractfile(member)
                 meta = json.loads(f.read(META_MAX_BYTES)) if f else None
-    except (tarfile.TarError, OSError, EOFError, json.JSONDecodeError, ValueError) as exc:
-        raise ArtifactError(f"{archive} is not a readable artifact: {exc}", "pack it again") from exc
+    except NativeLLMError:
+        raise
+    except Exception as exc:  # hostile bytes: tarfile, gzip and zstandard raise a zoo of types
+        raise ArtifactError(
+            f"{archive} is not a readable artifact: {type(exc).__name__}: {exc}", "pack it again"
+        ) from exc
     if not isinstance(meta, dict) or meta.get("schema") != ARTIFACT_SCHEMA:
         raise ArtifactError(
             f"{archive} is not a nativellm artifact (no {META_FILE} of schema {ARTIFACT_SCHEMA})",
