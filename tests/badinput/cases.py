@@ -290,7 +290,8 @@ case(
     tarball("t", TREE),
 )
 case("build-tarball-not-a-tar", "build --tarball {t} --sha256 {t_sha}", 5, "not a readable tarball",
-     lambda ctx: (write("t", b"not a tarball at all")(ctx), ctx.vars.update(t_sha=sha256_of(ctx.inp / "t"))))  # fmt: skip
+     lambda ctx: (write("t", b"not a tarball at all")(ctx), ctx.vars.update(t_sha=sha256_of(ctx.inp / "t"))),
+     xfail="bug (not in the audit): tarfile's multi-line message makes the error span 5 lines before its hint")  # fmt: skip
 case("build-tarball-truncated", "build --tarball {t} --sha256 {t_sha}", 5, "not a readable tarball",
      lambda ctx: (tarball("t", TREE)(ctx), _truncate(ctx, "t")))  # fmt: skip
 case("build-tarball-not-llama", "build --tarball {t} --sha256 {t_sha}", 5, "not a llama.cpp",
@@ -423,7 +424,8 @@ def artifact(var: str, extra: list[tuple[tarfile.TarInfo, bytes | None]], meta: 
     """An artifact tarball: artifact.json first, then (optionally) a manifest and `extra` members."""
 
     def setup(ctx: Ctx) -> None:
-        bid = str((meta or META_OK).get("build_id", "cpu-feedfacecafe"))
+        doc = meta or META_OK
+        bid = str(doc.get("build_id", "cpu-feedfacecafe")) if isinstance(doc, dict) else "cpu-feedfacecafe"
         members: list[tuple[tarfile.TarInfo, bytes | None]] = [
             tdir(bid),
             tfile(f"{bid}/artifact.json", json.dumps(meta or META_OK).encode()),
@@ -740,8 +742,7 @@ case(
     ("part", "missing"),
     split_part_missing,
 )
-case("model-add-sha256-not-hex", "model add {g} --sha256 xyz", 2, "not a sha256", lambda ctx: ctx.vars.update(g=str(valid_gguf(ctx.inp / "g.gguf"))),
-     xfail="audit: `--sha256 xyz` isn't validated (wrong-exit-code list)")  # fmt: skip
+case("model-add-sha256-not-hex", "model add {g} --sha256 xyz", 2, "not a sha256", lambda ctx: ctx.vars.update(g=str(valid_gguf(ctx.inp / "g.gguf"))))  # fmt: skip
 case(
     "model-add-wrong-sha256",
     "model add {g} --sha256 " + SHA_A,
@@ -828,8 +829,7 @@ case(
     "invalid model name",
     gguf_url(gguf_bytes()),
 )
-case("pull-sha256-not-hex", "model pull {u} --sha256 xyz", 2, "not a sha256", gguf_url(gguf_bytes()),
-     xfail="audit: `--sha256 xyz` isn't validated (wrong-exit-code list)")  # fmt: skip
+case("pull-sha256-not-hex", "model pull {u} --sha256 xyz", 2, "not a sha256", gguf_url(gguf_bytes()))  # fmt: skip
 case("pull-404", "model pull {u} --name pm", 3, "404", serve("u", reply(404, b"no")))
 case("pull-500", "model pull {u} --name pm", 13, "500", serve("u", reply(500, b"oops")), timeout=120)
 case(
@@ -1028,7 +1028,7 @@ case("instance-add-bad-host", (*ADD, "--host", "not a host!"), 2, ("host", "not 
 case("instance-add-host-with-cr", (*ADD, "--host", "127.0.0.1\rExecStartPre=/bin/true", "--insecure-no-api-key"), 2,
      ("host", "control character"), bm, xfail=F3.format("--host"))  # fmt: skip
 case("instance-add-api-key-relative", (*ADD, "--api-key-file", "key.txt"), 2, "api-key-file", bm)
-case("instance-add-api-key-with-cr", (*ADD, "--api-key-file", cr("/etc/key")), 2, ("control character", "api-key"), bm, INJ,
+case("instance-add-api-key-with-cr", (*ADD, "--api-key-file", "{crkey}"), 2, ("control character", "api-key"), bm, INJ, lambda ctx: _cr_key(ctx),
      xfail=F3.format("--api-key-file"))  # fmt: skip
 case("instance-add-memory-max-words", (*ADD, "--memory-max", "lots"), 2, ("memory-max", "lots"), bm,
      xfail="finding 3: `--memory-max lots` is accepted and then silently ignored by systemd")  # fmt: skip
@@ -1086,6 +1086,14 @@ case(
 case("instance-add-model-is-corrupt", ADD, 9, ("alignment", "corrupt"), bm,
      lambda ctx: (ctx.inp / "m.gguf").write_bytes(gguf_bytes(kvs=(*LLAMA_KV, k("general.alignment", GGUF_U32, 3)))),
      xfail="bug (not in the audit): instance add does not re-validate a registered model whose file is now corrupt")  # fmt: skip
+
+
+def _cr_key(ctx: Ctx) -> None:
+    """An existing key file whose path smuggles a directive after a CR (its folders are made to fit)."""
+    p = ctx.inp / f"key\rExecStartPre=/bin/touch {ctx.vars['marker_inj']}"
+    p.parent.mkdir(parents=True)
+    p.write_text("secret\n")
+    ctx.vars["crkey"] = str(p)
 
 
 def _cr_model(ctx: Ctx) -> None:

@@ -17,6 +17,8 @@ import socket
 import ssl
 import stat
 import struct
+import subprocess
+import sys
 import tarfile
 import threading
 import time
@@ -25,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tests.helpers import CliResult, nativellm
+from tests.helpers import CliResult
 
 # --------------------------------------------------------------------------------------- the sandbox
 
@@ -38,6 +40,7 @@ class Ctx:
     vars: dict[str, str] = field(default_factory=dict)
     env: dict[str, str] = field(default_factory=dict)
     markers: list[Path] = field(default_factory=list)  # paths a hostile input aims at: must not appear
+    utf8: bool = True  # the last run's output was valid UTF-8
     _stack: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)
 
     def __post_init__(self) -> None:
@@ -104,8 +107,19 @@ class Ctx:
         self._stack.close()
 
     def run(self, argv: list[str], timeout: float) -> CliResult:
-        """The command under test: the real CLI in a child process."""
-        return nativellm(*argv, home=self.home, env=self.env, timeout=timeout)
+        """The command under test: the real CLI in a child process, as tests.helpers.nativellm runs it
+        (same interpreter, environment and NATIVELLM_HOME), except that output which is not UTF-8 is
+        decoded with replacement characters and flagged (`utf8`) instead of crashing the runner."""
+        t0 = time.monotonic()
+        proc = subprocess.run(
+            [sys.executable, "-m", "nativellm", *argv],
+            capture_output=True,
+            env={**os.environ, "NATIVELLM_HOME": str(self.home), **self.env},
+            timeout=timeout,
+        )
+        out, err = (b.decode("utf-8", "replace") for b in (proc.stdout, proc.stderr))
+        self.utf8 = out.encode() == proc.stdout and err.encode() == proc.stderr
+        return CliResult(proc.returncode, out, err, time.monotonic() - t0)
 
     def prepare(self, *argv: str) -> None:
         """Prepare state through the real CLI's commands, in this process (a child process per setup

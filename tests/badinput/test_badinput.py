@@ -32,7 +32,7 @@ def _params() -> list[object]:
     return params
 
 
-def grade(case: Case, code: int, stderr: str, changes: list[str]) -> dict[str, object]:
+def grade(case: Case, code: int, stderr: str, changes: list[str], utf8: bool = True) -> dict[str, object]:
     """What went wrong with one run, as counted in the session summary."""
     lines = stderr.splitlines()
     errors = [i for i, line in enumerate(lines) if line.startswith("error: ")]
@@ -45,7 +45,7 @@ def grade(case: Case, code: int, stderr: str, changes: list[str]) -> dict[str, o
         "code": code,
         "wrong_code": code != case.code,
         "internal_error": any("internal error" in line for line in lines),
-        "messy": "Traceback" in stderr or not hint_ok,
+        "messy": "Traceback" in stderr or not hint_ok or not utf8,
         "needle_missing": not (len(errors) == 1 and case.matches(lines[errors[0]])),
         "forbidden": [n for n in case.not_in if len(errors) == 1 and n.lower() in lines[errors[0]].lower()],
         "state_changed": bool(changes),
@@ -79,7 +79,9 @@ def test_bad_input(case: Case, tmp_path: Path) -> None:
     finally:
         ctx.close()
     appeared = [f"+ {m}" for m in ctx.markers if m.exists() or m.is_symlink()]
-    result = grade(case, res.returncode, res.stderr, kept(case, tmp_path, diff(before, after)) + appeared)
+    result = grade(
+        case, res.returncode, res.stderr, kept(case, tmp_path, diff(before, after)) + appeared, ctx.utf8
+    )
     record(result)
     where = (
         f"argv={argv}\nexit {res.returncode}\nstderr:\n{res.stderr[-3000:]}\nstdout:\n{res.stdout[-1000:]}"
@@ -88,7 +90,10 @@ def test_bad_input(case: Case, tmp_path: Path) -> None:
     check("Traceback" not in res.stderr, where)
     check(not result["internal_error"], where)
     check(res.returncode == case.code, f"expected exit {case.code}\n{where}")
-    check(not result["messy"], f"not exactly one error: line followed by a hint: line\n{where}")
+    check(
+        not result["messy"],
+        f"not exactly one error: line followed by a hint: line (or output not UTF-8)\n{where}",
+    )
     check(not result["needle_missing"], f"the error line does not match {case.needle!r}\n{where}")
     check(not result["forbidden"], f"the error line says {result['forbidden']}\n{where}")
     check(not result["state_changed"], "state changed:\n" + "\n".join(result["changes"]) + f"\n{where}")  # type: ignore[arg-type]
