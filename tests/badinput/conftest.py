@@ -46,6 +46,7 @@ def summary(results: list[dict[str, Any]]) -> dict[str, Any]:
             1 for r in results if (r["needle_missing"] or r["forbidden"]) and not r["messy"]
         ),
         "state_changed": sum(1 for r in results if r["state_changed"]),
+        "timed_out": sum(1 for r in results if r.get("timed_out")),
         "marked_xfail": sum(1 for r in results if r["xfail"]),
         "not_clean": [
             {k: r[k] for k in ("id", "expected_code", "code", "error_line", "xfail", "changes")}
@@ -72,10 +73,11 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
         ("messy output (traceback / no hint)", doc["messy_output"]),
         ("wrong message", doc["wrong_message"]),
         ("state changed", doc["state_changed"]),
+        ("timed out (also a wrong code, messy)", doc["timed_out"]),
         ("cases marked xfail (known findings)", doc["marked_xfail"]),
     ]
     for label, n in rows:
-        tr.write_line(f"  {label:<38} {n:>4}")
+        tr.write_line(f"  {label:<40} {n:>4}")
     for r in doc["not_clean"]:
         tr.write_line(
             f"  not clean: {r['id']} (exit {r['code']}, want {r['expected_code']}){' [xfail]' if r['xfail'] else ''}"

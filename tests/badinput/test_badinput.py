@@ -74,6 +74,7 @@ def test_bad_input(case: Case, tmp_path: Path) -> None:
         try:
             res = ctx.run(argv, timeout=case.timeout)
         except subprocess.TimeoutExpired:
+            record({**grade(case, -1, "", []), "timed_out": True, "wrong_code": True, "messy": True})
             raise BadOutcome(f"{argv} ran past {case.timeout} s") from None
         after = snapshot(ctx.watched())
     finally:
