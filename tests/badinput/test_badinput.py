@@ -79,10 +79,9 @@ def test_bad_input(case: Case, tmp_path: Path) -> None:
         after = snapshot(ctx.watched())
     finally:
         ctx.close()
-    appeared = [f"+ {m}" for m in ctx.markers if m.exists() or m.is_symlink()]
-    result = grade(
-        case, res.returncode, res.stderr, kept(case, tmp_path, diff(before, after)) + appeared, ctx.utf8
-    )
+    changes = kept(case, tmp_path, diff(before, after))
+    changes += [f"+ {m}" for m in ctx.markers if (m.exists() or m.is_symlink()) and f"+ {m}" not in changes]
+    result = grade(case, res.returncode, res.stderr, changes, ctx.utf8)
     record(result)
     where = (
         f"argv={argv}\nexit {res.returncode}\nstderr:\n{res.stderr[-3000:]}\nstdout:\n{res.stdout[-1000:]}"
