@@ -13,7 +13,7 @@ echo "== ruff"; ruff check src tests benchmarks; ruff format --check src tests b
 echo "== mypy"; mypy; mypy tests
 echo "== pytest"
 # Every tier by name (a bare `pytest` runs only tests/unit), unless the arguments name tests themselves.
-tiers=(tests/unit tests/fuzz tests/integration tests/e2e)
+tiers=(tests/unit tests/fuzz tests/badinput tests/integration tests/e2e)
 for arg in "$@"; do
   case "$arg" in tests/*|./tests/*) tiers=(); break ;; esac
 done
