@@ -326,6 +326,15 @@ def _write(
         ) from None
 
 
+def missing(url: str) -> bool:
+    """True when `url` answers HEAD with 404: it is not there (other answers, including a server
+    that does not do HEAD, say nothing)."""
+    try:
+        return httpx.head(url, follow_redirects=True, timeout=30).status_code == 404
+    except httpx.HTTPError as exc:
+        raise DownloadError(f"cannot reach {url}: {exc}", "check the URL and the network") from exc
+
+
 def get_text(url: str) -> str | None:
     """A small text document over HTTP(S) (an index, a checksum sidecar); None on 404."""
     try:

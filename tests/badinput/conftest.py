@@ -61,8 +61,14 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
         return
     doc = summary(RESULTS)
     target = os.environ.get("NATIVELLM_BADINPUT_REPORT")
-    path = Path(target) if target else Path(str(config.cache.mkdir("badinput"))) / "report.json"
-    path.write_text(json.dumps(doc, indent=2) + "\n")
+    cache = getattr(config, "cache", None)  # absent under -p no:cacheprovider
+    path: Path | None = None
+    if target:
+        path = Path(target)
+    elif cache is not None:
+        path = Path(str(cache.mkdir("badinput"))) / "report.json"
+    if path is not None:
+        path.write_text(json.dumps(doc, indent=2) + "\n")
     tr = terminalreporter
     tr.section("bad-input tier")
     rows = [
@@ -82,4 +88,5 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
         tr.write_line(
             f"  not clean: {r['id']} (exit {r['code']}, want {r['expected_code']}){' [xfail]' if r['xfail'] else ''}"
         )
-    tr.write_line(f"  report: {path}")
+    if path is not None:
+        tr.write_line(f"  report: {path}")

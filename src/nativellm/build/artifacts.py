@@ -373,11 +373,9 @@ class InstallOutcome:
 
 
 def get_text(url: str) -> str | None:
-    """An index or checksum sidecar over HTTP; None on 404. Failures are artifact errors (exit 14)."""
-    try:
-        return download.get_text(url)
-    except DownloadError as exc:
-        raise ArtifactError(exc.message, exc.hint) from None
+    """An index, signature or checksum sidecar over HTTP; None on 404. A transport failure or an
+    HTTP error is a download error (exit 13), like any other fetch."""
+    return download.get_text(url)
 
 
 def _sidecar_sha(location: str) -> str | None:
@@ -431,9 +429,17 @@ def trusted_sha(paths: Paths, opts: InstallOptions, reporter: Reporter) -> tuple
     `.sha256` sidecar as before."""
     if opts.vouched_by is not None and opts.sha256:
         return validate_sha256(opts.sha256.lower(), "sha256"), opts.vouched_by
+    if opts.sha256:  # a typo in --sha256 is a usage error, whatever the signature says
+        validate_sha256(opts.sha256)
+    is_url = URL_RE.match(opts.location) is not None
+    if not is_url and not Path(opts.location).expanduser().is_file():
+        raise NotFoundError(f"artifact {opts.location} does not exist", "check the path")
     trust = signing.load_trust(paths, opts.insecure_unsigned)
     name = file_name(opts.location)
-    verdict = signing.check_signature(signature_of(opts.location), "artifact", name, trust)
+    sig = signature_of(opts.location)
+    if sig is None and is_url and download.missing(opts.location):
+        raise NotFoundError(f"no artifact at {opts.location} (HTTP 404)", "check the URL")
+    verdict = signing.check_signature(sig, "artifact", name, trust)
     signed = signing.enforce(verdict, opts.location, trust, reporter)
     if signed is None:
         return _expected_sha(opts.location, opts.sha256), None
