@@ -199,7 +199,6 @@ case(
     "plan --source {inp}",
     5,
     "not a llama.cpp",
-    xfail="bug (not in the audit): `plan --source DIR` accepts a directory that is not a llama.cpp tree (exit 0)",
 )
 case("plan-cuda-without-gpu", "plan --backend cuda", 4, ("cuda", "nvidia", "gpu"))
 case("plan-hip-without-gpu", "plan --backend hip", 4, ("hip", "rocm", "amd", "gpu"))
@@ -278,8 +277,7 @@ case("build-cuda-without-gpu", "build --backend cuda --dry-run", 4, ("cuda", "nv
 case("build-define-without-value", "build --define NOPE --dry-run", 2, "NAME=VALUE")
 case("build-missing-profile", "build --profile {inp}/nope.json", 3, "does not exist")
 case("build-missing-tarball", "build --tarball {inp}/nope.tar.gz", 3, "does not exist")
-case("build-tarball-sha256-not-hex", "build --tarball {t} --sha256 xyz", 2, "sha256", tarball("t", TREE),
-     xfail="audit (--sha256 xyz): `build --tarball --sha256 xyz` exits 5 (source), install-artifact's 2 (usage)")  # fmt: skip
+case("build-tarball-sha256-not-hex", "build --tarball {t} --sha256 xyz", 2, "sha256", tarball("t", TREE))  # fmt: skip
 case(
     "build-tarball-wrong-sha256",
     ("build", "--tarball", "{t}", "--sha256", SHA_A),
@@ -310,8 +308,7 @@ case("build-tarball-device-node", "build --tarball {t} --sha256 {t_sha}", 5, ("u
 case("build-tarball-fifo", "build --tarball {t} --sha256 {t_sha}", 5, ("unsafe", "fifo", "special"),
      tarball("t", [*TREE, tspecial("llama.cpp/pipe", tarfile.FIFOTYPE)]))  # fmt: skip
 case("build-tarball-setuid", "build --tarball {t} --sha256 {t_sha}", 5, ("unsafe", "setuid", "mode"),
-     tarball("t", [*TREE, tfile("llama.cpp/suid", b"#!/bin/sh\n", mode=0o4755)]),
-     xfail="finding 1: setuid/setgid bits are kept (refused by the safe extractor)")  # fmt: skip
+     tarball("t", [*TREE, tfile("llama.cpp/suid", b"#!/bin/sh\n", mode=0o4755)]))  # fmt: skip
 case("build-tarball-bomb", "build --tarball {t} --sha256 {t_sha}", 5, ("too large", "ratio", "size", "unsafe"),
      tarball("t", [*TREE, big_zero_member()]), timeout=120)  # fmt: skip
 case("build-tarball-url-404", "build --tarball {u} --sha256 " + SHA_A, 3, "404",
@@ -390,8 +387,7 @@ case("pack-unknown-build", "pack cpu-nosuch", 3, "no build", build)
 case("pack-bad-compression", "pack --compression lzma", 2, "lzma", build)
 case("pack-single-binary-of-normal-build", "pack --single-binary", 2, "single", build)
 case("pack-missing-binary", "pack -o {inp}", 14, ("llama-server", "missing", "manifest"),
-     build, lambda ctx: (ctx.data / "builds" / "cpu-0123456789ab" / "bin" / "llama-server").unlink(),
-     xfail="bug (not in the audit): `pack` of a build whose llama-server is gone succeeds")  # fmt: skip
+     build, lambda ctx: (ctx.data / "builds" / "cpu-0123456789ab" / "bin" / "llama-server").unlink())  # fmt: skip
 
 # =================================================================================== artifacts index
 case("artifacts-index-missing-dir", "artifacts index {inp}/nowhere", 3, "not a directory")

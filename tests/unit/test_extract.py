@@ -192,19 +192,27 @@ def test_device_nodes_and_fifos_are_refused(tmp_path: Path, into: Path, kind: by
     _nothing_left(tmp_path, into)
 
 
-def test_setuid_bits_and_archive_owners_are_not_kept(tmp_path: Path, into: Path) -> None:
-    suid, _ = _file("top/bin/su", b"#!x", mode=0o4755, uid=4242, gid=4242)
-    suid.uname = suid.gname = "nobody"
-    sgid, _ = _file("top/bin/sg", b"#!x", mode=0o2777)
+@pytest.mark.parametrize(("name", "mode"), [("top/bin/su", 0o4755), ("top/bin/sg", 0o2777)])
+def test_setuid_and_setgid_files_are_refused(tmp_path: Path, into: Path, name: str, mode: int) -> None:
+    """As root, a kept setuid bit would hand out root: such a member is refused, and nothing is left."""
+    archive = _tar(tmp_path / "suid.tar.gz", [_file("top/ok"), _file(name, b"#!x", mode=mode)])
+    _refused(archive, into, "setuid or setgid")
+    _nothing_left(tmp_path, into)
+
+
+def test_sticky_and_write_bits_and_archive_owners_are_not_kept(tmp_path: Path, into: Path) -> None:
+    exe, _ = _file("top/bin/tool", b"#!x", mode=0o777, uid=4242, gid=4242)
+    exe.uname = exe.gname = "nobody"
     sticky = _info("top/tmp", tarfile.DIRTYPE, mode=0o1777)
-    archive = _tar(tmp_path / "modes.tar.gz", [(suid, b"#!x"), (sgid, b"#!x"), (sticky, None)])
+    setgid_dir = _info("top/shared", tarfile.DIRTYPE, mode=0o2775)  # group inheritance: dropped, not refused
+    archive = _tar(tmp_path / "modes.tar.gz", [(exe, b"#!x"), (sticky, None), (setgid_dir, None)])
     top = extract_archive(archive, into, ArtifactError)
-    for name in ("bin/su", "bin/sg", "tmp"):
+    for name in ("bin/tool", "tmp", "shared"):
         st = (top / name).lstat()
         assert not st.st_mode & (stat.S_ISUID | stat.S_ISGID | stat.S_ISVTX), name
         assert not st.st_mode & (stat.S_IWGRP | stat.S_IWOTH), name
         assert (st.st_uid, st.st_gid) == (os.getuid(), os.getgid()), f"{name} kept the archive's owner"
-    assert stat.S_IMODE((top / "bin" / "su").stat().st_mode) == 0o755
+    assert stat.S_IMODE((top / "bin" / "tool").stat().st_mode) == 0o755
 
 
 def test_size_caps_per_member_total_and_count(tmp_path: Path, into: Path) -> None:

@@ -182,6 +182,7 @@ def _members(rec: BuildRecord) -> Iterator[tuple[Path, str]]:
 def _write_tar(raw: IO[bytes], rec: BuildRecord, meta: Mapping[str, Any], mtime: int) -> None:
     def norm(ti: tarfile.TarInfo) -> tarfile.TarInfo:
         ti.mtime, ti.uid, ti.gid, ti.uname, ti.gname = mtime, 0, 0, "", ""
+        ti.mode &= 0o777  # no setuid/setgid/sticky (a setgid store dir): hosts refuse such members
         return ti
 
     with tarfile.open(fileobj=raw, mode="w|", format=tarfile.PAX_FORMAT) as tar:
@@ -249,6 +250,13 @@ def pack(paths: Paths, opts: PackOptions) -> PackOutcome:
             )
     else:
         rec = store.get(opts.build_id)
+    # What is packed is what was smoke-tested: a binary changed or lost since then is not shipped.
+    _verify_binaries(
+        rec.path,
+        rec.manifest,
+        f"build {rec.id}",
+        "it changed after it was installed: rebuild it with `nativellm build`, or pack another build",
+    )
     comp = _compression(opts.compression)
     meta = artifact_meta(rec.manifest)
     name = f"nativellm-{rec.id}-{meta['variant']}.tar.{comp}"
@@ -485,13 +493,15 @@ def _by_artifact_sha(store: Store, sha: str) -> BuildRecord | None:
     )
 
 
-def _verify_binaries(top: Path, manifest: Mapping[str, Any]) -> None:
+def _verify_binaries(
+    top: Path, manifest: Mapping[str, Any], where: str = "the artifact", hint: str = "pack the build again"
+) -> None:
     for rel, want in manifest.get("binaries", {}).items():
         p = top / rel
-        if not p.is_file() or sha256_file(p) != want:
-            raise ArtifactError(
-                f"{rel} in the artifact does not match its manifest sha256", "pack the build again"
-            )
+        if not p.is_file():
+            raise ArtifactError(f"{rel} is missing from {where}", hint)
+        if sha256_file(p) != want:
+            raise ArtifactError(f"{rel} in {where} does not match its manifest sha256", hint)
 
 
 def _already(

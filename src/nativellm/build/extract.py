@@ -8,8 +8,8 @@ destination (checking every member first, against an empty directory, did not se
 
 - absolute names, `..`, links (sym and hard) whose target resolves outside, device, FIFO and other
   special members, and a second member for a path that already exists are refused;
-- setuid, setgid and sticky bits and group/other write bits are dropped; nothing is chowned, so files
-  belong to whoever extracts (root on a fleet host), never to the archive's uid;
+- setuid and setgid files are refused; other special bits and group/other write bits are dropped; nothing
+  is chowned, so files belong to whoever extracts (root on a fleet host), never to the archive's uid;
 - total bytes, bytes per member, member count, header bytes and the compression ratio are capped
   while streaming (gz, bz2, xz through the standard library, zstd through `zstandard`);
 - the work happens in a temp dir beside the destination that is renamed into place only when every
@@ -206,6 +206,10 @@ class _Writer:
                 raise _Refused(
                     member.name, str(exc).replace(repr(member.name), "").strip() or "is unsafe"
                 ) from None
+        if member.mode & 0o6000 and member.isreg():
+            # Nothing nativellm unpacks needs them, and as root they would hand out root. (On a
+            # directory setgid only means group inheritance: dropped below, like the sticky bit.)
+            raise _Refused(member.name, f"has the setuid or setgid bit (mode {member.mode:o})")
         if not (member.isreg() or member.isdir() or member.issym() or member.islnk()):
             kind = (
                 "a device node"

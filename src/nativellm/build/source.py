@@ -21,6 +21,7 @@ from nativellm.build.extract import extract_archive
 from nativellm.download import download_url, forget_part
 from nativellm.errors import NotFoundError, SourceError
 from nativellm.fsutil import sha256_file
+from nativellm.specs import validate_sha256
 
 DEFAULT_REPO = "https://github.com/ggml-org/llama.cpp"
 # The pinned release tag that `nativellm build` uses when no source is given: llama.cpp b11312,
@@ -72,7 +73,8 @@ def tree_hash(root: Path) -> str:
     return h.hexdigest()
 
 
-def _check_tree(path: Path) -> None:
+def check_tree(path: Path) -> None:
+    """A llama.cpp source tree has CMakeLists.txt and ggml/ at its top; anything else is refused."""
     if not (path / "CMakeLists.txt").is_file() or not (path / "ggml").is_dir():
         raise SourceError(
             f"{path} is not a llama.cpp source tree (no CMakeLists.txt and ggml/)",
@@ -84,7 +86,7 @@ def resolve_local(directory: Path) -> Source:
     path = directory.expanduser().resolve()
     if not path.is_dir():
         raise NotFoundError(f"source directory {directory} does not exist", "check the --source path")
-    _check_tree(path)
+    check_tree(path)
     identity: dict[str, Any] = {"kind": "directory", "path": str(path), "tree_sha256": tree_hash(path)}
     if (path / ".git").exists():
         head = run.probe(["git", "-C", str(path), "rev-parse", "HEAD"])
@@ -137,7 +139,7 @@ def resolve_tarball(
         tmp = Path(tempfile.mkdtemp(dir=cache, prefix=".extract-"))
         try:
             top = _safe_extract(archive, tmp)
-            _check_tree(top)
+            check_tree(top)
             os.rename(top, dest)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -190,7 +192,7 @@ def resolve_git(ref: str, repo: str, cache: Path) -> Source:
                         f"cannot fetch llama.cpp {ref} from {repo}: {last}",
                         "check the tag name and network access, or build from --source DIR / --tarball",
                     )
-            _check_tree(tmp)
+            check_tree(tmp)
             os.rename(tmp, dest)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -210,10 +212,8 @@ def check_request(req: SourceRequest) -> None:
         and not Path(req.tarball).expanduser().is_file()
     ):
         raise NotFoundError(f"tarball {req.tarball} does not exist", "check the --tarball path")
-    if req.sha256 is not None and not re.fullmatch(r"[0-9a-fA-F]{64}", req.sha256):
-        raise SourceError(
-            f"--sha256 {req.sha256!r} is not 64 hex digits", "copy the full sha256 of the tarball"
-        )
+    if req.sha256 is not None:
+        validate_sha256(req.sha256)  # a typo is a usage error (2), as for install-artifact and model add
 
 
 def resolve_source(

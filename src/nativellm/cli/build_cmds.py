@@ -122,7 +122,7 @@ def plan(
 ) -> None:
     """Show the CMake defines a build would use, each with its reason (BuildPlan)."""
     from nativellm.build.plan import plan_build
-    from nativellm.build.source import SourceRequest, check_request
+    from nativellm.build.source import SourceRequest, check_request, check_tree
     from nativellm.build.tree import read_tree_options
     from nativellm.hardware import detect_host
     from nativellm.hardware.profile import load_profile
@@ -134,6 +134,7 @@ def plan(
         result = plan_build(host, opts)
     else:
         check_request(SourceRequest(directory=source))
+        check_tree(source.expanduser().resolve())
         result = plan_build(host, opts, read_tree_options(source.expanduser()))
     if json_out:
         emit_json(result.to_dict())
