@@ -501,18 +501,16 @@ case("install-https-self-signed", "install-artifact {u} --sha256 " + SHA_A, 13, 
      not_in=("attempts", "is kept"))  # fmt: skip
 case("install-http-unsigned", "install-artifact {u} --sha256 {a_sha}", 14, SIGNED,
      artifact("a", []), lambda ctx: ctx.vars.update(u=ctx.serve(reply(200, (ctx.inp / "nativellm-cpu-feedfacecafe-cpu.tar.gz").read_bytes())) + "/nativellm-x.tar.gz"))  # fmt: skip
-UPG = "bug (not in the audit): `upgrade` asks for systemd (exit 10) before it checks its own arguments"
 case("upgrade-without-manager", "upgrade --source {inp}", 10, "systemd is not reachable", build)
-case("upgrade-nothing-given", "upgrade", 2, ("--ref", "--source", "--artifact", "give"), build, xfail=UPG)
+case("upgrade-nothing-given", "upgrade", 2, ("--ref", "--source", "--artifact", "give"), build)
 case(
     "upgrade-missing-artifact",
     "upgrade --artifact {inp}/nope.tar.gz --sha256 " + SHA_A,
     3,
     "does not exist",
     build,
-    xfail=UPG,
 )
-case("upgrade-missing-source", "upgrade --source {inp}/nowhere", 3, "does not exist", build, xfail=UPG)
+case("upgrade-missing-source", "upgrade --source {inp}/nowhere", 3, "does not exist", build)
 case(
     "upgrade-sha256-not-hex",
     "upgrade --artifact {a} --sha256 xyz",
@@ -520,7 +518,6 @@ case(
     "not a sha256",
     build,
     artifact("a", []),
-    xfail=UPG,
 )
 case(
     "upgrade-unknown-instances",
@@ -528,17 +525,15 @@ case(
     3,
     ("nosuch", "no instance"),
     build,
-    xfail=UPG,
 )
 case("upgrade-artifact-symlink-chain", "upgrade --artifact {a}", 14, ("unsafe", "outside", "link", *SIGNED),
-     build, artifact_escape, xfail=UPG + "; then finding 1 (upgrade --artifact shares the unsafe extractor)")  # fmt: skip
+     build, artifact_escape)  # fmt: skip
 case(
     "upgrade-canary-bad-name",
     ("upgrade", "--source", "{inp}", "--canary", "../x"),
     2,
     "invalid instance name",
     build,
-    xfail=UPG,
 )
 
 # ============================================================================================= GGUFs
@@ -992,7 +987,7 @@ case("instance-add-port-zero", (*ADD[:-1], "0"), 2, "port", bm)
 case("instance-add-port-too-big", (*ADD[:-1], "70000"), 2, "port", bm)
 case("instance-add-port-not-int", (*ADD[:-1], "http"), 2, "--port", bm)
 case("instance-add-port-taken-by-instance", ("instance", "add", "q5", "--model", "m", "--no-systemd", "--port", "18080"), 12,
-     ("18080", "in use", "port"), instance, xfail="audit: a port in use exits 10 (the README says 12)")  # fmt: skip
+     ("18080", "in use", "port"), instance)  # fmt: skip
 case("instance-add-port-in-use", ("instance", "add", "q5", "--model", "m", "--no-systemd", "--port", "{busy}"), 12,
      ("in use", "port"), bm, lambda ctx: ctx.vars.update(busy=str(ctx.listen())))  # fmt: skip
 case("instance-add-public-without-key", (*ADD, "--host", "0.0.0.0"), 10, "API key", bm)
@@ -1048,8 +1043,7 @@ case(
     bm,
 )
 case("instance-add-model-is-corrupt", ADD, 9, ("alignment", "corrupt"), bm,
-     lambda ctx: (ctx.inp / "m.gguf").write_bytes(gguf_bytes(kvs=(*LLAMA_KV, k("general.alignment", GGUF_U32, 3)))),
-     xfail="bug (not in the audit): instance add does not re-validate a registered model whose file is now corrupt")  # fmt: skip
+     lambda ctx: (ctx.inp / "m.gguf").write_bytes(gguf_bytes(kvs=(*LLAMA_KV, k("general.alignment", GGUF_U32, 3)))))  # fmt: skip
 
 
 def _cr_key(ctx: Ctx) -> None:
@@ -1149,10 +1143,9 @@ case("logs-negative-lines", "logs q4 -n -1", 2, "--lines", instance)
 case("run-unknown", "run nosuch", 3, "nosuch")
 case("run-no-build", "run q4", 3, ("no build", "build"), instance, lambda ctx: _drop_builds(ctx))
 case("run-port-in-use", "run q4", 12, ("in use", "port"), instance,
-     lambda ctx: _spec_port(ctx, ctx.listen()), xfail="audit: a port in use exits 10 (the README says 12)", timeout=30)  # fmt: skip
+     lambda ctx: _spec_port(ctx, ctx.listen()), timeout=30)  # fmt: skip
 case("run-model-file-gone", "run q4", 9, ("does not exist", "missing", "m.gguf"), instance,
-     lambda ctx: (ctx.inp / "m.gguf").unlink(), timeout=30,
-     xfail="bug (not in the audit): `run` execs llama-server without checking the model file exists")  # fmt: skip
+     lambda ctx: (ctx.inp / "m.gguf").unlink(), timeout=30)  # fmt: skip
 case("status-corrupt-spec", "status", 10, "not valid TOML", instance, spec_text("[[[["))
 case("status-port-string", "status", 10, "port", instance, spec_text(TOML_OK.replace("18080", '"abc"')))  # fmt: skip
 
@@ -1206,10 +1199,8 @@ case(
     "problem",
     instance,
     spec_text("[[[["),
-    xfail="bug (not in the audit): doctor stops at a corrupt spec (exit 10) instead of listing it as a finding",
 )
-case("doctor-malformed-index", "doctor", 15, "problem", index_text("{not json"),
-     xfail="bug (not in the audit): doctor stops at an unreadable models/index.json (exit 9) instead of listing it")  # fmt: skip
+case("doctor-malformed-index", "doctor", 15, "problem", index_text("{not json"))
 case(
     "doctor-model-changed",
     "doctor",

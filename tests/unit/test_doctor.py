@@ -185,3 +185,33 @@ def test_missing_libraries_parses_ldd_not_found_lines() -> None:
     )
     assert missing_libraries(ldd) == ["libcudart.so.13", "libcublas.so.13"]
     assert missing_libraries("\tnot a dynamic executable\n") == []
+
+
+def test_a_damaged_model_index_is_a_finding_not_the_end(store: Store) -> None:
+    """An unreadable models/index.json is listed with the model registry's fix (no ModelError)."""
+    from nativellm.ops.doctor import check_models
+
+    index = store.paths.models / "index.json"
+    index.parent.mkdir(parents=True, exist_ok=True)
+    index.write_text("{not json")
+    (problem,) = check_models(store.paths)
+    assert not problem.ok and "index.json is damaged" in problem.message and "backup" in problem.fix
+    assert index.read_text() == "{not json"  # doctor only reads
+
+
+def test_a_corrupt_spec_is_a_finding_and_the_other_instances_are_still_checked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from nativellm.ops.doctor import check_instances
+    from nativellm.serve.instances import InstanceOptions, Instances
+    from tests.unit.test_instances import _profile, _today, make_paths
+
+    paths = make_paths(tmp_path, monkeypatch)
+    inst = Instances(paths, None, profile=_profile, port_in_use=lambda port, host: False, server_flags=_today)
+    inst.add("q4", InstanceOptions(model=str(tmp_path / "m.gguf"), port=8090))
+    (paths.config / "instances" / "bad.toml").write_text("[[[[")
+    found = check_instances(inst, linger=lambda: True, port_in_use=lambda p, h: p == 8090)
+    problems = [f for f in found if not f.ok]
+    assert len(problems) == 2, problems
+    assert "bad.toml is not valid TOML" in problems[0].message and problems[0].fix
+    assert "q4's port 8090 is taken" in problems[1].message  # q4 was still checked

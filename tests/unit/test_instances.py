@@ -118,7 +118,7 @@ def test_duplicate_name_and_port_of_another_instance(paths: Paths) -> None:
     inst.add("q4", InstanceOptions(model=_model(paths), port=8100))
     with pytest.raises(InstanceError, match="already exists"):
         inst.add("q4", InstanceOptions(model=_model(paths), port=8101))
-    with pytest.raises(InstanceError, match="used by instance q4"):
+    with pytest.raises(ResourceError, match="port 8100 is already in use by instance q4"):
         inst.add("q8", InstanceOptions(model=_model(paths), port=8100))
 
 
@@ -199,6 +199,44 @@ def test_foreground_argv_reads_the_key_file_directly(paths: Paths, tmp_path: Pat
     assert argv[0] == str(paths.current / "bin" / "llama-server")
     assert argv[argv.index("--api-key-file") + 1] == str(key)
     assert "secret" not in " ".join(argv)
+
+
+def _registered(paths: Paths, tmp_path: Path) -> Path:
+    """A real GGUF registered as model "m" (linked in place)."""
+    from ggufs import write_gguf
+
+    from nativellm.models.registry import add_model
+
+    model = write_gguf(tmp_path / "reg.gguf")
+    add_model(paths, model, name="m")
+    return model
+
+
+def test_a_registered_model_damaged_since_model_add_is_refused_before_any_write(
+    paths: Paths, tmp_path: Path
+) -> None:
+    from nativellm.errors import ModelError
+
+    model = _registered(paths, tmp_path)
+    model.write_bytes(model.read_bytes()[:40])  # the header now ends mid-way
+    before = _snapshot(paths)
+    with pytest.raises(ModelError, match="model 'm': .*reg.gguf") as exc:
+        _instances(paths).add("q4", InstanceOptions(model="m", port=8100))
+    assert "model verify m" in exc.value.hint
+    assert _snapshot(paths) == before
+
+
+def test_run_checks_the_model_file_and_the_port_before_exec(paths: Paths, tmp_path: Path) -> None:
+    from nativellm.errors import ModelError
+
+    model = _registered(paths, tmp_path)
+    _instances(paths).add("q4", InstanceOptions(model="m", port=8100))
+    assert str(model) in _instances(paths).foreground_argv("q4")
+    with pytest.raises(ResourceError, match="port 8100 of instance q4 is in use"):
+        _instances(paths, busy=frozenset({8100})).foreground_argv("q4")
+    model.unlink()
+    with pytest.raises(ModelError, match="reg.gguf does not exist"):
+        _instances(paths).foreground_argv("q4")
 
 
 def test_spec_toml_round_trip_and_unknown_keys() -> None:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 import pytest
 
-from nativellm.errors import UsageError
+from nativellm.errors import NotFoundError, UsageError
 from nativellm.ops.upgrade import Step, UpgradeOutcome, build_of_exe, plan_rollout, rollback_error
 from nativellm.specs import InstanceSpec
 
@@ -52,7 +55,7 @@ def test_selected_subset() -> None:
 
 
 def test_unknown_instance_and_pinned_canary_are_refused() -> None:
-    with pytest.raises(UsageError, match="no instance named nope"):
+    with pytest.raises(NotFoundError, match="no instance named nope"):
         _plan(["nope"])
     with pytest.raises(UsageError, match="pinned"):
         _plan(canary="pinned")
@@ -110,3 +113,61 @@ def test_a_rebuild_keeps_the_current_builds_shape() -> None:
     no_ui = plan_like({"plan": {"backend": "cpu", "targets": ["llama-server"], "cmake_defines": {},
                                 "reasons": {"LLAMA_BUILD_UI": "--no-ui: llama-server serves no web UI"}}})  # fmt: skip
     assert not no_ui.ui  # --no-ui stays
+
+
+class _NoManager:
+    """A service manager that is not there: the upgrade must not get as far as asking."""
+
+    address = "unix:path=/nonexistent/bus"
+
+    def available(self) -> bool:
+        return False
+
+
+@pytest.mark.parametrize(
+    ("given", "error", "needle"),
+    [
+        ({}, UsageError, "give --ref, --source, --tarball or --artifact"),
+        ({"source": "nowhere"}, NotFoundError, "nowhere does not exist"),
+        ({"artifact": "nope.tar.gz", "sha256": "ab" * 32}, NotFoundError, "nope.tar.gz does not exist"),
+        ({"artifact": "a.tar.gz", "sha256": "xyz"}, UsageError, "is not a sha256"),
+        ({"artifact": "a.tar.gz"}, None, "sign"),  # an unsigned artifact: refused before systemd too
+        ({"source": ".", "instances": ("nosuch",)}, NotFoundError, "no instance named nosuch"),
+        ({"source": ".", "canary": "../x"}, UsageError, "invalid instance name"),
+        ({"source": ".", "instances": ("a\nb",)}, UsageError, "invalid instance name"),
+    ],
+)
+def test_arguments_are_checked_before_systemd_and_change_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, given: dict[str, Any], error: type | None, needle: str
+) -> None:
+    from nativellm.build.options import BuildOptions
+    from nativellm.build.source import SourceRequest
+    from nativellm.errors import ArtifactError, InstanceError, NativeLLMError
+    from nativellm.ops.upgrade import UpgradeOptions, upgrade
+    from tests.unit.test_instances import _snapshot, make_paths
+
+    paths = make_paths(tmp_path, monkeypatch)
+    (tmp_path / "a.tar.gz").write_bytes(b"not read: the signature is asked for first")
+    src = given.get("source")
+    build = BuildOptions(source=SourceRequest(directory=tmp_path / src)) if src else None
+    art = str(tmp_path / given["artifact"]) if "artifact" in given else None
+    opts = UpgradeOptions(build, art, given.get("sha256"), given.get("instances"), given.get("canary"))
+    before = _snapshot(paths)
+    with pytest.raises(NativeLLMError) as exc:
+        upgrade(paths, opts, _NoManager())  # type: ignore[arg-type]
+    assert not isinstance(exc.value, InstanceError), exc.value.message  # not "systemd is not reachable"
+    assert isinstance(exc.value, error or ArtifactError) and needle in exc.value.message
+    assert _snapshot(paths) == before
+
+
+def test_good_arguments_reach_the_systemd_check(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from nativellm.build.options import BuildOptions
+    from nativellm.build.source import SourceRequest
+    from nativellm.errors import InstanceError
+    from nativellm.ops.upgrade import UpgradeOptions, upgrade
+    from tests.unit.test_instances import make_paths
+
+    paths = make_paths(tmp_path, monkeypatch)
+    opts = UpgradeOptions(BuildOptions(source=SourceRequest(directory=tmp_path)))
+    with pytest.raises(InstanceError, match="systemd is not reachable on unix:path=/nonexistent/bus"):
+        upgrade(paths, opts, _NoManager())  # type: ignore[arg-type]

@@ -173,7 +173,11 @@ def check_disk(paths: Paths, minimum: int = MIN_FREE_BYTES) -> list[Finding]:
 
 def check_models(paths: Paths) -> list[Finding]:
     out: list[Finding] = []
-    for rec in ModelRegistry(paths).list():
+    try:
+        records = ModelRegistry(paths).list()
+    except NativeLLMError as exc:  # a damaged index is a finding, not the end of the checks
+        return [Finding("models", False, exc.message, exc.hint)]
+    for rec in records:
         try:
             verify_model(paths, rec.name)
         except NativeLLMError as exc:
@@ -188,10 +192,11 @@ def check_instances(
     port_in_use: Callable[[int, str], bool] | None = None,
 ) -> list[Finding]:
     """Rendered units match their specs, lingering is on for user instances, ports are ours."""
-    specs = inst.specs()
-    if not specs:
+    specs, unreadable = inst.specs_and_errors()
+    if not specs and not unreadable:
         return []
-    out: list[Finding] = []
+    # A spec that does not read is a finding; the others are still checked.
+    out = [Finding("instances", False, exc.message, exc.hint) for exc in unreadable]
     units: Path = inst.paths.units
     for rel, text in template_files().items():
         if (units / rel).is_file() and (units / rel).read_text() != text:

@@ -23,20 +23,20 @@ from pathlib import Path
 from typing import Any
 
 from nativellm import client
-from nativellm.build.artifacts import InstallOptions, install_artifact
+from nativellm.build.artifacts import InstallOptions, install_artifact, trusted_sha
 from nativellm.build.options import BuildOptions
 from nativellm.build.pipeline import build_llama
 from nativellm.build.plan import NO_UI_REASON, Backend, PlanOptions
-from nativellm.build.source import SourceRequest
+from nativellm.build.source import SourceRequest, check_request
 from nativellm.build.store import Store
-from nativellm.errors import NativeLLMError, ResourceError, UsageError
+from nativellm.errors import NativeLLMError, NotFoundError, ResourceError, UsageError
 from nativellm.fsutil import file_lock
 from nativellm.paths import Paths
 from nativellm.progress import Reporter, SilentReporter
 from nativellm.serve.dropins import base_url, unit_name
 from nativellm.serve.instances import Instances, Refresh
 from nativellm.serve.systemd import Systemd, reachable, require_reachable
-from nativellm.specs import InstanceSpec
+from nativellm.specs import InstanceSpec, validate_name
 
 
 class UpgradeError(NativeLLMError):
@@ -71,7 +71,7 @@ def plan_rollout(
     wanted = [canary] if canary else list(selected) if selected is not None else list(by_name)
     unknown = [n for n in wanted if n not in by_name]
     if unknown:
-        raise UsageError(f"no instance named {', '.join(unknown)}", "see `nativellm instance list`")
+        raise NotFoundError(f"no instance named {', '.join(unknown)}", "see `nativellm instance list`")
     if canary and by_name[canary].build != "current":
         raise UsageError(
             f"instance {canary} is pinned to build {by_name[canary].build}; a canary must follow current",
@@ -225,7 +225,9 @@ def _build_options(store: Store, given: BuildOptions | None) -> BuildOptions:
         req = SourceRequest(ref=str(src["ref"]), repo=str(src.get("repo") or SourceRequest().repo))
     else:
         raise UsageError(
-            "upgrade needs a new version", "give --ref TAG, --source DIR, --tarball X or --artifact FILE"
+            "upgrade needs a new version: give --ref, --source, --tarball or --artifact "
+            "(the current build's source cannot be fetched again)",
+            "for example `nativellm upgrade --ref TAG`, or `--artifact FILE` for a packed build",
         )
     return BuildOptions(plan=plan_like(cur.manifest), source=req)
 
@@ -244,6 +246,32 @@ def _instances(paths: Paths, sd: Systemd) -> Instances:
     return Instances(paths, sd)
 
 
+def check_upgrade(paths: Paths, store: Store, insts: Instances, opts: UpgradeOptions) -> BuildOptions | None:
+    """Everything an upgrade can refuse without systemd and without side effects: the names, the new
+    version (a source that exists, or an artifact that exists and is trusted) and the instances
+    selected. Returns the build options (None for --artifact)."""
+    if opts.canary and opts.instances is not None:
+        raise UsageError("--canary and --instances exclude each other", "give one of them")
+    for name in ((opts.canary,) if opts.canary is not None else ()) + (opts.instances or ()):
+        validate_name(name)
+    bopts = None
+    if opts.artifact is not None:
+        # Reads the signature (and sidecar) only: nothing is fetched, unpacked or run yet.
+        trusted_sha(
+            paths,
+            InstallOptions(
+                opts.artifact, opts.sha256, activate=False, insecure_unsigned=opts.insecure_unsigned
+            ),
+            SilentReporter(),
+        )
+    else:
+        bopts = _build_options(store, opts.build)
+        check_request(bopts.source)
+    plan_rollout(insts.specs(), selected=opts.instances, canary=opts.canary,
+                 running=lambda n: False, on_build=lambda n: None, new_id="")  # fmt: skip
+    return bopts
+
+
 def upgrade(
     paths: Paths, opts: UpgradeOptions, systemd: Systemd, reporter: Reporter | None = None
 ) -> UpgradeOutcome:
@@ -252,17 +280,15 @@ def upgrade(
     t0 = time.monotonic()
     store = Store(paths)
     insts = _instances(paths, systemd)
+    # The command's own arguments first (usage, not found, an untrusted artifact): a typo is
+    # answered as such on any host, before systemd is asked for and before minutes of compiling.
+    bopts = check_upgrade(paths, store, insts, opts)
     require_reachable(
         systemd,
         "upgrade restarts instances under systemd; on a host without it use `nativellm build` and restart by hand",
     )
-    if opts.canary and opts.instances is not None:
-        raise UsageError("--canary and --instances exclude each other", "give one of them")
     with _upgrade_lock(paths):
         previous = store.current_id()
-        # Bad names fail now, before minutes of compiling.
-        plan_rollout(insts.specs(), selected=opts.instances, canary=opts.canary,
-                     running=lambda n: False, on_build=lambda n: None, new_id="")  # fmt: skip
         if opts.artifact is not None:
             res = install_artifact(
                 paths,
@@ -273,7 +299,7 @@ def upgrade(
             )
             new_id = res.build_id
         else:
-            bopts = _build_options(store, opts.build)
+            assert bopts is not None  # check_upgrade gives build options whenever there is no artifact
             built = build_llama(paths, dataclasses.replace(bopts, activate=False, dry_run=False), rep)
             if built.build_id is None or built.record is None or not built.record.smoke_passed:
                 raise UpgradeError("the new build was not smoke-tested on this host", "build for this host")

@@ -30,6 +30,7 @@ from nativellm.errors import (
 from nativellm.hardware import detect_host
 from nativellm.hardware.profile import HostProfile
 from nativellm.models.fit import estimate_fit
+from nativellm.models.gguf import read_header
 from nativellm.models.registry import ModelRegistry
 from nativellm.paths import Paths, Scope
 from nativellm.serve import healthcheck
@@ -52,6 +53,7 @@ from nativellm.specs import (
     is_loopback,
     list_specs,
     load_spec,
+    read_spec_text,
     spec_path,
     validate_name,
     write_spec,
@@ -191,6 +193,23 @@ class Instances:
             f"no model named {model!r}", "see `nativellm model list`, or add one with `nativellm model add`"
         )
 
+    def _check_model(self, spec: InstanceSpec) -> None:
+        """A registered model's file(s) still exist and still parse as GGUF: a bounded header read
+        (no hashing), so a file deleted or damaged since `model add` is refused before anything is
+        written or exec'd. An unregistered path is _model_path's to check."""
+        rec = ModelRegistry(self.paths).find(spec.model)
+        if rec is None:
+            return
+        for part in rec.parts or (rec.path,):
+            try:
+                read_header(part)
+            except ModelError as exc:
+                raise ModelError(
+                    f"model {spec.model!r}: {exc.message}",
+                    f"check it with `nativellm model verify {spec.model}`, or remove it "
+                    f"(`nativellm model rm {spec.model}`) and add it again",
+                ) from None
+
     def _resolve(self, spec: InstanceSpec) -> Resolved:
         store = Store(self.paths)
         if spec.build == "current":
@@ -255,8 +274,8 @@ class Instances:
     def _check_port(self, spec: InstanceSpec, previous: InstanceSpec | None) -> None:
         owner = self._other_ports(spec.name).get(spec.port)
         if owner is not None:
-            raise InstanceError(  # a conflict between specs; a busy port (below) is a resource
-                f"port {spec.port} is already used by instance {owner}", "choose another --port"
+            raise ResourceError(  # a port is a resource, whether an instance or another process holds it
+                f"port {spec.port} is already in use by instance {owner}", "choose another --port"
             )
         ours = previous is not None and previous.port == spec.port
         if not ours and self._port_in_use(spec.port, spec.host):
@@ -334,6 +353,7 @@ class Instances:
                 f"change it with `nativellm instance edit {name}`, or remove it first",
             )
         self._check_port(spec, existing)
+        self._check_model(spec)
         warning = self._check_fit(spec, opts.force) or _insecure_warning(spec)
         files = self._files(spec)
         sd = self._require_systemd()
@@ -357,6 +377,8 @@ class Instances:
         existing = self.get(name)
         spec = self._pin(self._merge(name, existing, opts).validate())
         self._check_port(spec, existing)
+        if opts.model is not None:
+            self._check_model(spec)
         warning = self._check_fit(spec, opts.force) or _insecure_warning(spec)
         files = self._files(spec)
         sd = self._require_systemd()
@@ -444,6 +466,21 @@ class Instances:
 
     def specs(self) -> list[InstanceSpec]:
         return list_specs(self.paths.config)
+
+    def specs_and_errors(self) -> tuple[list[InstanceSpec], list[NativeLLMError]]:
+        """Every spec that reads, and the error of each one that does not (doctor lists those
+        instead of stopping at the first)."""
+        folder = self.paths.config / "instances"
+        specs: list[InstanceSpec] = []
+        errors: list[NativeLLMError] = []
+        for p in sorted(folder.glob("*.toml")) if folder.is_dir() else []:
+            try:
+                text = read_spec_text(p)
+                if text is not None:
+                    specs.append(InstanceSpec.from_toml(text, str(p)))
+            except NativeLLMError as exc:
+                errors.append(exc)
+        return specs, errors
 
     def rendered(self, name: str) -> dict[str, str]:
         """Unit-dir-relative path -> text, as `instance show` prints it."""
@@ -542,6 +579,14 @@ class Instances:
     def foreground_argv(self, name: str) -> list[str]:
         """`nativellm run NAME`: the unit's argv, with the key file read directly."""
         spec = self.get(name)
+        # What llama-server would only report after its exec (or not clearly): checked here.
+        self._check_model(spec)
+        if self._port_in_use(spec.port, spec.host):
+            raise ResourceError(
+                f"port {spec.port} of instance {name} is in use (by its own service, or another process)",
+                f"stop it (`nativellm stop {name}`), free the port, or move the instance: "
+                f"`nativellm instance edit {name} --port N`",
+            )
         r = self._resolve(spec)
         return server_argv(spec, r.server_binary, r.model_path, api_key_path=spec.api_key_file, flags=r.flags)
 
