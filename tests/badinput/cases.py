@@ -661,7 +661,7 @@ for gid in ("text", "version-99", "tensor-past-eof", "unknown-architecture", "al
 
 case("model-fit-huge-block-count", "model fit bad", 9, ("block_count", "corrupt", "layers"),
      lambda ctx: _registered(ctx, gguf_bytes(kvs=(*without("llama.block_count"), k("llama.block_count", GGUF_U32, 2_000_000_000))), "bad"),
-     timeout=30, xfail="finding 5: a huge block_count drives `model fit` to gigabytes")  # fmt: skip
+     timeout=30)  # fmt: skip
 case("instance-add-does-not-fit", ("instance", "add", "q5", "--model", "big", "--ctx", "1000000000", "--no-systemd", "--port", "{port}"), 9,
      "does not fit", build, lambda ctx: _registered(ctx, gguf_bytes(kvs=(*without("llama.context_length"), k("llama.context_length", GGUF_U32, 1 << 31))), "big"))  # fmt: skip
 
@@ -741,7 +741,7 @@ case(
 case("model-add-copy-name-existing", "model add {inp}/other.gguf --copy --name m", 9, ("already", "exists", "registered"),
      copy_existing_owned)  # fmt: skip
 case("model-add-path-with-cr", ("model", "add", "{crpath}", "--name", "crm"), 2, ("control character", "invalid"),
-     cr_in_model_path, xfail="finding 3: a model path with a carriage return is accepted and reaches Description=")  # fmt: skip
+     cr_in_model_path)  # fmt: skip
 case("model-inspect-unknown", "model inspect nosuch", 3, "nosuch")
 case("model-verify-unknown", "model verify nosuch", 3, "nosuch")
 case("model-verify-changed-file", "model verify m", 9, "sha256",
@@ -764,7 +764,6 @@ case(
     2,
     "ctx",
     model,
-    xfail="bug (not in the audit): `model fit --ctx -5` is accepted (exit 0)",
 )
 case("model-fit-missing-profile", "model fit m --profile {inp}/nope.json", 3, "does not exist", model)
 case("model-demo-bad-size", "model demo --size huge", 2, "huge")
@@ -788,8 +787,10 @@ def gguf_url(content: bytes) -> Setup:
 
 
 def part_is_dir(ctx: Ctx) -> None:
-    (ctx.data / "models" / "files" / "pm" / "model.gguf.part").mkdir(parents=True)
+    from nativellm.download import part_path  # the part file is keyed by the URL
+
     ctx.vars["u"] = ctx.serve(reply(200, gguf_bytes())) + "/model.gguf"
+    part_path(ctx.vars["u"], ctx.data / "models" / "files" / "pm" / "model.gguf").mkdir(parents=True)
 
 
 case("pull-bad-spec", "model pull ftp://example.org/x.gguf", 2, "cannot pull")
@@ -829,15 +830,13 @@ case(
 case("pull-corrupt-gguf", "model pull {u} --name pm", 9, "version", gguf_url(gguf_bytes(version=99)))
 case("pull-huge-tensor-index", "model pull {u} --name pm", 9, ("blk", "layer", "corrupt"),
      gguf_url(gguf_bytes(tensors=(("blk.999999999999.attn_q.weight", (8,)),))), timeout=15)  # fmt: skip
-case("pull-part-is-directory", "model pull {u} --name pm", 13, ("part", "directory"), part_is_dir,
-     xfail="audit: a directory where a .part file should be ends in an internal error")  # fmt: skip
+case("pull-part-is-directory", "model pull {u} --name pm", 13, ("part", "directory"), part_is_dir)  # fmt: skip
 case(
     "pull-hf-unreachable",
     "model pull hf:owner/repo/x.gguf --name pm",
     13,
     ("127.0.0.1", "connect", "huggingface"),
     timeout=120,
-    xfail="bug (not in the audit): an unreachable HF endpoint ends in an internal error (ConnectError)",
 )
 
 # ==================================================================================== import-ollama
@@ -915,8 +914,7 @@ case("ollama-blob-not-gguf", "model import-ollama tiny --ollama-dir {ollama}", 9
 case("ollama-template-digest-escape", "model import-ollama tiny --ollama-dir {ollama}", 9, ("digest", "template"),
      ollama_template_escape)  # fmt: skip
 case("ollama-bad-ref", ("model", "import-ollama", "tiny\r\n", "--ollama-dir", "{ollama}"), 2, ("invalid", "ref"),
-     ollama([{"mediaType": MODEL_MEDIA, "digest": GOOD_DIGEST}], {GOOD_DIGEST: GOOD_BLOB}),
-     xfail="finding 3/validators: an Ollama ref with control characters is not refused as a usage error")  # fmt: skip
+     ollama([{"mediaType": MODEL_MEDIA, "digest": GOOD_DIGEST}], {GOOD_DIGEST: GOOD_BLOB}))  # fmt: skip
 
 # ========================================================================================= instance
 ADD = ("instance", "add", "q5", "--model", "m", "--no-systemd", "--port", "{port}")
@@ -1034,7 +1032,7 @@ case("instance-add-rpc-bad-port", (*ADD, "--rpc", "10.0.0.1:99999"), 2, "rpc", b
 case("instance-add-extra-newline", (*ADD, "--", "--foo\nbar"), 2, ("newline", "control character"), bm)
 case("instance-add-extra-cr", (*ADD, "--", cr("--foo")), 2, ("control character", "newline"), bm, INJ)  # fmt: skip
 case("instance-add-model-path-cr", ("instance", "add", "q5", "--model", "crm", "--no-systemd", "--port", "{port}"), 2,
-     ("control character", "model"), lambda ctx: _cr_model(ctx), xfail=F3.format("the model path (Description=)"))  # fmt: skip
+     ("control character", "model"), lambda ctx: _cr_model(ctx))  # fmt: skip
 case(
     "instance-add-no-systemd-manager",
     ("instance", "add", "q5", "--model", "m", "--port", "{port}"),
@@ -1172,14 +1170,13 @@ case(
     "bench x --url ftp://127.0.0.1/",
     2,
     "url",
-    xfail="bug (not in the audit): `bench --url ftp://...` is accepted (exit 0)",
 )
 case("bench-bad-concurrency", "bench x --url http://127.0.0.1:9 --concurrency a,b", 2, "concurrency")
 case("bench-zero-requests", "bench x --url http://127.0.0.1:9 --requests 0", 2, "--requests")
 case("bench-url-refused", "bench x --url http://127.0.0.1:9 --requests 1 --concurrency 1", 10, ("127.0.0.1", "connect", "reach"),
-     timeout=60, xfail="bug (not in the audit): `bench --url` of a closed port exits 0 though every request failed")  # fmt: skip
+     timeout=60)  # fmt: skip
 case("bench-url-500", "bench x --url {u} --requests 1 --concurrency 1", 10, ("500", "error"), serve("u", reply(500, b"boom"), path=""),
-     timeout=60, xfail="bug (not in the audit): `bench --url` exits 0 though every request got HTTP 500")  # fmt: skip
+     timeout=60)  # fmt: skip
 case(
     "bench-instance-not-running",
     "bench q4 --requests 1",
@@ -1187,7 +1184,6 @@ case(
     ("q4", "not running", "systemd"),
     instance,
     timeout=60,
-    xfail="bug (not in the audit): `bench NAME` of an instance that is not running exits 0",
 )
 
 # =========================================================================================== doctor

@@ -1796,7 +1796,8 @@ def test_bench_an_instance(cli: Cli, rec: Recorder, paths: Paths) -> None:
     assert run.code == 0 and run.err == ""
     rec.called("instance_endpoint", paths, "q4")
     rec.called("run_load", "http://127.0.0.1:8080", concurrency=[1, 2], prompt_tokens=64, max_tokens=32,
-               requests=4, duration=30.0, api_key="sk-local-0123")  # fmt: skip
+               requests=4, duration=30.0, api_key="sk-local-0123",
+               target="instance 'q4' at http://127.0.0.1:8080")  # fmt: skip
     assert "cold first request: 2.10s (ttft 0.84s)" in run.out
 
     run = cli("bench", "q4", "--json")
@@ -1813,8 +1814,13 @@ def test_bench_a_url_warns_when_it_is_not_loopback(cli: Cli, rec: Recorder, path
     assert run.code == 0
     assert "instance_endpoint" not in rec.labels
     rec.called("run_load", "http://10.0.0.9:8080", concurrency=[1, 4, 8], prompt_tokens=128, max_tokens=64,
-               requests=16, duration=120, api_key=None)  # fmt: skip
+               requests=16, duration=120, api_key=None, target="http://10.0.0.9:8080")  # fmt: skip
     assert run.err == "warning: http://10.0.0.9:8080 is not a loopback address; this sends real load to it\n"
+    rec.calls.clear()
+    assert_usage_error(cli("bench", "q4", "--url", "ftp://127.0.0.1/"),
+                       "--url 'ftp://127.0.0.1/' is not an http:// or https:// URL",
+                       "give llama-server's base URL, e.g. http://127.0.0.1:8080")  # fmt: skip
+    assert "run_load" not in rec.labels  # refused before any warning or request
     assert_usage_error(cli("bench", "q4", "--concurrency", "1,x"), "--concurrency '1,x' is not a list of integers",
                        "pass e.g. 1,4,8")  # fmt: skip
 

@@ -116,6 +116,11 @@ def test_ctx_zero_means_the_training_context() -> None:
     assert estimate_fit(Rec(), host(64 * GiB), ctx=0).kv_cache_bytes == kv_cache_bytes(LLAMA8B, 8192)
 
 
+def test_a_negative_ctx_is_refused() -> None:
+    with pytest.raises(UsageError, match="--ctx -5 is negative"):
+        estimate_fit(Rec(), host(64 * GiB), ctx=-5)
+
+
 def test_missing_facts_are_a_clear_error() -> None:
     with pytest.raises(UsageError, match="lack block_count"):
         estimate_fit(Rec(facts={"architecture": "llama"}), host(GiB), ctx=512)

@@ -11,10 +11,13 @@ import pytest
 from ggufs import write_gguf, write_split, write_vocab
 
 from nativellm.errors import ModelError, NotFoundError, UsageError
+from nativellm.hardware.profile import CpuInfo, HostProfile
+from nativellm.models.fit import kv_cache_bytes
 from nativellm.models.registry import (
     ModelRecord,
     ModelRegistry,
     add_model,
+    fit_model,
     import_ollama,
     import_ollama_all,
     inspect_model,
@@ -314,3 +317,56 @@ def test_url_file_names_stay_inside_the_store() -> None:
     assert _file_name("https://h/x/..") == "model.gguf"
     assert _file_name("https://h/x/.hidden.gguf") == "model.gguf"
     assert _file_name("https://h/x/weights") == "weights.gguf"
+
+
+# --------------------------------------------------------------------------- control characters in model paths
+def test_a_model_path_with_a_control_character_is_refused(paths: Paths, tmp_path: Path) -> None:
+    """A path is written into the unit (Description=, ExecStart=): \\r or \\n there would add directives."""
+    evil = write_gguf(tmp_path / "m\rExecStartPre=\r.gguf")
+    with pytest.raises(UsageError, match="contains a control character"):
+        add_model(paths, evil, name="m")
+    link = tmp_path / "plain.gguf"
+    link.symlink_to(evil)  # a clean name whose real path is not
+    with pytest.raises(UsageError, match="real path .* contains a control character"):
+        add_model(paths, link, name="m")
+    with pytest.raises(UsageError, match="--ollama-dir .* contains a control character"):
+        import_ollama(paths, "x", ollama_dir=tmp_path / "o\nx")
+    assert ModelRegistry(paths).list() == []
+
+
+def test_an_ollama_ref_with_control_characters_is_a_usage_error(paths: Paths, tmp_path: Path) -> None:
+    # refused before the store is looked up: not "no Ollama model store" (3)
+    with pytest.raises(UsageError, match="invalid Ollama model ref"):
+        import_ollama(paths, "tiny\r\n", ollama_dir=tmp_path / "none")
+
+
+def test_a_registered_path_with_a_control_character_cannot_be_used(paths: Paths, model: Path) -> None:
+    """An index written by an older nativellm: the record is listed and removable, never used."""
+    add_model(paths, model, name="crm")
+    index = paths.models / "index.json"
+    evil = model.resolve().with_name("crm\rExecStartPre=\r.gguf")
+    model.rename(evil)
+    index.write_text(
+        index.read_text().replace(json.dumps(str(model.resolve()))[1:-1], json.dumps(str(evil))[1:-1])
+    )
+    reg = ModelRegistry(paths)
+    with pytest.raises(UsageError, match="the path of model 'crm' .* contains a control character"):
+        reg.find("crm")
+    with pytest.raises(UsageError, match="control character"):
+        verify_model(paths, "crm")
+    assert [r.name for r in reg.list()] == ["crm"]
+    assert remove_model(paths, "crm").path == evil
+    assert reg.list() == []
+
+
+# --------------------------------------------------------------------------- fit reads the file
+def test_fit_reads_the_file_as_it_is_now(paths: Paths, model: Path) -> None:
+    host = HostProfile("linux", "x86_64", CpuInfo("GenuineIntel", "Xeon", ("avx2",), 8, 16), 64 << 30, ())
+    add_model(paths, model, name="m")
+    assert "m at ctx 512 fits" in fit_model(paths, "m", host, ctx=512).message
+    write_gguf(model, n_layer=5)  # replaced since it was added: the index still says 2 layers
+    one_layer = kv_cache_bytes({**ModelRegistry(paths).get("m").facts, "block_count": 1}, 512)
+    assert fit_model(paths, "m", host, ctx=512).kv_cache_bytes == 5 * one_layer
+    model.write_bytes(b"not a gguf at all")
+    with pytest.raises(ModelError):
+        fit_model(paths, "m", host, ctx=512)

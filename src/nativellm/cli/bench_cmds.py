@@ -37,7 +37,7 @@ def bench(
     """Measure throughput: `bench builds` compares builds with llama-bench; `bench NAME` loads an instance."""
     from nativellm.cli import views
     from nativellm.ops import bench as use_case
-    from nativellm.ops.loadgen import run_load
+    from nativellm.ops.loadgen import check_url, run_load
     from nativellm.specs import url_is_loopback
 
     _begin("bench", json_out)
@@ -65,12 +65,15 @@ def bench(
         key = None
         if url is None:
             url, key = use_case.instance_endpoint(paths, target)
+            what = f"instance {target!r} at {url}"
+        else:
+            what = check_url(url)
         if not url_is_loopback(url) and not json_out:
             err.print(
                 f"[yellow]warning:[/yellow] {url} is not a loopback address; this sends real load to it"
             )
         load = run_load(url, concurrency=levels, prompt_tokens=prompt_tokens, max_tokens=max_tokens,
-                        requests=requests, duration=duration, api_key=key)  # fmt: skip
+                        requests=requests, duration=duration, api_key=key, target=what)  # fmt: skip
         if not json_out:
             views.show_load(load)
         report = {"schema": "nativellm.bench/1", **load.to_dict()}

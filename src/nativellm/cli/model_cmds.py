@@ -197,7 +197,9 @@ def model_demo(
 @model_app.command("fit")
 def model_fit(
     name: str,
-    ctx: Annotated[int, typer.Option("--ctx", help="llama-server --ctx-size (0: the model's own).")] = 4096,
+    ctx: Annotated[
+        int, typer.Option("--ctx", min=0, help="llama-server --ctx-size (0: the model's own).")
+    ] = 4096,
     parallel: Annotated[int, typer.Option("--parallel", min=1, help="Parallel slots.")] = 1,
     gpu_layers: Annotated[int, typer.Option("--gpu-layers", min=0, help="Layers offloaded to GPUs.")] = 0,
     cache_type_k: Annotated[str, typer.Option("--cache-type-k", help="KV cache type for K.")] = "f16",

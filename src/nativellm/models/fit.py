@@ -180,10 +180,12 @@ def estimate_fit(
     """Estimate the memory `record` needs with these llama-server settings and compare it with `profile`.
 
     `record` is a ModelRecord (anything with a `facts` mapping and a `name`).
-    ctx <= 0 means the model's training context, as llama-server's `-c 0` does.
+    ctx 0 means the model's training context (a negative one is refused), as llama-server's `-c 0` does.
     """
     facts: Mapping[str, Any] = record.facts
-    if ctx <= 0:
+    if ctx < 0:
+        raise UsageError(f"--ctx {ctx} is negative", "give a context size, or 0 for the model's own")
+    if ctx == 0:
         ctx = int(facts.get("context_length") or 4096)
     if parallel < 1:
         raise UsageError("--parallel must be at least 1", "give --parallel 1 or more")

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 import re
 from dataclasses import dataclass
@@ -110,9 +111,21 @@ def select_hf_files(files: dict[str, int], spec: HfSpec) -> list[str]:
 
 
 def _hf_errors() -> tuple[type[Exception], ...]:
+    """What huggingface_hub raises when the Hub cannot be reached or answers an error. Its transport
+    depends on its version (requests, httpx, httpx2), and their errors share no base class."""
     from huggingface_hub import errors
 
-    return (errors.HfHubHTTPError, errors.LocalEntryNotFoundError, httpx.HTTPError)
+    found: list[type[Exception]] = [errors.HfHubHTTPError, errors.LocalEntryNotFoundError, httpx.HTTPError]
+    for module, attr in (("httpx2", "HTTPError"), ("requests", "RequestException")):
+        try:
+            found.append(getattr(importlib.import_module(module), attr))
+        except (ImportError, AttributeError):
+            continue
+    return tuple(found)
+
+
+def _hub() -> str:
+    return _hf_endpoint() or "https://huggingface.co"
 
 
 def hf_list_files(spec: HfSpec) -> dict[str, int]:
@@ -133,7 +146,8 @@ def hf_list_files(spec: HfSpec) -> dict[str, int]:
         raise NotFoundError(f"{spec.repo} has no revision {spec.revision}", "check the @REVISION") from None
     except _hf_errors() as exc:
         raise DownloadError(
-            f"cannot list {spec.repo} on the Hub: {exc}", "check the network or HF_ENDPOINT"
+            f"cannot list {spec.repo} on the Hugging Face Hub ({_hub()}): {exc}",
+            "check the network or HF_ENDPOINT",
         ) from None
 
 
@@ -150,7 +164,7 @@ def hf_fetch(spec: HfSpec, files: list[str], sizes: dict[str, int]) -> list[Path
             local = hf_hub_download(spec.repo, name, revision=spec.revision, endpoint=_hf_endpoint())
         except errors as exc:
             raise DownloadError(
-                f"download of {name} from {spec.repo} failed: {exc}",
+                f"download of {name} from {spec.repo} ({_hub()}) failed: {exc}",
                 "run the same pull again; huggingface_hub resumes the partial file",
             ) from None
         out.append(Path(local))

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from nativellm import validate
 from nativellm.errors import ModelError, NotFoundError, UsageError
 
 DEFAULT_REGISTRY = "registry.ollama.ai"
@@ -37,6 +38,12 @@ class OllamaRef:
 
     @classmethod
     def parse(cls, ref: str) -> OllamaRef:
+        try:
+            validate.no_control(ref, "the Ollama model ref")
+        except UsageError as exc:
+            raise UsageError(
+                f"invalid Ollama model ref: {exc.message}", "write NAME[:TAG], e.g. llama3.2:3b"
+            ) from None
         body, _, tag = ref.partition(":")
         parts = body.split("/")
         if not body or not all(parts) or len(parts) > 3 or any(p in (".", "..") for p in [*parts, tag]):

@@ -25,7 +25,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from nativellm import specs
+from nativellm import specs, validate
 from nativellm.build.store import Store
 from nativellm.build.synth import VOCAB_FILE, SynthSize, find_vocab, write_synthetic_llama
 from nativellm.download import check_free_space
@@ -115,6 +115,27 @@ def _lock_file(path: Path) -> Path:
     return path
 
 
+def _usable(rec: ModelRecord) -> ModelRecord:
+    """Refuse a record whose path holds a control character (an index written by an older nativellm,
+    or edited by hand): the path is written into unit files and argv, where a \r or \n ends a line."""
+    for p in (rec.path, *rec.parts):
+        try:
+            validate.no_control(str(p), f"the path of model {rec.name!r}")
+        except UsageError as exc:
+            raise UsageError(
+                f"{exc.message}; it cannot be used",
+                f"rename the file without control characters, then `nativellm model rm {rec.name}` "
+                "and `nativellm model add` it again",
+            ) from None
+    return rec
+
+
+def check_model_path(path: Path, what: str = "the model path") -> Path:
+    """Refuse a model path with control characters before anything is read or registered."""
+    validate.no_control(str(path), what)
+    return path
+
+
 def _damaged(index: Path, reason: str) -> ModelError:
     return ModelError(
         f"the model index {index} is damaged: {reason}; nothing was changed",
@@ -192,6 +213,12 @@ class ModelRegistry:
                 self._save(records)
 
     def find(self, name: str) -> ModelRecord | None:
+        """The record of `name`, refused when its path could not be used safely (see _usable)."""
+        rec = self._load().get(name)
+        return _usable(rec) if rec is not None else None
+
+    def find_any(self, name: str) -> ModelRecord | None:
+        """The record of `name` as it is stored, unchecked: for `model rm`, which must remove any."""
         return self._load().get(name)
 
     def get(self, name: str) -> ModelRecord:
@@ -263,6 +290,8 @@ def make_record(
     metadata: Mapping[str, Any] | None = None,
 ) -> ModelRecord:
     """Validate the files and build their record; nothing is registered here."""
+    for p in parts:
+        check_model_path(p)
     facts = validate_model(parts)
     hashes = [sha256 if (sha256 and i == 0) else sha256_file(p) for i, p in enumerate(parts)]
     meta = dict(metadata or {})
@@ -351,7 +380,8 @@ def add_model(
     """
     want = specs.validate_sha256(sha256) if sha256 else None
     name = validate_name(name) if name else None
-    src = _resolve_source(file)
+    check_model_path(file)
+    src = check_model_path(_resolve_source(file), "the model's real path")
     reg = ModelRegistry(paths)
     name = name or validate_name(name_from_file(src))
     parts = _parts_of(src)
@@ -432,6 +462,7 @@ def import_ollama(
     paths: Paths, ref: str, *, ollama_dir: Path | None = None, name: str | None = None
 ) -> tuple[ModelRecord, bool]:
     """Register an Ollama model's GGUF blob where it lies: no copy."""
+    OllamaRef.parse(ref)  # a malformed ref is a usage error before any lookup
     root = _ollama_root(ollama_dir, find_ollama_dir)
     reg = ModelRegistry(paths)
     rec, new = _ollama_record(reg, root, ref, name)
@@ -465,6 +496,8 @@ def _ollama_record(reg: ModelRegistry, root: Path, ref: str, name: str | None) -
 
 
 def _ollama_root(explicit: Path | None, finder: Callable[[Path | None], Path | None]) -> Path:
+    if explicit is not None:
+        check_model_path(explicit, "--ollama-dir")
     root = finder(explicit)
     if root is None:
         where = (
@@ -482,7 +515,8 @@ def _ollama_root(explicit: Path | None, finder: Callable[[Path | None], Path | N
 def remove_model(paths: Paths, name: str, *, force: bool = False) -> ModelRecord:
     """Unregister a model; delete its files only when they live in the store."""
     reg = ModelRegistry(paths)
-    reg.get(name)
+    if reg.find_any(name) is None:
+        reg.get(name)  # the NotFoundError
     users = instances_using(paths, name)
     if users and not force:
         raise ModelError(
@@ -625,6 +659,9 @@ def fit_model(
     cache_type_v: str = "f16",
 ) -> FitReport:
     rec = ModelRegistry(paths).get(name)
+    # The file's facts as they are now, not as they were when it was added: the file may have been
+    # replaced since (the bounded reader refuses a corrupt one, e.g. a huge block_count).
+    rec = replace(rec, facts=validate_model(list(rec.parts) or [rec.path]))
     return estimate_fit(
         rec, profile, ctx=ctx, parallel=parallel, gpu_layers=gpu_layers, cache_type_k=cache_type_k,
         cache_type_v=cache_type_v,

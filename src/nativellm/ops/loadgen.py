@@ -17,7 +17,8 @@ from typing import Any
 
 import httpx
 
-from nativellm.errors import UsageError
+from nativellm import validate
+from nativellm.errors import InstanceError, UsageError
 
 
 @dataclass(frozen=True)
@@ -179,6 +180,31 @@ async def _level(
     )
 
 
+def check_url(url: str, what: str = "--url") -> str:
+    """An http:// or https:// URL with a host: what the load generator can talk to."""
+    validate.no_control(url, what)
+    try:
+        parsed = httpx.URL(url)
+    except (httpx.InvalidURL, ValueError):
+        parsed = None
+    if parsed is None or parsed.scheme not in ("http", "https") or not parsed.host:
+        raise UsageError(
+            f"{what} {url!r} is not an http:// or https:// URL",
+            "give llama-server's base URL, e.g. http://127.0.0.1:8080",
+        )
+    return url
+
+
+def _all_failed(target: str, warmup: RequestResult, levels: Sequence[LevelResult]) -> InstanceError:
+    """Every request failed: there is nothing to report, and exit 0 would say the benchmark ran."""
+    count = 1 + sum(lv.requests for lv in levels)
+    return InstanceError(
+        f"every request to {target} failed ({count} sent; the first: {warmup.error or 'no tokens'})",
+        "check that llama-server is running and answers there (`nativellm instance status NAME`), "
+        "or pass the right --url",
+    )
+
+
 def run_load(
     url: str,
     *,
@@ -188,8 +214,15 @@ def run_load(
     requests: int = 16,
     duration: float = 120.0,
     api_key: str | None = None,
+    target: str | None = None,
 ) -> LoadReport:
-    """Warm up once, then run each concurrency level; bounded by `requests` and `duration` per level."""
+    """Warm up once, then run each concurrency level; bounded by `requests` and `duration` per level.
+
+    Some failed requests are part of the report (`errors` per level). When every request failed,
+    or the warm-up could not connect at all, there is no measurement: InstanceError, naming
+    `target` (the instance, or the URL) and the first failure.
+    """
+    check_url(url)
     if not concurrency or min(concurrency) < 1:
         raise UsageError("--concurrency needs positive integers", "pass e.g. --concurrency 1,4,8")
     if requests < 1 or duration <= 0:
@@ -208,7 +241,11 @@ def run_load(
     async def main() -> LoadReport:
         async with httpx.AsyncClient(timeout=httpx.Timeout(duration + 60)) as client:
             warm = await _one(client, url, body, headers)
+        if not warm.ok and warm.error.startswith(("ConnectError", "ConnectTimeout")):
+            raise _all_failed(target or url, warm, ())  # nothing listens there: no level can do better
         levels = [await _level(url, c, requests, duration, body, headers) for c in concurrency]
+        if not warm.ok and all(lv.errors == lv.requests for lv in levels):
+            raise _all_failed(target or url, warm, levels)
         return LoadReport(url, warm, tuple(levels))
 
     return asyncio.run(main())
