@@ -186,8 +186,7 @@ case("plan-missing-profile", "plan --profile {inp}/nope.json", 3, "does not exis
 case("plan-malformed-profile", "plan --profile {p}", 2, "profile", write("p", PROFILE_BAD))
 case("plan-profile-is-array", "plan --profile {p}", 2, "profile", write("p", "[1, 2]"))
 case("plan-profile-wrong-types", "plan --profile {p}", 2, "profile",
-     write("p", json.dumps({"schema": "nativellm.host/1", "cpu": "fast"})),
-     xfail="bug (not in the audit): a profile whose `cpu` is a string ends in an internal error (AttributeError)")  # fmt: skip
+     write("p", json.dumps({"schema": "nativellm.host/1", "cpu": "fast"})))  # fmt: skip
 case("plan-profile-is-directory", "plan --profile {inp}", 3, "directory")
 case("plan-define-without-value", "plan --define GGML_FOO", 2, "NAME=VALUE")
 case(

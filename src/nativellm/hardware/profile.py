@@ -157,4 +157,11 @@ def load_profile(path: Path) -> HostProfile:
         ) from None
     if not isinstance(data, dict):
         raise UsageError(f"profile {path} is not a JSON object", "write it with `nativellm detect --json`")
-    return HostProfile.from_dict(data)
+    try:
+        return HostProfile.from_dict(data)
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        # A hand-edited profile: a section of the wrong JSON type, or a missing field.
+        raise UsageError(
+            f"profile {path} is not a valid HostProfile ({type(exc).__name__}: {exc})",
+            "write it with `nativellm detect --json`, or fix the field it names",
+        ) from None
