@@ -7,7 +7,6 @@ stores, instance specs, HTTP(S) servers on 127.0.0.1); nothing binary is committ
 from __future__ import annotations
 
 import contextlib
-import datetime
 import hashlib
 import http.server
 import io
@@ -27,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tests.helpers import CliResult
+from tests.helpers import CliResult, self_signed_cert
 
 # --------------------------------------------------------------------------------------- the sandbox
 
@@ -383,35 +382,6 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         pass
 
 
-def _self_signed(dir: Path) -> tuple[Path, Path]:
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(days=1))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .sign(key, hashes.SHA256())
-    )
-    cert_p, key_p = dir / "cert.pem", dir / "key.pem"
-    cert_p.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_p.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
-    )
-    return cert_p, key_p
-
-
 def _start_server(
     behave: Callable[[http.server.BaseHTTPRequestHandler], None], tls: bool, tmp: Path
 ) -> http.server.ThreadingHTTPServer:
@@ -419,7 +389,7 @@ def _start_server(
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     server.daemon_threads = True
     if tls:
-        cert, key = _self_signed(tmp)
+        cert, key = self_signed_cert(tmp)
         sslctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         sslctx.load_cert_chain(cert, key)
         server.socket = sslctx.wrap_socket(server.socket, server_side=True)

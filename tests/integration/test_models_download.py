@@ -3,9 +3,7 @@ and clear one-line errors (exit 9, no traceback) for broken files, through the r
 
 from __future__ import annotations
 
-import datetime
 import hashlib
-import ipaddress
 import json
 import os
 import re
@@ -28,7 +26,7 @@ from nativellm.download import download_url, part_path
 from nativellm.errors import DownloadError, ResourceError
 from nativellm.models.pull import PullOptions, pull_model
 from nativellm.paths import resolve_paths
-from tests.helpers import CliResult, nativellm
+from tests.helpers import CliResult, nativellm, self_signed_cert
 from tests.statehash import tree_state
 
 
@@ -454,40 +452,6 @@ def test_a_bad_sha256_is_a_usage_error_before_any_download(server: Server, tmp_p
 
 
 # --------------------------------------------------------------------------- issue 14: TLS
-def _self_signed(directory: Path) -> tuple[Path, Path]:
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False
-        )
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    cert_pem = directory / "cert.pem"
-    key_pem = directory / "key.pem"
-    cert_pem.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_pem.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
-    )
-    return cert_pem, key_pem
-
-
 class TlsServer(ThreadingHTTPServer):
     context: ssl.SSLContext
     connections = 0
@@ -499,7 +463,7 @@ class TlsServer(ThreadingHTTPServer):
 
 
 def test_tls_failure_is_not_retried_and_keeps_no_file(gguf_bytes: bytes, tmp_path: Path) -> None:
-    cert, key = _self_signed(tmp_path)
+    cert, key = self_signed_cert(tmp_path)
     b = Behaviour(files={"/model.gguf": gguf_bytes})
     httpd = TlsServer(("127.0.0.1", 0), type("H", (Handler,), {"b": b}))
     httpd.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
