@@ -12,7 +12,8 @@ import pytest
 from nativellm.errors import InstanceError, NotFoundError, ResourceError, UsageError
 from nativellm.hardware.profile import CpuInfo, HostProfile, Toolkits
 from nativellm.paths import Paths, resolve_paths
-from nativellm.serve.instances import InstanceOptions, Instances, Refresh, find_error_line, parse_metrics
+from nativellm.serve.instances import InstanceOptions, Instances, Refresh
+from nativellm.serve.observe import find_error_line, parse_metrics
 from nativellm.serve.server_flags import ServerFlags
 from nativellm.specs import InstanceSpec, validate_name
 
