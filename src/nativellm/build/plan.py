@@ -2,22 +2,26 @@
 
 Pure and table-driven. Option names and their semantics follow the llama.cpp tree we build:
 ggml/CMakeLists.txt (options), ggml/src/CMakeLists.txt (GGML_CPU_ALL_VARIANTS variants),
-ggml/src/ggml-cpu/CMakeLists.txt (what each ISA option compiles with),
-ggml/src/ggml-cuda/CMakeLists.txt (12X -> 12Xa) and ggml/src/ggml-hip/CMakeLists.txt (GPU_TARGETS).
+ggml/src/ggml-cpu/CMakeLists.txt (what each ISA option compiles with). This module holds the CPU ISA
+defines, source-aware adaptation and the BuildPlan document; GPU backends are planned in plan_gpu.py,
+and both share draft.py (PlanOptions, Backend, the plan under construction).
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
-from enum import Enum
 from typing import Any
 
+# Backend and PlanOptions are part of this module's interface (re-exported from draft.py).
+from nativellm.build.draft import MACOS, Draft, refuse
+from nativellm.build.draft import Backend as Backend
+from nativellm.build.draft import PlanOptions as PlanOptions
+from nativellm.build.plan_gpu import plan_backend
 from nativellm.build.tree import TreeOptions
 from nativellm.errors import PlanError, UsageError
-from nativellm.hardware.profile import GpuInfo, HostProfile
-from nativellm.versions import major_minor
+from nativellm.hardware.profile import HostProfile
 
 SCHEMA = "nativellm.plan/1"
 TARGETS: tuple[str, ...] = ("llama-server", "llama-bench", "llama-quantize")
@@ -25,28 +29,6 @@ BUILD_TYPES = frozenset({"Release", "RelWithDebInfo", "MinSizeRel", "Debug"})
 FALLBACK_ORDER: tuple[str, ...] = ("amx", "avx512")
 """Which family the auto build drops first after a smoke-test crash (DESIGN.md section 6)."""
 
-
-class Backend(str, Enum):
-    """The GPU (or CPU-only) backend of a build. `str` mixin instead of StrEnum: Python 3.10."""
-
-    CPU = "cpu"
-    CUDA = "cuda"
-    HIP = "hip"
-    VULKAN = "vulkan"
-    METAL = "metal"
-    SYCL = "sycl"
-
-    def __str__(self) -> str:
-        return self.value
-
-    @property
-    def cmake_option(self) -> str | None:
-        return _BACKEND_OPTION[self]
-
-
-# ggml's switch for each backend: GGML_CUDA, GGML_HIP, GGML_VULKAN, GGML_METAL, GGML_SYCL.
-_BACKEND_OPTION: dict[Backend, str | None] = {b: f"GGML_{b.value.upper()}" for b in Backend}
-_BACKEND_OPTION[Backend.CPU] = None
 
 # Set on every plan. Each is offline-safe or keeps the build small.
 _ALWAYS: tuple[tuple[str, str, str], ...] = (
@@ -122,20 +104,6 @@ _ARM: tuple[tuple[str, tuple[str, ...], str, tuple[str, ...]], ...] = (
 _ARM_BASES = ("armv8-a", "armv8.2-a", "armv8.6-a")
 FAMILIES = frozenset({fam for _, fam, _, _ in _X86} | {tag for tag, _, _, _ in _ARM})
 
-# NVIDIA: sm arch -> oldest CUDA that compiles for it; and the CUDA release that dropped it.
-_CUDA_MIN: dict[int, tuple[int, int]] = {
-    50: (6, 0), 52: (6, 5), 53: (7, 0), 60: (8, 0), 61: (8, 0), 62: (8, 0), 70: (9, 0), 72: (10, 0),
-    75: (10, 0), 80: (11, 0), 86: (11, 1), 87: (11, 4), 89: (11, 8), 90: (11, 8), 100: (12, 8),
-    101: (12, 8), 103: (12, 9), 110: (13, 0), 120: (12, 8), 121: (12, 9),
-}  # fmt: skip
-_CUDA_DROPPED: dict[int, tuple[int, int]] = {a: (13, 0) for a in (50, 52, 53, 60, 61, 62, 70, 72, 101)}
-# This tree rewrites 12X to the arch-specific 12Xa (FP4 tensor cores); 12Xa code can't JIT onto newer GPUs.
-_ARCH_SPECIFIC = range(120, 130)
-_PTX_FOR_ARCH_SPECIFIC = 90
-_HIP_MIN = (6, 1)  # ggml-hip: "At least ROCM/HIP V6.1 is required"
-_VULKAN_MIN = (1, 2)  # ggml-vulkan refuses devices below Vulkan 1.2
-# The tree's default KV-cache type pairs for the FlashAttention vector kernels, pinned. Commas: ggml splits
-# on them, and the value then needs no CMake list quoting. GGML_CUDA_FA_ALL_QUANTS is deprecated here.
 _UI_ON = (
     "llama-server serves its web UI: nativellm builds it with npm from the tree's UI sources, cached by "
     "their hash, and CMake embeds the result (--no-ui leaves it out)"
@@ -144,9 +112,6 @@ NO_UI_REASON = "--no-ui: llama-server serves no web UI"
 _PREBUILT_UI = (
     "ON downloads the web UI from a Hugging Face bucket at build time; nativellm builds it with npm"
 )
-_FA_QUANTS = "q4_0-q4_0,q8_0-q8_0,f16-f16,bf16-bf16"
-_FA_REASON = "FlashAttention kernels for the common KV-cache types (tree default, pinned); 'all' is slow"
-_MACOS = frozenset({"macos", "darwin"})
 # Source-aware planning (plan_build(..., tree=...)). Defines the tree never declares: CMake's own,
 # the superbuild's (cpp/CMakeLists.txt) and HIP's GPU_TARGETS, which CMake itself reads.
 _NOT_TREE_OPTIONS = ("CMAKE_", "NATIVELLM_")
@@ -167,30 +132,6 @@ _NEEDS_LIBRARY: dict[str, str] = {
     "LLAMA_CURL": "needs libcurl's headers (configure fails with 'Could NOT find CURL' without them); "
     "llama-server does not need it: nativellm downloads models itself",
 }
-_MLX_WARNING = "MLX fallback is not implemented yet; use mlx-lm for models llama.cpp cannot run"
-
-
-@dataclass(frozen=True)
-class PlanOptions:
-    """What the user asked for. The CLI turns its flags into this; nothing here looks at the host."""
-
-    backend: Backend | None = None  # None: auto (cuda, hip, metal, vulkan, then cpu; see _auto_backend)
-    portable: bool = False  # GGML_CPU_ALL_VARIANTS + GGML_BACKEND_DL: one build for any CPU of the arch
-    native: bool = False  # GGML_NATIVE=ON (-march=native): for benchmarks only, not reproducible
-    baseline: bool = False  # llama.cpp's generic default ISA set (up to AVX2), as distros ship it
-    disable: frozenset[str] = frozenset()  # families forced OFF ("amx", "avx512", "sve", ...)
-    disable_reasons: tuple[tuple[str, str], ...] = ()  # family -> why; a family named here is disabled too
-    rpc: bool = False  # GGML_RPC=ON and the rpc-server target
-    single_binary: bool = False  # static llama/ggml/libstdc++, no OpenMP: bin/llama-server needs only glibc
-    build_type: str = "Release"
-    defines: tuple[tuple[str, str], ...] = ()  # --define KEY=VALUE: passed as given, after everything else
-    ui: bool = True  # the web UI: built with npm (build/ui.py) and embedded; False: --no-ui
-    no_ui_reason: str = ""  # why the UI is off when not by --no-ui (the build found no npm, ...)
-
-    def disabled(self) -> dict[str, str]:
-        """Every disabled family with its reason."""
-        reasons = dict(self.disable_reasons)
-        return {fam: reasons.get(fam, "requested") for fam in sorted(self.disable | reasons.keys())}
 
 
 @dataclass(frozen=True)
@@ -294,28 +235,18 @@ def next_fallback(plan: BuildPlan, already_disabled: frozenset[str]) -> str | No
     return next((f for f in FALLBACK_ORDER if f in enabled and f not in already_disabled), None)
 
 
-class _Draft:
-    """The plan under construction: one place that keeps a reason next to every define."""
-
-    def __init__(self) -> None:
-        self.defines: dict[str, str] = {}
-        self.reasons: dict[str, str] = {}
-        self.warnings: list[str] = []
-
-    def set(self, key: str, value: str, reason: str) -> None:
-        self.defines[key] = value
-        self.reasons[key] = reason
+_DEFAULTS = PlanOptions()
 
 
 def plan_build(
-    profile: HostProfile, options: PlanOptions = PlanOptions(), tree: TreeOptions | None = None
+    profile: HostProfile, options: PlanOptions = _DEFAULTS, tree: TreeOptions | None = None
 ) -> BuildPlan:
     """Pure: the same profile, options and tree always give the same plan. Raises PlanError for impossible
     plans. With the source tree's options (build/tree.py), the defines are adapted to that tree."""
     disabled = _check_options(options)
     isa = _isa_kind(profile)
-    draft = _Draft()
-    backend = _backend(profile, options, draft)  # toolkit and arch compatibility come first
+    draft = Draft()
+    backend = plan_backend(profile, options, draft)  # toolkit and arch compatibility come first
     if options.portable:
         native_reason = "GGML_CPU_ALL_VARIANTS picks the instruction set at run time (NATIVE conflicts)"
     elif options.native:
@@ -343,7 +274,7 @@ def plan_build(
         _x86_defines(profile, options.baseline, disabled, draft)
     else:
         _arm_defines(profile, options.baseline, disabled, draft)
-    if profile.os in _MACOS and backend is not Backend.METAL:
+    if profile.os in MACOS and backend is not Backend.METAL:
         draft.set("GGML_METAL", "OFF", f"ggml turns Metal on by default on Apple; this is a {backend} build")
     if options.single_binary:
         _single_binary_defines(profile, draft)
@@ -360,7 +291,7 @@ def plan_build(
     )
 
 
-def _adapt_to_tree(tree: TreeOptions, draft: _Draft) -> PlanSource:
+def _adapt_to_tree(tree: TreeOptions, draft: Draft) -> PlanSource:
     """Rename, drop or add defines so that every define passed is one this tree reads."""
     rev = tree.revision()
     adapted: list[str] = []
@@ -410,19 +341,17 @@ def _check_options(options: PlanOptions) -> dict[str, str]:
     if options.single_binary:
         check_single_binary(options.backend, options.portable)
     if options.build_type not in BUILD_TYPES:
-        raise _refuse(
-            f"build type {options.build_type!r} is unknown", f"use {', '.join(sorted(BUILD_TYPES))}"
-        )
+        raise refuse(f"build type {options.build_type!r} is unknown", f"use {', '.join(sorted(BUILD_TYPES))}")
     disabled = options.disabled()
     unknown = sorted(set(disabled) - FAMILIES)
     if unknown:
-        raise _refuse(f"unknown feature family {', '.join(unknown)}", f"use {', '.join(sorted(FAMILIES))}")
+        raise refuse(f"unknown feature family {', '.join(unknown)}", f"use {', '.join(sorted(FAMILIES))}")
     bad = [k for k, _ in options.defines if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", k)]
     if bad:
-        raise _refuse(f"--define {bad[0]!r} is not a CMake variable name", "use --define NAME=VALUE")
+        raise refuse(f"--define {bad[0]!r} is not a CMake variable name", "use --define NAME=VALUE")
     if disabled and options.native:
         fix = "build without --native: the default plan names every extension and can leave any out"
-        raise _refuse(f"--native cannot leave out {', '.join(disabled)}", fix)
+        raise refuse(f"--native cannot leave out {', '.join(disabled)}", fix)
     return disabled
 
 
@@ -442,10 +371,10 @@ def check_single_binary(backend: Backend | None, portable: bool) -> None:
         )
 
 
-def _single_binary_defines(profile: HostProfile, draft: _Draft) -> None:
+def _single_binary_defines(profile: HostProfile, draft: Draft) -> None:
     if profile.os != "linux":
         fix = "build without --single-binary; the static libstdc++ link is a Linux (glibc) recipe"
-        raise _refuse(f"--single-binary needs Linux, not {profile.os}", fix)
+        raise refuse(f"--single-binary needs Linux, not {profile.os}", fix)
     one = "--single-binary: "
     draft.set("BUILD_SHARED_LIBS", "OFF", one + "llama and ggml are linked into each executable; no lib/")
     draft.set("GGML_BACKEND_DL", "OFF", one + "backends are compiled in, none is loaded at run time")
@@ -460,10 +389,10 @@ def _isa_kind(profile: HostProfile) -> str:
         return "x86"
     if profile.arch in ("aarch64", "arm64"):
         return "arm"
-    raise _refuse(f"CPU architecture {profile.arch!r} is not supported", "plan for x86_64 or aarch64 hosts")
+    raise refuse(f"CPU architecture {profile.arch!r} is not supported", "plan for x86_64 or aarch64 hosts")
 
 
-def _x86_defines(profile: HostProfile, baseline: bool, disabled: Mapping[str, str], draft: _Draft) -> None:
+def _x86_defines(profile: HostProfile, baseline: bool, disabled: Mapping[str, str], draft: Draft) -> None:
     flags = frozenset(profile.cpu.flags)
     dropped = profile.cpu.dropped_flags or {}
     on: set[str] = set()
@@ -506,7 +435,7 @@ def _x86_defines(profile: HostProfile, baseline: bool, disabled: Mapping[str, st
         )
 
 
-def _x86_tune(profile: HostProfile, draft: _Draft) -> None:
+def _x86_tune(profile: HostProfile, draft: Draft) -> None:
     """NATIVELLM_CPU_TUNE: cpp/CMakeLists.txt compiles ggml's CPU backend with -mtune=<it>."""
     cpu = profile.cpu
     flags = frozenset(cpu.flags) | frozenset(cpu.reported_flags or ())
@@ -519,7 +448,7 @@ def _x86_tune(profile: HostProfile, draft: _Draft) -> None:
             return
 
 
-def _arm_defines(profile: HostProfile, baseline: bool, disabled: Mapping[str, str], draft: _Draft) -> None:
+def _arm_defines(profile: HostProfile, baseline: bool, disabled: Mapping[str, str], draft: Draft) -> None:
     flags = frozenset(profile.cpu.flags)
     base, bump, tags, notes = "armv8-a", "armv8-a: no optional extension", [], []
     for tag, needs, since, parents in () if baseline else _ARM:
@@ -540,171 +469,9 @@ def _arm_defines(profile: HostProfile, baseline: bool, disabled: Mapping[str, st
     draft.set("GGML_CPU_ARM_ARCH", arch, why)
 
 
-def _portable_disable_warnings(isa: str, disabled: Mapping[str, str], draft: _Draft) -> None:
+def _portable_disable_warnings(isa: str, disabled: Mapping[str, str], draft: Draft) -> None:
     # ggml's loader scores CPU variants by CPUID alone, so the install is where a family can be left out.
     for fam in disabled:
         libs = " ".join(f"ggml-cpu-{v}" for v in _X86_VARIANTS.get(fam, "").split()) if isa == "x86" else ""
         fix = f"; remove {libs} from the install" if libs else ""
         draft.warnings.append(f"--portable cannot leave {fam} out: ggml picks CPU variants at run time{fix}")
-
-
-def _backend(profile: HostProfile, options: PlanOptions, draft: _Draft) -> Backend:
-    # --single-binary is CPU-only (check_single_binary), so auto means CPU even on a GPU host.
-    auto = Backend.CPU if options.single_binary else None
-    backend = options.backend or auto or _auto_backend(profile, draft)
-    if backend in _BACKEND_PLANNERS:
-        _BACKEND_PLANNERS[backend](profile, options, draft)
-    return backend
-
-
-def _auto_backend(profile: HostProfile, draft: _Draft) -> Backend:
-    tk = profile.toolkits
-    nvidia, amd = profile.gpus_of("nvidia"), profile.gpus_of("amd")
-    if nvidia and tk.cuda:
-        return Backend.CUDA
-    if amd and tk.rocm:
-        return Backend.HIP
-    if profile.os in _MACOS and profile.arch == "arm64" and tk.metal:
-        return Backend.METAL
-    if _vulkan_gpus(profile) and tk.vulkan:
-        return Backend.VULKAN
-    if nvidia:
-        draft.warnings.append("NVIDIA GPU found but no CUDA toolkit: install it (nvcc) to build for the GPU")
-    if amd:
-        draft.warnings.append("AMD GPU found but no ROCm: install ROCm 6.1 or newer to build for the GPU")
-    return Backend.CPU
-
-
-def _plan_cuda(profile: HostProfile, options: PlanOptions, draft: _Draft) -> None:
-    gpus = profile.gpus_of("nvidia")
-    if not gpus:
-        raise _no_gpu("cuda", "an NVIDIA GPU")
-    if not profile.toolkits.cuda:
-        fix = "install the CUDA toolkit (nvcc) or build with --backend cpu"
-        raise _refuse("--backend cuda needs the CUDA toolkit, and none was found", fix)
-    cuda = _version(profile.toolkits.cuda, "CUDA")
-    shown = ".".join(map(str, cuda))
-    archs = sorted({_check_cuda_gpu(g, cuda) for g in gpus})
-    targets = [f"{a}a-real" if a in _ARCH_SPECIFIC else f"{a}-real" for a in archs]
-    why = "device code for exactly the GPUs present"
-    if any(a in _ARCH_SPECIFIC for a in archs):
-        why += "; 12X is built as 12Xa, as the tree does, for Blackwell's FP4 tensor cores"
-    if options.portable:
-        forward = [a for a in archs if a not in _ARCH_SPECIFIC]
-        ptx = max(forward + ([_PTX_FOR_ARCH_SPECIFIC] if len(forward) < len(archs) else []))
-        targets.append(f"{ptx}-virtual")
-        why += f"; --portable adds {ptx} PTX, the newest that later GPUs can JIT (12Xa PTX is not portable)"
-    described = ", ".join(f"GPU {g.index} {g.name} is {g.arch}" for g in gpus)
-    draft.set("GGML_CUDA", "ON", f"{described} and CUDA {shown} is installed")
-    draft.set("CMAKE_CUDA_ARCHITECTURES", ";".join(targets), why)
-    draft.set("GGML_CUDA_FA_QUANTS", _FA_QUANTS, _FA_REASON)
-    draft.set("GGML_CUDA_CUB_3DOT2", "OFF", "ON git-clones NVIDIA CCCL at configure time; builds run offline")
-
-
-def _check_cuda_gpu(gpu: GpuInfo, cuda: tuple[int, int]) -> int:
-    m = re.fullmatch(r"sm_(\d+)", gpu.arch)
-    arch = int(m.group(1)) if m else -1
-    installed = ".".join(map(str, cuda))
-    gpu_is = f"GPU {gpu.index} {gpu.name} is {gpu.arch}"
-    if arch not in _CUDA_MIN:
-        known = (
-            "nvidia-smi did not report its compute capability" if m is None else "nativellm does not know it"
-        )
-        fix = "update nativellm or re-run `nativellm detect`, or build with --backend vulkan or --backend cpu"
-        raise _refuse(f"{gpu_is}: {known}", fix)
-    need, dropped = _CUDA_MIN[arch], _CUDA_DROPPED.get(arch)
-    if cuda < need:
-        want = f"CUDA {need[0]}.{need[1]} or newer"
-        fix = f"Upgrade to {want}, or build with --backend cpu"
-        raise _refuse(f"{gpu_is}, which needs {want}; CUDA {installed} is installed", fix, ". ")
-    if dropped is not None and cuda >= dropped:
-        gone = f"CUDA {installed} no longer compiles for sm_{arch} (GPU {gpu.index} {gpu.name})"
-        fix = f"install CUDA {dropped[0] - 1}.x or build with --backend cpu"
-        raise _refuse(f"{gone}: support ended with CUDA {dropped[0]}.{dropped[1]}", fix)
-    return arch
-
-
-def _plan_hip(profile: HostProfile, options: PlanOptions, draft: _Draft) -> None:
-    gpus = profile.gpus_of("amd")
-    if not gpus:
-        raise _no_gpu("hip", "an AMD GPU")
-    fix = "install ROCm 6.1 or newer (hipcc, hipBLAS, rocBLAS), or build with --backend vulkan or cpu"
-    if not profile.toolkits.rocm:
-        raise _refuse("--backend hip needs ROCm, and none was found", fix)
-    if _version(profile.toolkits.rocm, "ROCm") < _HIP_MIN:
-        raise _refuse(f"ROCm {profile.toolkits.rocm} is installed, but ggml needs ROCm 6.1 or newer", fix)
-    bad = [g for g in gpus if not re.fullmatch(r"gfx[0-9a-f]+", g.arch)]
-    if bad:
-        fix = "re-run `nativellm detect` with ROCm installed, so rocminfo reports it"
-        raise _refuse(f"GPU {bad[0].index} {bad[0].name} has arch {bad[0].arch!r}, not a gfx target", fix)
-    described = ", ".join(f"GPU {g.index} {g.name} is {g.arch}" for g in gpus)
-    draft.set("GGML_HIP", "ON", f"{described} and ROCm {profile.toolkits.rocm} is installed")
-    why = "device code for exactly the GPUs present (AMDGPU_TARGETS is the legacy name)"
-    draft.set("GPU_TARGETS", ";".join(sorted({g.arch for g in gpus})), why)
-    draft.set("GGML_CUDA_FA_QUANTS", _FA_QUANTS, _FA_REASON)
-
-
-def _vulkan_gpus(profile: HostProfile) -> tuple[GpuInfo, ...]:
-    return tuple(g for g in profile.gpus if g.vendor in ("nvidia", "amd", "intel"))
-
-
-def _plan_vulkan(profile: HostProfile, options: PlanOptions, draft: _Draft) -> None:
-    gpus = _vulkan_gpus(profile)
-    if not gpus:
-        raise _no_gpu("vulkan", "an NVIDIA, AMD or Intel GPU")
-    fix = "install the Vulkan SDK 1.2 or newer (headers, loader, glslc), or build with --backend cpu"
-    if not profile.toolkits.vulkan:
-        raise _refuse("--backend vulkan needs the Vulkan SDK, and none was found", fix)
-    if _version(profile.toolkits.vulkan, "Vulkan") < _VULKAN_MIN:
-        raise _refuse(f"Vulkan {profile.toolkits.vulkan} is installed, but ggml needs 1.2 or newer", fix)
-    described = ", ".join(f"GPU {g.index} {g.name}" for g in gpus)
-    draft.set("GGML_VULKAN", "ON", f"{described} and Vulkan {profile.toolkits.vulkan} is installed")
-
-
-def _plan_metal(profile: HostProfile, options: PlanOptions, draft: _Draft) -> None:
-    if profile.os not in _MACOS:
-        raise _refuse(f"--backend metal needs macOS, not {profile.os}", "build with --backend cpu")
-    if not profile.toolkits.metal:
-        raise _refuse("--backend metal needs Metal, and detect did not find it", "build with --backend cpu")
-    draft.set("GGML_METAL", "ON", f"Apple GPU with Metal on {profile.cpu.model or profile.arch}")
-    draft.set("GGML_METAL_EMBED_LIBRARY", "ON", "the shaders are embedded, so the install needs no metallib")
-    draft.warnings.append(_MLX_WARNING)
-
-
-def _plan_sycl(profile: HostProfile, options: PlanOptions, draft: _Draft) -> None:
-    # The host profile has no oneAPI field, so SYCL is never chosen automatically; asked for, it is
-    # planned for an Intel GPU and configure finds out whether oneAPI is really there.
-    gpus = profile.gpus_of("intel")
-    if not gpus:
-        raise _no_gpu("sycl", "an Intel GPU")
-    described = ", ".join(f"GPU {g.index} {g.name}" for g in gpus)
-    draft.set("GGML_SYCL", "ON", f"--backend sycl: {described}")
-    draft.set("CMAKE_C_COMPILER", "icx", "the SYCL backend is compiled with Intel oneAPI DPC++")
-    draft.set("CMAKE_CXX_COMPILER", "icpx", "the SYCL backend is compiled with Intel oneAPI DPC++")
-    draft.warnings.append("oneAPI is not probed: source oneAPI's setvars.sh before building")
-
-
-_BACKEND_PLANNERS: dict[Backend, Callable[[HostProfile, PlanOptions, _Draft], None]] = {
-    Backend.CUDA: _plan_cuda,
-    Backend.HIP: _plan_hip,
-    Backend.VULKAN: _plan_vulkan,
-    Backend.METAL: _plan_metal,
-    Backend.SYCL: _plan_sycl,
-}
-
-
-def _refuse(message: str, fix: str, sep: str = "; ") -> PlanError:
-    """A PlanError whose message ends with the fix, which is also its hint."""
-    return PlanError(f"{message}{sep}{fix}", fix)
-
-
-def _no_gpu(backend: str, what: str) -> PlanError:
-    fix = "build with --backend cpu, or plan for the GPU host with its profile (--profile FILE)"
-    return _refuse(f"--backend {backend} needs {what}, and this profile has none", fix)
-
-
-def _version(text: str, what: str) -> tuple[int, int]:
-    mm = major_minor(text)
-    if mm is None:
-        raise PlanError(f"{what} version {text!r} is not major.minor", "re-run `nativellm detect`")
-    return mm
