@@ -32,7 +32,11 @@ VENV=${NATIVELLM_VENV:-.venv}
 # that pyproject.toml allows instead (scripts/check-latest.sh does that in CI).
 LOCK=(-c constraints.txt)
 [ -n "${NATIVELLM_UNLOCKED:-}" ] && LOCK=(--upgrade --upgrade-strategy eager)
-if [ "${1:-}" = "--test" ]; then
+if [ "${1:-}" = "--test" ] && [ -z "${NATIVELLM_UNLOCKED:-}" ]; then
+  # cuda13: cuBLAS from NVIDIA's wheel (the toolkit here has nvcc only); the CUDA configure and
+  # compile tests build against it (tests/integration/test_cuda_compile.py).
+  "$VENV/bin/python" -m pip install -q "${LOCK[@]}" -e ".[test,cuda13]"
+elif [ "${1:-}" = "--test" ]; then
   "$VENV/bin/python" -m pip install -q "${LOCK[@]}" -e ".[test]"
 else
   "$VENV/bin/python" -m pip install -q "${LOCK[@]}" -e .

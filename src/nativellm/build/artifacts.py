@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import IO, Any, BinaryIO
 
 from nativellm import __version__, download
-from nativellm.build import signing
+from nativellm.build import cudalibs, signing
 from nativellm.build.confine import confined_smoke_test
 from nativellm.build.extract import extract_archive, read_json_member
 from nativellm.build.fingerprint import Requirements, fingerprint, requirements_of
@@ -48,6 +48,7 @@ from nativellm.errors import (
 )
 from nativellm.fsutil import sha256_file, write_if_changed
 from nativellm.hardware import HostProfile, detect_host
+from nativellm.hardware.nvidia import find_nvcc
 from nativellm.hardware.profile import load_profile
 from nativellm.paths import Paths
 from nativellm.progress import Reporter, SilentReporter
@@ -170,13 +171,17 @@ def _epoch(created: str) -> int:
 
 def _members(rec: BuildRecord) -> Iterator[tuple[Path, str]]:
     yield rec.path / "manifest.json", "manifest.json"
+    # lib/ links to this host's CUDA runtime (cudalibs.link_runtime): the installing host makes its own.
+    host_links = {f"lib/{name}" for name in cudalibs.link_names(rec.manifest)}
     for top in _PACKED_DIRS:
         root = rec.path / top
         if not root.is_dir():
             continue
         yield root, top
         for p in sorted(root.rglob("*")):
-            yield p, str(p.relative_to(rec.path))
+            rel = str(p.relative_to(rec.path))
+            if not (rel in host_links and p.is_symlink()):
+                yield p, rel
 
 
 def _write_tar(raw: IO[bytes], rec: BuildRecord, meta: Mapping[str, Any], mtime: int) -> None:
@@ -493,6 +498,26 @@ def _by_artifact_sha(store: Store, sha: str) -> BuildRecord | None:
     )
 
 
+def _link_cuda_runtime(top: Path, manifest: Mapping[str, Any], build_id: str) -> list[dict[str, str]] | None:
+    """A CUDA artifact ships without cuBLAS (hundreds of MB): link this host's own into its lib/,
+    from NVIDIA's wheels or the CUDA toolkit. None for builds without CUDA."""
+    math = manifest.get("cuda_math")
+    if not math:
+        return None
+    major = int(math.get("cuda_major", 0))
+    linked = cudalibs.link_runtime(top, cudalibs.runtime_lib_dirs(find_nvcc(), major))
+    missing = [e["soname"] for e in linked if "missing" in e]
+    if missing:
+        wheel = "nvidia-cublas" if major >= 13 else f"nvidia-cublas-cu{major}"
+        raise ArtifactError(
+            f"build {build_id} needs {', '.join(missing)}, and this host has none (no CUDA {major} toolkit "
+            f"libraries, no {wheel} wheel); nothing was installed",
+            f"pip install '{wheel}=={major}.*' into nativellm's environment (or set {cudalibs.SITE_ENV} to "
+            "the site-packages that has it), then install again",
+        )
+    return linked
+
+
 def _verify_binaries(
     top: Path, manifest: Mapping[str, Any], where: str = "the artifact", hint: str = "pack the build again"
 ) -> None:
@@ -558,6 +583,7 @@ def install_locked(
         if top.name != build_id or manifest.get("id") != build_id:
             raise ArtifactError(f"{archive.name} does not hold build {build_id}", "pack it again")
         _verify_binaries(top, manifest)
+        runtime_libs = _link_cuda_runtime(top, manifest, build_id)
         vocab = top / "share" / "nativellm" / VOCAB_FILE
         if not vocab.is_file():
             raise ArtifactError(f"{archive.name} has no smoke-test vocab ({VOCAB_FILE})", "pack it again")
@@ -585,6 +611,8 @@ def install_locked(
             "build_host_smoke_test": manifest.get("smoke_test"),
         }
         manifest["smoke_test"] = result.to_dict()
+        if runtime_libs is not None:
+            manifest["runtime_libs"] = runtime_libs
         manifest.pop("schema", None)
         record = store.install(top, manifest)
     finally:

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from nativellm import __version__, run
-from nativellm.build import cmake
+from nativellm.build import cmake, cudalibs
 from nativellm.build.elf import beyond_glibc, find_needed
 from nativellm.build.index import build_from_index
 from nativellm.build.options import BuildOptions, BuildOutcome, runs_here
@@ -33,6 +33,7 @@ from nativellm.build.ui import UI_DIR, UiAssets, find_ui_sources, provision_ui, 
 from nativellm.errors import BuildError, ResourceError, SmokeTestError, UiError
 from nativellm.fsutil import canonical_hash, sha256_file
 from nativellm.hardware import HostProfile, detect_host
+from nativellm.hardware.nvidia import find_nvcc
 from nativellm.hardware.profile import load_profile
 from nativellm.paths import Paths, package_data
 from nativellm.progress import Reporter, SilentReporter
@@ -132,7 +133,10 @@ class _Builder:
                 self.rep.progress(int(m.group(1)), int(m.group(2)))
 
         ui_dist = self.ui.dist if self.ui is not None and not configure_only else None
-        steps = cmake.steps(tools, plan, source.path, work, jobs, ui_dist)
+        cuda_libs = None
+        if tools.cuda_math is not None and plan.cmake_defines.get("GGML_CUDA") == "ON":
+            cuda_libs = cudalibs.prefix_for(tools.cuda_math, find_nvcc(), work / "cuda-libs")
+        steps = cmake.steps(tools, plan, source.path, work, jobs, ui_dist, cuda_libs)
         for name, argv in steps[:1] if configure_only else steps:
             self.rep.stage(f"{name} ({'ninja' if name == 'compile' else 'cmake'}, log: {log})")
             rc = run.stream(argv, log_path=log, on_line=on_line, env=ccache_env)
@@ -146,6 +150,25 @@ class _Builder:
         for key in plan.source.adapted if plan.source else ():
             self.rep.stage(f"adapted to the tree: {key}: {plan.reasons.get(key, '')}")
         return plan
+
+    def link_cuda_runtime(self, stage: Path, tools: Toolchain, plan: BuildPlan) -> list[dict[str, str]]:
+        """Link the CUDA runtime libraries the loader can't find (wheel cuBLAS) into stage/lib."""
+        math = tools.cuda_math
+        if math is None or plan.cmake_defines.get("GGML_CUDA") != "ON":
+            return []
+        dirs = [math.lib_dir, *cudalibs.runtime_lib_dirs(find_nvcc(), math.major)]
+        linked = cudalibs.link_runtime(stage, dirs)
+        for entry in linked:
+            if "from" in entry:
+                self.rep.stage(f"CUDA runtime: lib/{entry['soname']} -> {entry['from']}")
+        return linked
+
+    @staticmethod
+    def cuda_parts(tools: Toolchain, plan: BuildPlan, runtime_libs: list[dict[str, str]]) -> dict[str, Any]:
+        """Manifest keys of a CUDA build: where cuBLAS came from and which runtime libraries were linked."""
+        if tools.cuda_math is None or plan.cmake_defines.get("GGML_CUDA") != "ON":
+            return {}
+        return {"cuda_math": tools.cuda_math.to_dict(), "runtime_libs": runtime_libs}
 
     def warnings(self) -> list[str]:
         return [self.ui_warning] if self.ui_warning else []
@@ -280,6 +303,7 @@ class _Builder:
                 started = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
                 self.rep.stage(f"building {build_id} with {jobs} job(s)")
                 stage = self.compile(plan, source, tools, work, jobs)
+                runtime_libs = self.link_cuda_runtime(stage, tools, plan)
                 single = self.check_single_binary(stage, work / "build.log") if plan.single_binary else None
                 result: SmokeResult | None = None
                 if can_smoke:
@@ -329,6 +353,7 @@ class _Builder:
                 else {"passed": False, "skipped": "built for another host"},
                 fallbacks=fallbacks,
                 jobs=jobs,
+                **self.cuda_parts(tools, plan, runtime_libs),
                 **({"single_binary": single} if single is not None else {}),
                 ui=self.ui.to_dict() if self.ui is not None else None,
             )

@@ -7,8 +7,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from nativellm import run
+from nativellm.build.cudalibs import SITE_ENV, CudaMath, find_cuda_math
 from nativellm.errors import ToolchainError
-from nativellm.hardware.nvidia import find_nvcc
+from nativellm.hardware.nvidia import find_nvcc, parse_nvcc_version
 from nativellm.versions import dotted, major_minor
 
 MIN_CMAKE = (3, 21)
@@ -22,10 +23,14 @@ class Toolchain:
     cc: str  # first line of `cc --version`
     cxx: str
     nvcc: str | None = None
+    cuda_math: CudaMath | None = None  # where cuBLAS comes from (CUDA builds)
 
     def identity(self) -> dict[str, str | None]:
         """The parts that change the binaries (paths don't)."""
-        return {"cmake": self.cmake_version, "cc": self.cc, "cxx": self.cxx, "nvcc": self.nvcc}
+        out = {"cmake": self.cmake_version, "cc": self.cc, "cxx": self.cxx, "nvcc": self.nvcc}
+        if self.cuda_math is not None:  # only CUDA builds: other build ids stay as they were
+            out["cublas"] = self.cuda_math.identity()
+        return out
 
 
 def _pip_tool(module: str, exe: str) -> str | None:
@@ -89,8 +94,27 @@ def find_toolchain(need_nvcc: bool = False) -> Toolchain:
                 "install the CUDA toolkit or build with --backend cpu",
             )
         res = run.probe([nvcc_path, "--version"])
-        nvcc = nvcc_identity(res.stdout if res is not None and res.ok else "") or nvcc_path
-    return Toolchain(cmake, ninja, full, cc, cxx, nvcc)
+        text = res.stdout if res is not None and res.ok else ""
+        nvcc = nvcc_identity(text) or nvcc_path
+        cuda_math = _cublas_for(nvcc_path, text)
+    return Toolchain(cmake, ninja, full, cc, cxx, nvcc, cuda_math if need_nvcc else None)
+
+
+def _cublas_for(nvcc_path: str, version_text: str) -> CudaMath:
+    """cuBLAS matching nvcc's major version, from the toolkit or a pip wheel; raise with the fix."""
+    release = parse_nvcc_version(version_text)
+    if release is None:
+        raise ToolchainError(f"cannot tell the CUDA version of {nvcc_path}", "reinstall the CUDA toolkit")
+    major = int(release.split(".")[0])
+    found = find_cuda_math(nvcc_path, major)
+    if found is None:
+        wheel = "nvidia-cublas" if major >= 13 else f"nvidia-cublas-cu{major}"
+        raise ToolchainError(
+            f"CUDA {release} has nvcc but no cuBLAS (not in the toolkit, no {wheel} wheel found)",
+            f"pip install '{wheel}=={major}.*' into nativellm's environment, or set {SITE_ENV} to the "
+            "site-packages that has it",
+        )
+    return found
 
 
 # (pattern in the build log, what to do) for failures we know.
