@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -142,3 +143,26 @@ def test_only_cuda_builds_carry_cublas_in_their_identity(wheel: cudalibs.CudaMat
     assert "cublas" not in plain.identity()  # CPU build ids stay what they were
     cuda = Toolchain("cmake", "ninja", "3.31", "cc 12", "c++ 12", "release 13.0", wheel)
     assert cuda.identity()["cublas"] == wheel.identity()
+
+
+def test_nvcc_without_cublas_is_one_line_with_the_pip_fix(tmp_path: Path) -> None:
+    """The CLI, in a process whose environment has no cuBLAS wheel (site dirs emptied): exit 11, the fix."""
+    if find_nvcc() is None:
+        cannot_run("no nvcc on this machine")
+    profile = Path(__file__).resolve().parents[1] / "fixtures" / "profiles" / "h200.json"
+    code = (
+        "import sys; import nativellm.build.cudalibs as c; c.site_dirs = lambda extra=(): []; "
+        "from nativellm.cli import main; sys.argv[0] = 'nativellm'; main()"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, "build", "--profile", str(profile), "--backend", "cuda", "--dry-run"],
+        capture_output=True, text=True, timeout=120, env={**os.environ, "NATIVELLM_HOME": str(tmp_path / "home")},
+    )  # fmt: skip
+    assert done.returncode == 11, done.stderr
+    lines = [line for line in done.stderr.strip().splitlines() if not line.startswith("> ")]  # stage lines
+    assert (
+        lines[0]
+        == "error: CUDA 13.0 has nvcc but no cuBLAS (not in the toolkit, no nvidia-cublas wheel found)"
+    )
+    assert lines[1].strip().startswith("hint: pip install 'nvidia-cublas==13.*'") and len(lines) == 2
+    assert "Traceback" not in done.stderr and not (tmp_path / "home" / "data" / "work").exists()

@@ -47,6 +47,14 @@ class BuildRecord:
     def binary(self, name: str) -> Path:
         return self.bin / name
 
+    @property
+    def smoke_state(self) -> str:
+        """passed; pending (a cross-build: built for another host, smoke-tested where it is installed);
+        or failed."""
+        if self.smoke_passed:
+            return "passed"
+        return "pending" if self.manifest.get("smoke_test", {}).get("skipped") else "failed"
+
 
 class Store:
     """Mutations of the build store. Readers never see a half-written build."""

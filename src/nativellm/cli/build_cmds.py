@@ -258,6 +258,7 @@ def builds_list(system: SystemOpt = False, json_out: JsonOpt = False) -> None:
                         "created": r.created,
                         "current": r.id == current,
                         "smoke_test_passed": r.smoke_passed,
+                        "smoke_test": r.smoke_state,
                         "pinned_by": pins.get(r.id, []),
                         "source": r.source,
                         "path": str(r.path),

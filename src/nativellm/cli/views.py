@@ -94,7 +94,7 @@ def show_builds(records: list[BuildRecord], current: str | None, pins: dict[str,
             r.backend,
             r.created,
             escape(str(src)),
-            "pass" if r.smoke_passed else "-",
+            {"passed": "pass", "pending": "pending (cross-build)"}.get(r.smoke_state, "-"),
             ", ".join(pins.get(r.id, [])),
         )
     out.print(table)
