@@ -211,6 +211,11 @@ def main(argv: list[str]) -> int:
                 [smi, "--query-gpu=name,memory.total,driver_version,compute_cap", "--format=csv,noheader"], 30
             )
             out["nvidia_smi"] = q.stdout.strip() or q.stderr.strip()
+            from nativellm.hardware.nvidia import QUERY_FIELDS
+
+            # The exact query detect runs, kept raw: a captured fixture for the parser's tests.
+            raw = _run([smi, "--query-gpu=" + ",".join(QUERY_FIELDS), "--format=csv,noheader,nounits"], 30)
+            (args.out / "nvidia_smi_query.csv").write_text(raw.stdout)
         else:
             out["nvidia_smi"] = None
         detect = _nativellm(["detect"], env, 120)
@@ -230,6 +235,17 @@ def main(argv: list[str]) -> int:
         if args.dry_run:
             return {"status": "skipped (dry run)", "would_run": f"nativellm install-artifact {args.artifact}"}
         got = _nativellm(["install-artifact", str(args.artifact)], env, 400)
+        confinement = "default"
+        if got["exit"] != 0 and re.search(r"unshare|setpriv|namespaces|confine", got.get("stderr", ""), re.I):
+            # This machine can't confine the smoke test (no user namespaces in its sandbox, say): the
+            # artifact is our own, so run it unconfined and record that.
+            first = got.get("stderr", "")[-600:]
+            got = _nativellm(
+                ["install-artifact", str(args.artifact)], {**env, "NATIVELLM_SMOKE_CONFINE": "none"}, 400
+            )
+            confinement = (
+                f"none (confined attempt failed: {first.strip().splitlines()[-1] if first.strip() else '?'})"
+            )
         data = got.get("data") or {}
         state["build_id"] = data.get("build_id")
         builds = _nativellm(["builds", "list"], env, 60)
@@ -249,6 +265,7 @@ def main(argv: list[str]) -> int:
             "activated": data.get("activated"),
             "smoke_test": data.get("smoke_test"),
             "runtime_libs": manifest.get("runtime_libs"),
+            "smoke_confinement": confinement,
             "record": rec,
         }
         if got["exit"] != 0:
@@ -256,16 +273,13 @@ def main(argv: list[str]) -> int:
         return out
 
     def model() -> dict[str, Any]:
-        from nativellm.build.synth import SHAPE_7B, SynthSize, find_vocab, write_synthetic_q4_k_m
+        from nativellm.build.synth import SHAPE_7B, VOCAB_FILE, SynthSize, write_synthetic_q4_k_m
 
         shape = (
             SHAPE_7B if (args.shape or ("tiny" if args.dry_run else "7b")) == "7b" else SynthSize.TINY.shape
         )
-        vocab = (
-            find_vocab(state["build_dir"])
-            if "build_dir" in state and state["build_dir"].is_dir()
-            else _artifact_vocab(args.artifact, home)
-        )
+        installed = state.get("build_dir", Path("/nonexistent")) / "share" / "nativellm" / VOCAB_FILE
+        vocab = installed if installed.is_file() else _artifact_vocab(args.artifact, home)
         path = Path("/tmp") / f"nativellm-{'7b' if shape is SHAPE_7B else 'tiny'}-q4_k_m.gguf"
         write_synthetic_q4_k_m(path, vocab, shape)
         import gguf

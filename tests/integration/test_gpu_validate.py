@@ -64,10 +64,12 @@ def test_the_synthetic_q4_k_m_model_runs_in_real_llama_bench(
     auto_build: CliResult, session_home: Path, tmp_path: Path
 ) -> None:
     """The layout the GPU run measures is one llama.cpp loads and runs: the session's real llama-bench."""
-    from nativellm.build.synth import SynthSize, find_vocab, write_synthetic_q4_k_m
+    from nativellm.build.synth import VOCAB_FILE, SynthSize, write_synthetic_q4_k_m
 
     build_dir = session_home / "data" / "builds" / auto_build.json()["data"]["build_id"]
-    model = write_synthetic_q4_k_m(tmp_path / "m.gguf", find_vocab(build_dir), SynthSize.TINY.shape)
+    model = write_synthetic_q4_k_m(
+        tmp_path / "m.gguf", build_dir / "share" / "nativellm" / VOCAB_FILE, SynthSize.TINY.shape
+    )
     done = subprocess.run(
         [str(build_dir / "bin" / "llama-bench"), "-m", str(model), "-p", "16", "-n", "16", "-r", "1", "-o", "json"],
         capture_output=True, text=True, timeout=300,
