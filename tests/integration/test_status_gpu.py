@@ -80,3 +80,23 @@ def test_no_libnvidia_ml_degrades_to_unknown(tmp_path: Path, llama_source: Path)
 
     status = nativellm("status", "--json", home=home)
     assert status.returncode == 0 and "Traceback" not in status.stderr, status.stderr
+
+
+def test_the_parser_follows_the_trees_buffer_formats(llama_source: Path) -> None:
+    """The printf formats the parser was written against, found in the pinned tree, rendered as
+    llama-server prints them for a Vulkan device and parsed back."""
+    src = llama_source / "src"
+    formats = {
+        "llama-model.cpp": ("%s: %12s model buffer size = %8.2f MiB", "load_tensors", "model"),
+        "llama-kv-cache.cpp": ("%s: %10s KV buffer size = %8.2f MiB", "llama_kv_cache", "KV"),
+        "llama-context.cpp": ("%s: %10s compute buffer size = %8.2f MiB", "sched_reserve", "compute"),
+    }
+    lines = []
+    for file, (fmt, fn, _) in formats.items():
+        assert f'"{fmt}\\n"' in (src / file).read_text(), f"{file} no longer prints {fmt!r}"
+        lines.append("0.00.118.971 I " + fmt % (fn, "Vulkan0", 12.5))
+    buffers = parse_buffer_sizes("\n".join(lines))
+    assert [(b.buffer, b.kind, b.bytes) for b in buffers] == [
+        ("Vulkan0", kind, round(12.5 * MiB)) for _, _, kind in formats.values()
+    ]
+    assert 'GGML_VK_NAME "Vulkan"' in (llama_source / "ggml" / "include" / "ggml-vulkan.h").read_text()

@@ -39,7 +39,8 @@ from nativellm.serve.observe import gpu_memory_from_log, parse_buffer_sizes
 
 ROOT = Path(__file__).parent.parent.parent
 HW = ROOT / "tests" / "fixtures" / "hw"
-NVML_FIXTURE = HW / "nvml_h200_constructed.json"
+# The real capture from an H200 (scripts/capture-nvml.py) replaces the constructed one when it lands.
+NVML_FIXTURE = next(p for p in (HW / "nvml_h200.json", HW / "nvml_h200_constructed.json") if p.is_file())
 CPU_LOG = ROOT / "tests" / "fixtures" / "llama_server" / "load_log_cpu_lv4.log"
 MiB = 1 << 20
 GiB = 1 << 30
@@ -104,8 +105,12 @@ def nvml_doc() -> dict[str, Any]:
 
 
 def server_pid(doc: dict[str, Any]) -> int:
-    """The llama-server PID the capture names (scripts/capture-nvml.py --pid)."""
-    return int(doc["captured"]["llama_server_pids"][0])
+    """The llama-server PID the capture names (scripts/capture-nvml.py --pid), else the first
+    process on a GPU."""
+    named = (doc.get("captured") or {}).get("llama_server_pids") or []
+    if named:
+        return int(named[0])
+    return int(next(p["pid"] for d in doc["devices"] for p in d["processes"]))
 
 
 def test_the_nvml_fixture_reads_back_through_the_recorder() -> None:
@@ -140,9 +145,13 @@ def test_nvml_gives_the_servers_memory_by_pid() -> None:
     doc = nvml_doc()
     snap = NvmlSnapshot.from_dict(doc)
     pid = server_pid(doc)
-    used = next(p["usedGpuMemory"] for p in doc["devices"][0]["processes"] if p["pid"] == pid)
-    d = doc["devices"][0]
-    assert nvml_gpu_memory(snap, {pid}) == [GpuMemory("CUDA0", 0, used, "nvml", d["name"], d["uuid"])]
+    expected = [
+        GpuMemory(f"CUDA{d['index']}", d["index"], p["usedGpuMemory"], "nvml", d["name"], d["uuid"])
+        for d in doc["devices"]
+        for p in d["processes"]
+        if p["pid"] == pid
+    ]
+    assert expected and nvml_gpu_memory(snap, {pid}) == expected
     assert nvml_gpu_memory(snap, {1, 2, 3}) == []  # not on any GPU
     # A child process on the GPU counts with its parent (the instance's process tree).
     two = NvmlSnapshot(None, (NvmlDevice(0, "X", None, 80 * GiB, None, None,
@@ -215,9 +224,13 @@ def test_no_libnvidia_ml_is_none_not_a_traceback(caplog: pytest.LogCaptureFixtur
 def test_detect_reads_gpus_through_the_one_nvml_reader(monkeypatch: pytest.MonkeyPatch) -> None:
     doc = nvml_doc()
     monkeypatch.setattr(nvidia, "probe_nvml", lambda: NvmlSnapshot.from_dict(doc))
-    (gpu,) = nvidia.detect_nvidia_gpus()
-    d = doc["devices"][0]
-    assert gpu == GpuInfo("nvidia", 0, d["name"], "sm_90", d["memory"]["total"], doc["driver"])
+    gpus = nvidia.detect_nvidia_gpus()
+    assert gpus == [
+        GpuInfo("nvidia", d["index"], d["name"], "sm_" + d["compute_capability"].replace(".", ""),
+                d["memory"]["total"], doc["driver"])
+        for d in doc["devices"]
+    ]  # fmt: skip
+    assert gpus[0].arch == "sm_90"  # an H200
 
 
 # --------------------------------------------------------------------------- AMD

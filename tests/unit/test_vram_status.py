@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -189,3 +190,29 @@ def test_the_table_shows_vram(capsys: pytest.CaptureFixture[str], monkeypatch: p
     assert "200 MiB" in cells["one"] and "2048 MiB (CUDA0+CUDA1)" in cells["two"]
     assert " ? " in cells["unknown"]
     assert InstanceStatus("x", s, None, "down", {}, None).to_dict()["gpu_memory"] == []
+
+
+def test_fit_text_lists_the_inventory(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from nativellm.cli.views import show_fit
+    from nativellm.hardware.profile import CpuInfo, GpuInfo, HostProfile
+    from nativellm.hardware.vram import GpuDevice
+    from nativellm.models.fit import estimate_fit
+
+    monkeypatch.setattr(output.out, "_width", 200)
+    facts = {"block_count": 2, "head_count": 4, "head_count_kv": 4, "embedding_length": 256,
+             "layer_bytes": [MiB, MiB], "context_length": 512}  # fmt: skip
+    rec = SimpleNamespace(name="m", facts=facts)
+    cpu = CpuInfo("GenuineIntel", "Xeon", ("avx2",), 8, 16)
+    bare = HostProfile("linux", "x86_64", cpu, 64 * GiB)
+    show_fit(estimate_fit(rec, bare, ctx=512))
+    assert len(capsys.readouterr().out.splitlines()) == 2  # CPU only: as before
+    gpu = HostProfile(
+        "linux", "x86_64", cpu, 64 * GiB, (GpuInfo("nvidia", 0, "NVIDIA H200", "sm_90", 140 * GiB),)
+    )
+    dev = GpuDevice("nvidia", 0, "NVIDIA H200", 140 * GiB, 100 * GiB, None, "nvml")
+    show_fit(estimate_fit(rec, gpu, ctx=512, gpu_layers=99, devices=(dev,)))
+    lines = capsys.readouterr().out.splitlines()
+    assert "free on GPU 0" in lines[0]
+    assert lines[2] == "  GPU 0 NVIDIA H200: 140.0 GiB, 100.0 GiB free (nvml)"

@@ -299,6 +299,9 @@ def show_fit(report: FitReport) -> None:
         f"KV cache {human_bytes(report.kv_cache_bytes)}; compute {human_bytes(report.compute_bytes)}; "
         f"total {human_bytes(report.total_bytes)}"
     )
+    for d in report.devices:  # none on a CPU-only host: its output is unchanged
+        free = f", {human_bytes(d.free_bytes)} free" if d.free_bytes is not None else ""
+        out.print(f"  GPU {d.index} {escape(d.name)}: {human_bytes(d.total_bytes)}{free} ({d.source})")
 
 
 # --------------------------------------------------------------------------- bench and doctor
