@@ -34,17 +34,24 @@ def _opt_int(value: Any) -> int | None:
     return None if value is None else int(value)
 
 
-def _processes(nv: Any, handle: Any) -> list[dict[str, Any]]:
-    found: dict[int, int | None] = {}
-    for getter in ("nvmlDeviceGetComputeRunningProcesses", "nvmlDeviceGetGraphicsRunningProcesses"):
+def _running(nv: Any, handle: Any, kind: str) -> list[Any]:
+    """nvmlDeviceGet<kind>RunningProcesses: pynvml's unversioned call wants the v3 symbol (drivers
+    from about R510); an older driver still answers the v2 one."""
+    for getter in (f"nvmlDeviceGet{kind}RunningProcesses", f"nvmlDeviceGet{kind}RunningProcesses_v2"):
         fn = getattr(nv, getter, None)
         if fn is None:
             continue
         try:
-            procs = fn(handle)
-        except Exception as exc:
+            return list(fn(handle))
+        except Exception as exc:  # NotSupported on some boards/MIG, or no such symbol in the driver
             print(f"capture-nvml: {getter} failed: {exc}", file=sys.stderr)
-            continue
+    return []
+
+
+def _processes(nv: Any, handle: Any) -> list[dict[str, Any]]:
+    found: dict[int, int | None] = {}
+    for kind in ("Compute", "Graphics"):
+        procs = _running(nv, handle, kind)
         for p in procs:
             pid, used = int(p.pid), _opt_int(getattr(p, "usedGpuMemory", None))
             old = found.get(pid)

@@ -202,6 +202,24 @@ def test_a_process_list_nvml_refuses_leaves_the_device_listed() -> None:
     assert snap.devices[0].processes == () and snap.devices[0].total_bytes > 0
 
 
+def test_an_older_driver_answers_the_v2_process_list() -> None:
+    """pynvml's unversioned call needs the driver's v3 symbol; without it (drivers before ~R510)
+    it raises, and the v2 call answers."""
+
+    class MismatchError(Exception):
+        pass
+
+    doc = nvml_doc()
+    fake = inited(
+        doc,
+        processes_error=MismatchError("Unversioned function called and the pyNVML version does not match"),
+    )
+    fake.nvmlDeviceGetComputeRunningProcesses_v2 = lambda h: [  # type: ignore[attr-defined]
+        SimpleNamespace(pid=p["pid"], usedGpuMemory=p["usedGpuMemory"]) for p in h["processes"]
+    ]
+    assert read_nvml(fake) == NvmlSnapshot.from_dict(doc)
+
+
 def test_no_libnvidia_ml_is_none_not_a_traceback(caplog: pytest.LogCaptureFixture) -> None:
     """The real nvidia-ml-py on this machine, which has no NVIDIA driver: NVMLError_LibraryNotFound
     becomes None and a log line. (A machine with the driver answers instead; that is checked there.)"""

@@ -143,19 +143,26 @@ def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-def _nvml_processes(nv: Any, handle: Any) -> tuple[NvmlProcess, ...]:
-    """Compute and graphics processes (a Vulkan llama-server on an NVIDIA card is listed as
-    graphics), one entry per PID; the larger figure wins when a PID is in both lists."""
-    found: dict[int, int | None] = {}
-    for getter in ("nvmlDeviceGetComputeRunningProcesses", "nvmlDeviceGetGraphicsRunningProcesses"):
+def _running(nv: Any, handle: Any, kind: str) -> list[Any]:
+    """nvmlDeviceGet<kind>RunningProcesses: pynvml's unversioned call wants the v3 symbol (drivers
+    from about R510); an older driver still answers the v2 one."""
+    for getter in (f"nvmlDeviceGet{kind}RunningProcesses", f"nvmlDeviceGet{kind}RunningProcesses_v2"):
         fn = getattr(nv, getter, None)
         if fn is None:
             continue
         try:
-            procs = fn(handle)
-        except Exception as exc:  # NVMLError_NotSupported on some boards/MIG; keep what we have
+            return list(fn(handle))
+        except Exception as exc:  # NotSupported on some boards/MIG, or no such symbol in the driver
             log.info("nvml: %s failed: %s", getter, exc)
-            continue
+    return []
+
+
+def _nvml_processes(nv: Any, handle: Any) -> tuple[NvmlProcess, ...]:
+    """Compute and graphics processes (a Vulkan llama-server on an NVIDIA card is listed as
+    graphics), one entry per PID; the larger figure wins when a PID is in both lists."""
+    found: dict[int, int | None] = {}
+    for kind in ("Compute", "Graphics"):
+        procs = _running(nv, handle, kind)
         for p in procs:
             pid, used = int(p.pid), _opt_int(getattr(p, "usedGpuMemory", None))
             old = found.get(pid)
