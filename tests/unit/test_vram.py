@@ -420,25 +420,49 @@ def test_inventory_takes_free_memory_from_nvml_when_live() -> None:
     d = doc["devices"][0]
     host = profile(GpuInfo("nvidia", 0, d["name"], "sm_90", 140 * GiB))
     snap = NvmlSnapshot.from_dict(doc)
-    (dev,) = device_inventory(host, nvml=lambda: snap)
+    (dev,) = device_inventory(host, nvml=lambda: snap, amd=None)
     assert dev == GpuDevice(
         "nvidia", 0, d["name"], d["memory"]["total"], d["memory"]["free"], d["uuid"], "nvml"
     )
     assert dev.capacity == d["memory"]["free"]
     # Another machine's profile (--profile FILE): nothing live, totals only.
-    (plain,) = device_inventory(host, nvml=None)
+    (plain,) = device_inventory(host, nvml=None, amd=None)
     assert plain == GpuDevice("nvidia", 0, d["name"], 140 * GiB) and plain.capacity == 140 * GiB
+
+
+ROCM_SMI_VRAM = (  # rocm-smi --showmeminfo vram --json: byte counts as strings, cards in any order
+    '{"card1": {"VRAM Total Memory (B)": "68702699520", "VRAM Total Used Memory (B)": "10960896"},'
+    ' "card0": {"VRAM Total Memory (B)": "206141652992", "VRAM Total Used Memory (B)": "6442450944"}}'
+)
+
+
+def test_inventory_takes_amd_free_memory_from_rocm_smi() -> None:
+    from nativellm.hardware.amd import parse_rocm_smi_vram_usage
+
+    usage = parse_rocm_smi_vram_usage(ROCM_SMI_VRAM)
+    assert usage == [(206141652992, 6442450944), (68702699520, 10960896)]
+    host = profile(GpuInfo("amd", 0, "AMD Instinct MI300X", "gfx942", 206141652992),
+                   GpuInfo("amd", 1, "AMD Instinct MI210", "gfx90a", 68702699520))  # fmt: skip
+    devs = device_inventory(host, nvml=None, amd=lambda: usage)
+    assert [(d.index, d.free_bytes, d.source) for d in devs] == [
+        (0, 206141652992 - 6442450944, "rocm-smi"),
+        (1, 68702699520 - 10960896, "rocm-smi"),
+    ]
+    # A count that does not match the profile's AMD GPUs pairs nothing.
+    assert all(d.source == "profile" for d in device_inventory(host, nvml=None, amd=lambda: usage[:1]))
+    assert parse_rocm_smi_vram_usage('{"card0": {"VRAM Total Memory (B)": "1024"}}') == [(1024, None)]
+    assert parse_rocm_smi_vram_usage("garbage") == []
 
 
 def test_inventory_does_not_mix_a_different_device() -> None:
     snap = NvmlSnapshot.from_dict(nvml_doc())
     host = profile(GpuInfo("nvidia", 0, "NVIDIA GeForce RTX 5090", "sm_120", 32 * GiB),
                    GpuInfo("intel", 1, "Intel Arc", "intel", 0))  # fmt: skip
-    devs = device_inventory(host, nvml=lambda: snap)
+    devs = device_inventory(host, nvml=lambda: snap, amd=None)
     assert [(d.source, d.free_bytes) for d in devs] == [("profile", None), ("profile", None)]
     asked: list[int] = []
-    device_inventory(profile(), nvml=lambda: asked.append(1))
-    assert asked == []  # no NVIDIA GPU in the profile: NVML is not asked
+    device_inventory(profile(), nvml=lambda: asked.append(1), amd=lambda: asked.append(2))
+    assert asked == []  # no GPU in the profile: no live source is asked
 
 
 # --------------------------------------------------------------------------- model fit on the inventory

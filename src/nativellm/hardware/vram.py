@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from nativellm import run
+from nativellm.hardware.amd import probe_rocm_vram_usage
 from nativellm.hardware.profile import HostProfile
 
 log = logging.getLogger(__name__)
@@ -386,7 +387,7 @@ class GpuDevice:
     total_bytes: int
     free_bytes: int | None = None
     uuid: str | None = None
-    source: str = "profile"  # profile | nvml
+    source: str = "profile"  # profile | nvml | rocm-smi
 
     @property
     def capacity(self) -> int:
@@ -410,20 +411,35 @@ def profile_devices(profile: HostProfile) -> tuple[GpuDevice, ...]:
 
 
 def device_inventory(
-    profile: HostProfile, *, nvml: Callable[[], NvmlSnapshot | None] | None = probe_nvml
+    profile: HostProfile,
+    *,
+    nvml: Callable[[], NvmlSnapshot | None] | None = probe_nvml,
+    amd: Callable[[], list[tuple[int, int | None]] | None] | None = probe_rocm_vram_usage,
 ) -> tuple[GpuDevice, ...]:
-    """The profile's GPUs, with NVML's free memory for the NVIDIA ones when `nvml` gives a snapshot.
+    """The profile's GPUs, with their free memory where a live source knows it: NVML for the
+    NVIDIA ones (matched by index and name), rocm-smi's used VRAM for the AMD ones (by card order,
+    the order `detect` already pairs its VRAM sizes with; only when the counts agree).
 
-    Pass `nvml=None` for a profile of another machine (`--profile FILE`): its devices are not
-    this host's, so nothing live may be mixed in. NVML devices match by index and name.
+    Pass `nvml=None, amd=None` for a profile of another machine (`--profile FILE`): its devices
+    are not this host's, so nothing live may be mixed in. Each source is asked only when the
+    profile has GPUs of its vendor.
     """
     snap = nvml() if nvml is not None and profile.gpus_of("nvidia") else None
     live = {d.index: d for d in snap.devices} if snap is not None else {}
+    amd_gpus = profile.gpus_of("amd")
+    usage = (amd() or []) if amd is not None and amd_gpus else []
+    amd_live = (
+        dict(zip((g.index for g in amd_gpus), usage, strict=True)) if len(usage) == len(amd_gpus) else {}
+    )
     out = []
     for g in profile.gpus:
         d = live.get(g.index) if g.vendor == "nvidia" else None
+        a = amd_live.get(g.index) if g.vendor == "amd" else None
         if d is not None and d.name == g.name:
             out.append(GpuDevice(g.vendor, g.index, g.name, d.total_bytes, d.free_bytes, d.uuid, "nvml"))
+        elif a is not None and a[1] is not None:
+            total, used = a[0] or g.memory_bytes, a[1]
+            out.append(GpuDevice(g.vendor, g.index, g.name, total, max(total - used, 0), None, "rocm-smi"))
         else:
             out.append(GpuDevice(g.vendor, g.index, g.name, g.memory_bytes))
     return tuple(out)
