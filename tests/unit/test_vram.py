@@ -113,6 +113,14 @@ def server_pid(doc: dict[str, Any]) -> int:
     return int(next(p["pid"] for d in doc["devices"] for p in d["processes"]))
 
 
+def capture_script() -> Any:
+    spec = importlib.util.spec_from_file_location("capture_nvml", ROOT / "scripts" / "capture-nvml.py")
+    assert spec is not None and spec.loader is not None
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    return script
+
+
 def test_the_nvml_fixture_reads_back_through_the_recorder() -> None:
     doc = nvml_doc()
     snap = read_nvml(inited(doc))
@@ -133,12 +141,26 @@ def test_probe_inits_reads_and_shuts_nvml_down(monkeypatch: pytest.MonkeyPatch) 
 def test_capture_script_writes_what_the_reader_reads() -> None:
     """scripts/capture-nvml.py (stdlib + pynvml, for a GPU machine without nativellm) and
     read_nvml must agree, or a capture would not be what nativellm sees."""
-    spec = importlib.util.spec_from_file_location("capture_nvml", ROOT / "scripts" / "capture-nvml.py")
-    assert spec is not None and spec.loader is not None
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = capture_script()
     doc = nvml_doc()
     assert script.capture(inited(doc)) == read_nvml(inited(doc)).to_dict()
+
+
+def test_capture_script_without_nvml_says_so(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    """On this machine (no NVIDIA driver) the script exits 2 with one line, and writes nothing."""
+    pynvml = pytest.importorskip("pynvml")
+    try:
+        pynvml.nvmlInit()
+    except pynvml.NVMLError_LibraryNotFound:
+        pass
+    else:
+        pynvml.nvmlShutdown()
+        pytest.skip("libnvidia-ml is installed here")
+    script = capture_script()
+    assert script.main(["-o", str(tmp_path / "out.json")]) == 2
+    err = capsys.readouterr().err
+    assert err.strip() == "capture-nvml: NVML is not usable here: NVML Shared Library Not Found"
+    assert not (tmp_path / "out.json").exists()
 
 
 def test_nvml_gives_the_servers_memory_by_pid() -> None:
