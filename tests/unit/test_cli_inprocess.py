@@ -72,7 +72,9 @@ from nativellm.errors import (
 )
 from nativellm.hardware import HostProfile
 from nativellm.hardware import profile as profile_mod
+from nativellm.hardware import vram as vram_mod
 from nativellm.hardware.profile import load_profile
+from nativellm.hardware.vram import profile_devices
 from nativellm.models import pull as pull_mod
 from nativellm.models import registry as registry_mod
 from nativellm.models.fit import FitReport, estimate_fit
@@ -692,6 +694,7 @@ def _model_demo(r: Recorder, p: Paths, fail: Fail) -> None:
 
 def _model_fit(r: Recorder, p: Paths, fail: Fail) -> None:
     r.fn(registry_mod, "fit_model", fail or fit_report(H100, p))
+    r.fn(vram_mod, "probe_nvml", None)  # no live NVML here: the inventory is the profile's
 
 
 def _instances(r: Recorder, p: Paths, fail: Fail, linger: bool | None = True) -> None:
@@ -1222,8 +1225,10 @@ def test_model_fit_on_this_host_and_on_a_profile(cli: Cli, rec: Recorder, paths:
     assert run.code == 0
     assert rec.calls == [
         Call("detect_host", (), {"verify": False}),  # fit needs memory and GPUs, not verified ISA flags
+        Call("probe_nvml", (), {}),  # free memory of this host's NVIDIA GPUs, when NVML answers
         Call("fit_model", (paths, "qwen2.5-0.5b", H100), {
-            "ctx": 4096, "parallel": 1, "gpu_layers": 0, "cache_type_k": "f16", "cache_type_v": "f16"}),
+            "ctx": 4096, "parallel": 1, "gpu_layers": 0, "cache_type_k": "f16", "cache_type_v": "f16",
+            "devices": profile_devices(H100)}),
     ]  # fmt: skip
     report = fit_report(H100, paths)
     assert run.out.splitlines()[0] == report.message
@@ -1232,9 +1237,10 @@ def test_model_fit_on_this_host_and_on_a_profile(cli: Cli, rec: Recorder, paths:
     rec.calls.clear()
     run = cli("model", "fit", "qwen2.5-0.5b", "--ctx", "8192", "--parallel", "2", "--gpu-layers", "99",
               "--cache-type-k", "q8_0", "--cache-type-v", "q8_0", "--profile", SPR_FILE, "--json")  # fmt: skip
-    assert rec.calls == [
+    assert rec.calls == [  # another machine's profile: nothing live (no NVML) is mixed in
         Call("fit_model", (paths, "qwen2.5-0.5b", load_profile(SPR_FILE)), {
-            "ctx": 8192, "parallel": 2, "gpu_layers": 99, "cache_type_k": "q8_0", "cache_type_v": "q8_0"}),
+            "ctx": 8192, "parallel": 2, "gpu_layers": 99, "cache_type_k": "q8_0", "cache_type_v": "q8_0",
+            "devices": ()}),
     ]  # fmt: skip
     assert run.json() == {
         "schema": "nativellm.fit/1",

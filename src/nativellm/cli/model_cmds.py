@@ -210,14 +210,19 @@ def model_fit(
 ) -> None:
     """Estimate the memory the model needs and say whether it fits this host (or --profile)."""
     from nativellm.hardware import detect_host
+    from nativellm.hardware.amd import probe_rocm_vram_usage
     from nativellm.hardware.profile import load_profile
+    from nativellm.hardware.vram import device_inventory, probe_nvml
     from nativellm.models.registry import fit_model
 
     _begin("model fit", json_out)
     host = load_profile(profile) if profile else detect_host(verify=False)
+    # Free memory is this host's, live: never mixed into a --profile of another machine.
+    devices = device_inventory(host, nvml=None if profile else probe_nvml,
+                               amd=None if profile else probe_rocm_vram_usage)  # fmt: skip
     report = fit_model(resolve_paths(_scope(system)), name, host, ctx=ctx, parallel=parallel,
                        gpu_layers=gpu_layers, cache_type_k=cache_type_k,
-                       cache_type_v=cache_type_v)  # fmt: skip
+                       cache_type_v=cache_type_v, devices=devices)  # fmt: skip
     if json_out:
         emit_json({"schema": "nativellm.fit/1", "model": name, "ctx": ctx, **report.to_dict()})
         return

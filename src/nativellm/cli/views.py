@@ -112,6 +112,17 @@ def _uptime(s: float | None) -> str:
     return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
 
 
+def _vram(entries: Sequence[Mapping[str, Any]] | None) -> str:
+    """GPU memory of one instance: "-" for none, "?" when no source could tell, else the total
+    (and the device names when there are several)."""
+    if entries is None:
+        return "?"
+    if not entries:
+        return "-"
+    total = _mib(sum(int(e["bytes"]) for e in entries))
+    return total if len(entries) == 1 else f"{total} ({'+'.join(str(e['device']) for e in entries)})"
+
+
 def show_instance_status(rows: Sequence[dict[str, Any]]) -> None:
     if not rows:
         out.print("no instances; add one with `nativellm instance add NAME --model MODEL`")
@@ -124,6 +135,7 @@ def show_instance_status(rows: Sequence[dict[str, Any]]) -> None:
         "UP",
         "RESTARTS",
         "MEMORY",
+        "VRAM",
         "CPU",
         "URL",
         "HEALTH",
@@ -144,6 +156,7 @@ def show_instance_status(rows: Sequence[dict[str, Any]]) -> None:
             _uptime(r["uptime_s"]),
             str(r["restarts"] if r["restarts"] is not None else "-"),
             _mib(r["memory_bytes"]),
+            _vram(r.get("gpu_memory", [])),
             "-" if r["cpu_s"] is None else f"{r['cpu_s']:.1f}s",
             r["url"],
             r["health"],
@@ -286,6 +299,9 @@ def show_fit(report: FitReport) -> None:
         f"KV cache {human_bytes(report.kv_cache_bytes)}; compute {human_bytes(report.compute_bytes)}; "
         f"total {human_bytes(report.total_bytes)}"
     )
+    for d in report.devices:  # none on a CPU-only host: its output is unchanged
+        free = f", {human_bytes(d.free_bytes)} free" if d.free_bytes is not None else ""
+        out.print(f"  GPU {d.index} {escape(d.name)}: {human_bytes(d.total_bytes)}{free} ({d.source})")
 
 
 # --------------------------------------------------------------------------- bench and doctor

@@ -105,6 +105,31 @@ def parse_rocm_smi_vram(text: str) -> list[int]:
     return out
 
 
+def parse_rocm_smi_vram_usage(text: str) -> list[tuple[int, int | None]]:
+    """(total, used) VRAM bytes per card from ``rocm-smi --showmeminfo vram --json``, in card
+    order; used is None where the card does not report "VRAM Total Used Memory (B)"."""
+    totals = parse_rocm_smi_vram(text)
+    if not totals:
+        return []
+    data = json.loads(text)
+    cards = sorted((k for k in data if re.fullmatch(r"card\d+", k)), key=lambda k: int(k[4:]))
+    out: list[tuple[int, int | None]] = []
+    for card, total in zip(cards, totals, strict=True):
+        entry = data[card]
+        used = entry.get("VRAM Total Used Memory (B)") if isinstance(entry, dict) else None
+        out.append((total, int(used) if used is not None and str(used).isdigit() else None))
+    return out
+
+
+def probe_rocm_vram_usage(timeout: float = 10.0) -> list[tuple[int, int | None]] | None:
+    """Live (total, used) VRAM per AMD card from rocm-smi; None when rocm-smi does not answer."""
+    exe = run.which("rocm-smi") or _under_rocm("bin/rocm-smi")
+    if exe is None:
+        return None
+    done = run.probe([exe, "--showmeminfo", "vram", "--json"], timeout=timeout)
+    return parse_rocm_smi_vram_usage(done.stdout) if done is not None and done.ok else None
+
+
 def parse_rocm_version(text: str) -> str | None:
     """``6.2.41133-dd7f95766`` (hipconfig) or ``6.2.0-66`` (.info/version) -> ``"6.2"``."""
     return major_minor_text(text)

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import importlib
 import logging
 import os
 import re
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 from nativellm import run
 from nativellm.hardware.profile import GpuInfo
+from nativellm.hardware.vram import probe_nvml
 from nativellm.versions import major_minor_text
 
 log = logging.getLogger(__name__)
@@ -135,38 +134,17 @@ def parse_nvcc_version(text: str) -> str | None:
 
 
 def _from_nvml() -> list[GpuInfo] | None:
-    try:
-        nv: Any = importlib.import_module("pynvml")
-    except ImportError:
+    """GPUs from the one NVML reader (hardware/vram.py); None when NVML is not usable here."""
+    snap = probe_nvml()
+    if snap is None:
         return None
-    try:
-        nv.nvmlInit()
-    except Exception as exc:  # NVMLError_LibraryNotFound, DriverNotLoaded, ...
-        log.info("nvidia: NVML is not usable: %s", exc)
-        return None
-    try:
-        driver = _text(nv.nvmlSystemGetDriverVersion())
-        gpus = []
-        for i in range(int(nv.nvmlDeviceGetCount())):
-            h = nv.nvmlDeviceGetHandleByIndex(i)
-            name = _text(nv.nvmlDeviceGetName(h))
-            major, minor = nv.nvmlDeviceGetCudaComputeCapability(h)
-            mem = int(nv.nvmlDeviceGetMemoryInfo(h).total)
-            arch = f"sm_{major}{minor}"
-            gpus.append(GpuInfo("nvidia", i, name, arch, mem, driver))
-        return gpus
-    except Exception as exc:
-        log.info("nvidia: NVML query failed: %s", exc)
-        return None
-    finally:
-        try:
-            nv.nvmlShutdown()
-        except Exception:
-            pass
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
+    gpus = []
+    for d in snap.devices:
+        arch = (
+            arch_from_compute_cap(d.compute_capability) if d.compute_capability else None
+        ) or arch_from_name(d.name)
+        gpus.append(GpuInfo("nvidia", d.index, d.name, arch or "unknown", d.total_bytes, snap.driver))
+    return gpus
 
 
 def detect_nvidia_gpus(timeout: float = 10.0) -> list[GpuInfo]:

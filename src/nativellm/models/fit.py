@@ -10,12 +10,13 @@ all parallel slots share, so the KV cache does not grow with `parallel`.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from nativellm.errors import ModelError, UsageError
 from nativellm.hardware.profile import HostProfile
+from nativellm.hardware.vram import GpuDevice, profile_devices
 from nativellm.models.gguf import MAX_LAYERS
 
 # Bytes per KV-cache element for llama.cpp's --cache-type-k/-v values.
@@ -52,9 +53,10 @@ class FitReport:
     host_bytes: int = 0  # what lands in RAM: host weights, host KV, host compute
     repack_bytes: int = 0  # part of weights_host_bytes: the CPU backend's repacked copy
     gpu_bytes: tuple[int, ...] = ()  # what lands on each GPU
+    devices: tuple[GpuDevice, ...] = ()  # the GPUs compared against (the inventory `status` uses too)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        d: dict[str, Any] = {
             "verdict": self.verdict,
             "weights_host_bytes": self.weights_host_bytes,
             "weights_gpu_bytes": self.weights_gpu_bytes,
@@ -68,6 +70,9 @@ class FitReport:
             "available_vram_bytes": list(self.available_vram_bytes),
             "message": self.message,
         }
+        if self.devices:  # only where there are GPUs: a CPU-only host's report keeps its old shape
+            d["gpus"] = [g.to_dict() for g in self.devices]
+        return d
 
 
 def _req(facts: Mapping[str, Any], key: str) -> int:
@@ -176,10 +181,14 @@ def estimate_fit(
     gpu_layers: int = 0,
     cache_type_k: str = "f16",
     cache_type_v: str = "f16",
+    devices: Sequence[GpuDevice] | None = None,
 ) -> FitReport:
     """Estimate the memory `record` needs with these llama-server settings and compare it with `profile`.
 
-    `record` is a ModelRecord (anything with a `facts` mapping and a `name`).
+    `record` is a ModelRecord (anything with a `facts` mapping and a `name`). `devices` is the GPU
+    inventory (`hardware.vram.device_inventory`): with a device's free memory known, the offload is
+    compared against what is free, as llama.cpp splits layers by free memory; without it, the
+    profile's GPUs and their total memory.
     ctx 0 means the model's training context (a negative one is refused), as llama-server's `-c 0` does.
     """
     facts: Mapping[str, Any] = record.facts
@@ -194,7 +203,8 @@ def estimate_fit(
     if not layer_bytes:  # no per-layer sizes: spread the weights evenly, without a list per layer
         layer_bytes = [int(facts.get("tensor_bytes", 0)) // n_layer] * n_layer
     other = int(facts.get("other_bytes", 0))
-    gpus = [g.memory_bytes for g in profile.gpus]
+    inventory = tuple(devices) if devices is not None else profile_devices(profile)
+    gpus = [d.capacity for d in inventory]
     ngl = max(0, min(gpu_layers, n_layer + 1)) if gpus else 0
     offloaded = min(ngl, n_layer)
     # llama.cpp offloads the last `ngl` blocks; the output layer too once ngl > n_layer.
@@ -226,7 +236,8 @@ def estimate_fit(
     where = f"{_fmt(host)} of {_fmt(profile.memory_bytes)} RAM"
     if any(per_gpu):
         where += "; " + ", ".join(
-            f"{_fmt(u)} of {_fmt(m)} on GPU {i}" for i, (u, m) in enumerate(zip(per_gpu, gpus, strict=True))
+            f"{_fmt(u)} of {_fmt(m)}{' free' if d.free_bytes is not None else ''} on GPU {d.index}"
+            for d, u, m in zip(inventory, per_gpu, gpus, strict=True)
         )
     word = {"fits": "fits", "tight": "fits tightly", "does_not_fit": "does not fit"}[verdict]
     message = (
@@ -247,4 +258,5 @@ def estimate_fit(
         host_bytes=host,
         gpu_bytes=per_gpu,
         repack_bytes=repack,
+        devices=inventory,
     )

@@ -19,7 +19,7 @@ import shutil
 import stat
 import sys
 import tempfile
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -32,6 +32,7 @@ from nativellm.download import check_free_space
 from nativellm.errors import ModelError, NotFoundError, ResourceError, UsageError
 from nativellm.fsutil import file_lock, sha256_file, write_json_atomic
 from nativellm.hardware.profile import HostProfile
+from nativellm.hardware.vram import GpuDevice
 from nativellm.models.fit import FitReport, estimate_fit
 from nativellm.models.gguf import SPLIT_RE, split_parts, validate_model
 from nativellm.models.ollama import OllamaRef, find_ollama_dir, list_refs, read_model
@@ -657,6 +658,7 @@ def fit_model(
     gpu_layers: int = 0,
     cache_type_k: str = "f16",
     cache_type_v: str = "f16",
+    devices: Sequence[GpuDevice] | None = None,
 ) -> FitReport:
     rec = ModelRegistry(paths).get(name)
     # The file's facts as they are now, not as they were when it was added: the file may have been
@@ -664,5 +666,5 @@ def fit_model(
     rec = replace(rec, facts=validate_model(list(rec.parts) or [rec.path]))
     return estimate_fit(
         rec, profile, ctx=ctx, parallel=parallel, gpu_layers=gpu_layers, cache_type_k=cache_type_k,
-        cache_type_v=cache_type_v,
+        cache_type_v=cache_type_v, devices=devices,
     )  # fmt: skip

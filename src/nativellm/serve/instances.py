@@ -28,6 +28,7 @@ from nativellm.errors import (
 )
 from nativellm.hardware import detect_host
 from nativellm.hardware.profile import HostProfile
+from nativellm.hardware.vram import GpuMemory, GpuProcessProbe, process_tree
 from nativellm.models.fit import estimate_fit
 from nativellm.models.gguf import read_header
 from nativellm.models.registry import ModelRegistry
@@ -44,7 +45,7 @@ from nativellm.serve.dropins import (
     unit_name,
     watchdog_unit,
 )
-from nativellm.serve.observe import find_error_line, read_metrics
+from nativellm.serve.observe import find_error_line, gpu_memory_from_log, parse_buffer_sizes, read_metrics
 from nativellm.serve.server_flags import ServerFlags, probe_server_flags
 from nativellm.serve.systemd import Systemd, UnitState, reachable, require_reachable, require_reads_units_from
 from nativellm.serve.units import write_unit
@@ -121,6 +122,8 @@ class InstanceStatus:
     health: str  # ok | loading | down
     metrics: Mapping[str, float]
     error_line: str | None
+    # () when it holds none (not running, or CPU only); None when it may but no source could tell.
+    gpu_memory: tuple[GpuMemory, ...] | None = ()
 
     def to_dict(self) -> dict[str, Any]:
         u = self.unit
@@ -146,6 +149,7 @@ class InstanceStatus:
             "build": self.spec.build,
             "metrics": dict(self.metrics),
             "error": self.error_line,
+            "gpu_memory": None if self.gpu_memory is None else [g.to_dict() for g in self.gpu_memory],
         }
 
 
@@ -174,7 +178,9 @@ class Instances:
         port_in_use: Callable[[int, str], bool] = client.port_in_use,
         server_flags: Callable[[Path], ServerFlags] = probe_server_flags,
         python: str = sys.executable,
+        gpu_probe: Callable[[], GpuProcessProbe] = GpuProcessProbe,
     ) -> None:
+        self._gpu_probe = gpu_probe
         self.paths = paths
         self._python = python
         self.systemd = systemd
@@ -554,6 +560,7 @@ class Instances:
     def status(self, name: str | None = None) -> list[InstanceStatus]:
         specs = [self.get(name)] if name else self.specs()
         sd = reachable(self.systemd)
+        probe = self._gpu_probe()
         result = []
         for spec in specs:
             st = sd.state(unit_name(spec.name)) if sd is not None else None
@@ -561,8 +568,32 @@ class Instances:
             h = client.health(base, timeout=2.0).status
             metrics = read_metrics(base) if h == "ok" and spec.metrics else {}
             err_line = self.error_line(spec.name) if st is not None and st.active_state != "active" else None
-            result.append(InstanceStatus(spec.name, spec, st, h, metrics, err_line))
+            gpu = self._gpu_memory(spec, st, probe)
+            result.append(InstanceStatus(spec.name, spec, st, h, metrics, err_line, gpu))
         return result
+
+    def _backend(self, spec: InstanceSpec) -> str | None:
+        store = Store(self.paths)
+        rec = store.current() if spec.build == "current" else store.find(spec.build)
+        return rec.backend if rec is not None else None
+
+    def _gpu_memory(
+        self, spec: InstanceSpec, st: UnitState | None, probe: GpuProcessProbe
+    ) -> tuple[GpuMemory, ...] | None:
+        """The instance's GPU memory: the vendor tools' per-process figures for its process tree,
+        else the buffers llama-server reported in its load log. () for an instance that is not
+        running, was asked for no GPU layers or runs a CPU build; None when no source tells."""
+        if st is None or not st.running or not st.main_pid or spec.gpu_layers == 0:
+            return ()
+        if self._backend(spec) == "cpu":
+            return ()
+        found = probe.memory_of(process_tree(st.main_pid))
+        if found:
+            return tuple(found)
+        log_text = self.load_log(st.main_pid)
+        if parse_buffer_sizes(log_text):  # it loaded; what it put on no GPU is on the CPU
+            return tuple(gpu_memory_from_log(log_text, spec.gpus))
+        return None
 
     def journal_argv(self, name: str, *, follow: bool = False, lines: int = 50) -> list[str]:
         """`nativellm logs NAME`: the journal of an instance that exists (NotFoundError otherwise)."""
@@ -575,6 +606,16 @@ class Instances:
         argv = [*self.journal_argv(name, lines=200), "--identifier", f"llama@{name}", "-o", "cat"]
         res = run.probe(argv, timeout=10)
         return find_error_line(res.stdout) if res is not None else None
+
+    def load_log(self, pid: int) -> str:
+        """The buffer lines of the running server's load log: its journal entries by PID (only this
+        run of the unit), filtered by journalctl so a long-running server's log is not all read.
+
+        Newer llama.cpp prints these lines only at --log-verbosity 4 or more (it maps llama's INFO
+        to its TRACE level); without them this finds nothing and says so by returning ""."""
+        argv = ["journalctl", "--no-pager", "-o", "cat", f"_PID={pid}", "--grep", "buffer size|loading model"]
+        res = run.probe(argv, timeout=10)
+        return res.stdout if res is not None else ""
 
     def foreground_argv(self, name: str) -> list[str]:
         """`nativellm run NAME`: the unit's argv, with the key file read directly."""
