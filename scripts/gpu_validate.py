@@ -420,8 +420,20 @@ def main(argv: list[str]) -> int:
     def nvml_capture(pid: int) -> dict[str, Any]:
         capture = REPO / "scripts" / "capture-nvml.py"
         if capture.is_file():
-            done = _run([sys.executable, str(capture), "--out", str(args.out / "nvml.json")], 60)
-            return {"exit": done.returncode, "file": "nvml.json", "stderr": done.stderr[-500:]}
+            target = args.out / "nvml_h200.json"
+            done = _run([sys.executable, str(capture), "--pid", str(pid), "-o", str(target)], 60)
+            out: dict[str, Any] = {"exit": done.returncode, "file": "nvml_h200.json", "stderr": done.stderr[-500:]}
+            if done.returncode == 0:
+                doc = json.loads(target.read_text())
+                mine = [
+                    p for d in doc.get("devices", []) for p in d.get("processes", []) if p.get("pid") == pid
+                ]
+                out["server_pid_bytes"] = sum(
+                    int(p.get("used_bytes") or p.get("usedGpuMemory") or 0) for p in mine
+                )
+            else:
+                out["status"] = "failed"
+            return out
         import pynvml  # nvidia-ml-py
 
         pynvml.nvmlInit()
