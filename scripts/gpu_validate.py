@@ -16,7 +16,8 @@ reports what it did):
 6. instance   the instance path: under systemd when this machine runs it (DeviceAllow= hardening,
               readiness, offload), else the unit's own argv in the foreground (`nativellm run`'s
               argv); checks that every layer was offloaded and that a chat completion answers
-7. nvml       per-process GPU memory of that llama-server through NVML, saved as nvml.json
+7. nvml       per-process GPU memory of that llama-server through NVML (scripts/capture-nvml.py),
+              saved as nvml_h200.json, the name the NVML tests read a real capture from
 
 --dry-run runs the same script on a machine without a GPU: it reads the artifact's metadata
 instead of installing it, makes a tiny model of the same layout, and marks each GPU step
@@ -418,43 +419,18 @@ def main(argv: list[str]) -> int:
         return out
 
     def nvml_capture(pid: int) -> dict[str, Any]:
+        """scripts/capture-nvml.py while the server holds its memory: the real NVML fixture."""
+        target = args.out / "nvml_h200.json"
         capture = REPO / "scripts" / "capture-nvml.py"
-        if capture.is_file():
-            target = args.out / "nvml_h200.json"
-            done = _run([sys.executable, str(capture), "--pid", str(pid), "-o", str(target)], 60)
-            out: dict[str, Any] = {"exit": done.returncode, "file": "nvml_h200.json", "stderr": done.stderr[-500:]}
-            if done.returncode == 0:
-                doc = json.loads(target.read_text())
-                mine = [
-                    p for d in doc.get("devices", []) for p in d.get("processes", []) if p.get("pid") == pid
-                ]
-                out["server_pid_bytes"] = sum(
-                    int(p.get("used_bytes") or p.get("usedGpuMemory") or 0) for p in mine
-                )
-            else:
-                out["status"] = "failed"
+        done = _run([sys.executable, str(capture), "--pid", str(pid), "-o", str(target)], 60)
+        out: dict[str, Any] = {"exit": done.returncode, "file": target.name, "stderr": done.stderr[-500:]}
+        if done.returncode != 0:
+            out["status"] = "failed"
             return out
-        import pynvml  # nvidia-ml-py
-
-        pynvml.nvmlInit()
-        h = pynvml.nvmlDeviceGetHandleByIndex(0)
-        procs = [
-            {"pid": p.pid, "usedGpuMemory": p.usedGpuMemory}
-            for p in pynvml.nvmlDeviceGetComputeRunningProcesses(h)
-        ]
-        mem = pynvml.nvmlDeviceGetMemoryInfo(h)
-        doc = {
-            "name": pynvml.nvmlDeviceGetName(h),
-            "memory_total": mem.total,
-            "memory_used": mem.used,
-            "processes": procs,
-            "server_pid": pid,
-        }
-        (args.out / "nvml.json").write_text(json.dumps(doc, indent=2) + "\n")
-        return {
-            "file": "nvml.json",
-            "server_pid_bytes": next((p["usedGpuMemory"] for p in procs if p["pid"] == pid), None),
-        }
+        doc = json.loads(target.read_text())
+        mine = [p for d in doc.get("devices", []) for p in d.get("processes", []) if p.get("pid") == pid]
+        out["server_pid_bytes"] = sum(int(p.get("usedGpuMemory") or 0) for p in mine)
+        return out
 
     def nvml() -> dict[str, Any]:
         if args.dry_run:
