@@ -378,6 +378,8 @@ def main(argv: list[str]) -> int:
             "99",
             "-c",
             "4096",
+            "-lv",
+            "4",  # llama.cpp's load log (offload, buffer sizes) is at INFO, hidden below verbosity 4
         ]
         if args.dry_run:
             return {"status": "skipped (dry run)", "would_run": " ".join(argv)}
