@@ -930,7 +930,7 @@ def test_builds_list_marks_current_and_pins(cli: Cli, rec: Recorder, paths: Path
         "broken": [],
         "builds": [
             {"id": b, "backend": "cuda", "created": _BUILDS[b][0], "current": b == NEW_ID,
-             "smoke_test_passed": True, "pinned_by": ["coder"] if b == OLD_ID else [],
+             "smoke_test_passed": True, "smoke_test": "passed", "pinned_by": ["coder"] if b == OLD_ID else [],
              "source": manifest(b)["source"], "path": str(paths.builds / b)}
             for b in (OLD_ID, NEW_ID)
         ],
