@@ -271,6 +271,7 @@ def main(argv: list[str]) -> int:
         }
         if got["exit"] != 0:
             out["status"], out["error"] = "failed", got.get("stderr", "")[-1500:]
+            out["fallback"] = _unpack_for_measuring(args.artifact, home / "unpacked", state)
         return out
 
     def model() -> dict[str, Any]:
@@ -449,6 +450,24 @@ def main(argv: list[str]) -> int:
     v.results["finished"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     v.save()
     return 1 if v.failed else 0
+
+
+def _unpack_for_measuring(artifact: Path, into: Path, state: dict[str, Any]) -> dict[str, Any]:
+    """When the install failed, the measurements still run on the artifact unpacked by the same safe
+    extractor, with this host's CUDA runtime linked (recorded; the install step stays failed)."""
+    from nativellm.build import cudalibs
+    from nativellm.build.artifacts import _extract
+    from nativellm.hardware.nvidia import find_nvcc
+
+    try:
+        top = _extract(artifact, into)
+        manifest = json.loads((top / "manifest.json").read_text())
+        major = int((manifest.get("cuda_math") or {}).get("cuda_major", 13))
+        linked = cudalibs.link_runtime(top, cudalibs.runtime_lib_dirs(find_nvcc(), major))
+    except Exception as exc:
+        return {"unpacked": False, "error": f"{type(exc).__name__}: {exc}"}
+    state["build_dir"] = top
+    return {"unpacked": str(top), "runtime_libs": linked}
 
 
 def _artifact_vocab(artifact: Path, home: Path) -> Path:
