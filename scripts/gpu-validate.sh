@@ -5,9 +5,10 @@
 # "GPU validation"); they are installed into /tmp/site, never into the machine's own environment.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if compgen -G ".whl/*.whl" >/dev/null; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/nativellm-site .whl/*.whl
+PY=${PYTHON:-python3}
+if compgen -G ".whl/*.whl" >/dev/null && ! "$PY" -c 'import gguf, zstandard, cryptography, tomli_w' 2>/dev/null; then
+  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/nativellm-site .whl/*.whl
   export PYTHONPATH="/tmp/nativellm-site${PYTHONPATH:+:$PYTHONPATH}"
 fi
 export PYTHONUNBUFFERED=1
-exec "${PYTHON:-python3}" scripts/gpu_validate.py "$@"
+exec "$PY" scripts/gpu_validate.py "$@"
