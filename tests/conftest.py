@@ -125,10 +125,14 @@ def vulkan_build(llama_source: Path) -> Iterator[VulkanBuild]:
     """`nativellm build --backend vulkan` on the software device, once per test session, shared by
     the integration and e2e tiers. Its own home (a second build would replace session_home's
     current one), at session_home's depth so ccache hits across sessions; no web UI (not under
-    test here, and one npm build less)."""
+    test here, and one npm build less). NATIVELLM_VULKAN_BUILD_HOME=<home> borrows a build instead."""
     reason = vulkan_unavailable_reason()
     if reason:
         cannot_run(reason)
+    borrowed = os.environ.get("NATIVELLM_VULKAN_BUILD_HOME")
+    if borrowed:  # iterating on the tests: a NATIVELLM_HOME whose current build is a Vulkan build
+        yield VulkanBuild(Path(borrowed), {"data": {}}, 0.0)
+        return
     home = CACHE / "sessions" / uuid.uuid4().hex[:12]
     home.mkdir(parents=True)
     try:

@@ -43,6 +43,7 @@ def log(name: str) -> str:
 @pytest.mark.parametrize(
     ("name", "device", "layers"),
     [
+        ("vulkan_lavapipe_offloaded.log", "Vulkan0 (llvmpipe (LLVM 15.0.6, 256 bits))", (3, 3)),
         ("cuda_h100_offloaded.log", "CUDA0 (NVIDIA H100 80GB HBM3)", (29, 29)),
         ("hip_mi300x_offloaded.log", "ROCm0 (AMD Instinct MI300X)", (29, 29)),
     ],
@@ -71,6 +72,29 @@ def test_missing_gpu_fails_and_quotes_the_driver(name: str, cause: str) -> None:
     problem = offload_problem(log(name), 99)
     assert problem is not None
     assert "found no usable GPU" in problem and cause in problem and "serve from the CPU" in problem
+
+
+@pytest.mark.parametrize("name", ["vulkan_lavapipe_skipped.log", "vulkan_no_icd.log"])
+def test_real_vulkan_cpu_fallback_fails(name: str) -> None:
+    for strict in (True, False):  # the smoke test's rule and the unit's
+        problem = offload_problem(log(name), 99, require_evidence=strict)
+        assert problem is not None and "found no usable GPU" in problem
+
+
+def test_a_log_silent_about_placement() -> None:
+    # This tree logs "using device"/"offloaded" only at -lv 4: the smoke test (which passes -lv 4)
+    # insists on them; a unit, whose devices were listed before start, accepts the silence.
+    quiet = log("vulkan_lavapipe_offloaded_lv3.log")
+    assert offload_problem(quiet, 99) is not None
+    assert offload_problem(quiet, 99, require_evidence=False) is None
+
+
+def test_list_devices_output() -> None:
+    assert healthcheck.parse_list_devices(log("list_devices_lavapipe.txt")) == [
+        "Vulkan0 llvmpipe (LLVM 15.0.6, 256 bits) (2048 MiB, 2048 MiB free)"
+    ]
+    assert healthcheck.parse_list_devices(log("list_devices_none.txt")) == []
+    assert healthcheck.parse_list_devices("") == []
 
 
 def test_no_gpu_layers_asked_means_no_check() -> None:
@@ -175,15 +199,18 @@ def test_vulkan_unit_is_closed_with_drm_only_and_checks_the_offload() -> None:
     assert [ln for ln in lines if ln.startswith("DeviceAllow=")] == ["DeviceAllow=char-drm rw"]
     assert 'Environment="GGML_VK_VISIBLE_DEVICES=0"' in lines
     assert "CUDA_VISIBLE_DEVICES" not in text
-    # lavapipe has no device node: no wait for /dev/dri, which would keep it from ever starting.
+    # lavapipe has no device node: no wait for /dev/dri, which would keep it from ever starting;
+    # llama-server itself must list a device before it may serve.
     assert "/dev/dri" not in text and "AssertPathExists" not in text
+    pre = [ln for ln in lines if ln.startswith("ExecStartPre=")]
+    assert pre[0].endswith("devices --timeout 60 -- /srv/nl/current/bin/llama-server --list-devices")
     post = next(ln for ln in lines if ln.startswith("ExecStartPost="))
     assert post.endswith("ready --url http://127.0.0.1:8099/health --timeout 900 --gpu-layers 99")
 
 
 def test_cpu_instance_keeps_the_plain_readiness() -> None:
     text = render_dropin(InstanceSpec(name="q4", model="demo", port=8080), _resolved("cpu"))
-    assert "--gpu-layers" not in text and "DevicePolicy" not in text
+    assert "--gpu-layers" not in text and "DevicePolicy" not in text and "--list-devices" not in text
 
 
 @pytest.mark.parametrize(("backend", "node"), [("cuda", "/dev/nvidiactl"), ("hip", "/dev/kfd")])
@@ -191,6 +218,7 @@ def test_gpu_units_wait_bounded_for_the_device_node(backend: str, node: str) -> 
     text = render_dropin(InstanceSpec(name="g", model="demo", port=8080, gpu_layers=99), _resolved(backend))
     pre = [ln for ln in text.splitlines() if ln.startswith("ExecStartPre=")]
     assert pre[0].endswith(f"device --path {node} --timeout 60")
+    assert pre[1].endswith("--list-devices")
     assert "AssertPathExists" not in text
 
 

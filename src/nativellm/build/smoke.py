@@ -160,12 +160,17 @@ def server_knows(help_text: str, flag: str) -> bool:
     return any(flag in line.replace(",", " ").split() for line in help_text.splitlines())
 
 
-def _optional_flags(bin_dir: Path, runner: Runner = LOCAL) -> list[str]:
+def _optional_flags(bin_dir: Path, runner: Runner = LOCAL, *, verbose_load: bool = False) -> list[str]:
     """--no-webui where this server has it: the smoke test needs no UI, and an older server refuses
-    flags it does not know (llama.cpp of late 2024 exits on --no-webui)."""
+    flags it does not know (llama.cpp of late 2024 exits on --no-webui). With `verbose_load`,
+    --log-verbosity 4: trees from 2026 log where the layers went ("using device", "offloaded N/M
+    layers to GPU") only at that level; older ones log it by default and may lack the flag."""
     res = run.probe(runner.argv([str(bin_dir / "llama-server"), "--help"]), timeout=30)
     text = (res.stdout + res.stderr) if res is not None else ""
-    return ["--no-webui"] if server_knows(text, "--no-webui") or not text else []
+    flags = ["--no-webui"] if server_knows(text, "--no-webui") or not text else []
+    if verbose_load and server_knows(text, "--log-verbosity"):
+        flags += ["--log-verbosity", "4"]
+    return flags
 
 
 def check_offload(server_log: Path, gpu_layers: int) -> tuple[bool, str]:
@@ -203,7 +208,7 @@ def serve_once(
         "-t", str(threads),
         "-np", "1",
         *ngl,
-        *_optional_flags(bin_dir, runner),
+        *_optional_flags(bin_dir, runner, verbose_load=offload is not None),
     ])  # fmt: skip
     server_log = log.with_name(f"smoke-{quant}.log")
     proc = run.Process(argv, log_file=server_log, env=env)
@@ -221,7 +226,8 @@ def serve_once(
             proc.output()  # flushes
             ok, offloaded = check_offload(server_log, offload.gpu_layers)
             if not ok:
-                return SmokeCase(quant, False, f"on {offload.device}: {offloaded}")
+                where = f"on {offload.device}: " if offload.device else ""
+                return SmokeCase(quant, False, f"{where}{offloaded}")
         try:
             data = complete(base, "The quick brown fox", n_predict=8)
         except RequestFailed as exc:

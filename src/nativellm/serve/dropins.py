@@ -250,8 +250,8 @@ def render_dropin(spec: InstanceSpec, r: Resolved) -> str:
         str(spec.start_timeout),
     ]
     if spec.gpu_layers:
-        # Readiness includes the offload: llama-server's own load log must show the layers on a
-        # GPU, or the start fails instead of serving from the CPU (healthcheck.offload_problem).
+        # Readiness includes the offload: llama-server's own load log must not show a CPU fallback
+        # (and where it logs placement, must show layers on a GPU); healthcheck.offload_problem.
         ready += ["--gpu-layers", str(spec.gpu_layers)]
 
     unit: list[tuple[str, str]] = [
@@ -265,6 +265,14 @@ def render_dropin(spec: InstanceSpec, r: Resolved) -> str:
         device_wait = [r.python, "-I", str(r.healthcheck), "device", "--path", devices.ready_path,
                        "--timeout", str(DEVICE_WAIT_S)]  # fmt: skip
         service.append(("ExecStartPre", privileged + exec_line(device_wait)))
+    if spec.gpu_layers and r.flags.knows("--list-devices"):
+        # Before serving: llama-server itself, under this unit's environment and device policy,
+        # must list a GPU (bounded retries for a late driver), or the start fails; see healthcheck.
+        devices_check = [r.python, "-I", str(r.healthcheck), "devices", "--timeout", str(DEVICE_WAIT_S),
+                         "--", str(r.server_binary), "--list-devices"]  # fmt: skip
+        # System scope: as the other helpers, with "+" (the interpreter may be unreadable to the
+        # dynamic user); the unit's Environment= (the *_VISIBLE_DEVICES filter) still applies.
+        service.append(("ExecStartPre", privileged + exec_line(devices_check)))
     # Waits (seconds at most) until this server's bind would succeed; see ServerFlags.socket_reuse.
     port_wait = [r.python, "-I", str(r.healthcheck), "port", "--host", spec.host, "--port", str(spec.port),
                  "--reuse", r.flags.socket_reuse, "--timeout", str(TIME_WAIT_S)]  # fmt: skip

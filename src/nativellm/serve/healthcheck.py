@@ -9,6 +9,9 @@ installed into is later broken, and it starts in a few milliseconds.
                                         --gpu-layers, once llama-server's own load log (this
                                         invocation's journal) shows layers on a GPU; else exit 1
     offload --gpu-layers N --log FILE   the same offload verdict on a saved log (the smoke test)
+    devices --timeout S -- SERVER --list-devices
+                                        exit 0 once llama-server lists a GPU device it can use
+                                        (ExecStartPre=, with the unit's environment); else exit 1
     device --path P --timeout S         exit 0 once the GPU's device node exists (ExecStartPre=)
     probe --url URL [--tries N] -- CMD  exec CMD when URL gives no HTTP answer N times in a row
     port --host H --port P --reuse addr|port --timeout S
@@ -26,6 +29,8 @@ import errno
 import http.client
 import os
 import re
+import select
+import signal
 import socket
 import sys
 import time
@@ -197,21 +202,27 @@ def read_offload(log: str) -> Offload:
     return Offload(tuple(devices), offloaded, total, bool(_NO_GPU.search(log)), cause)
 
 
-def offload_problem(log: str, gpu_layers: int) -> str | None:
+def offload_problem(log: str, gpu_layers: int, *, require_evidence: bool = True) -> str | None:
     """Why the wanted GPU offload did not happen, or None when layers landed on a GPU.
 
     Asked for N > 0 layers, llama-server must name the device it uses ("using device ...") and
-    report at least one offloaded layer; it silently runs on the CPU otherwise."""
+    report at least one offloaded layer; it silently runs on the CPU otherwise. Trees from 2026
+    print those lines only at `-lv 4`: without `require_evidence` (a unit, whose devices the
+    `devices` pre-check confirmed) a log that is silent about placement passes, and only a log
+    that shows the fallback ("no usable GPU found", 0 layers) fails."""
     if gpu_layers <= 0:
         return None
     o = read_offload(log)
     why = f" ({o.cause})" if o.cause else ""
-    if o.no_gpu or (not o.devices and o.offloaded is None):
+    silent = not o.devices and o.offloaded is None
+    if o.no_gpu or (silent and require_evidence):
         return (
             f"--gpu-layers {gpu_layers} was asked for, but llama-server found no usable GPU{why} and would "
             "serve from the CPU: check that the GPU and its driver are present, that --gpus names a "
             "device that exists, and that the build has a GPU backend"
         )
+    if silent:
+        return None
     if not o.devices or not o.offloaded:
         return (
             f"--gpu-layers {gpu_layers} was asked for, but llama-server put "
@@ -222,6 +233,8 @@ def offload_problem(log: str, gpu_layers: int) -> str | None:
 
 def offload_summary(log: str) -> str:
     o = read_offload(log)
+    if o.offloaded is None:
+        return "offload: the devices were confirmed before start; this llama-server logs layer placement only at -lv 4"
     return f"offloaded {o.offloaded}/{o.total} layers to {', '.join(o.devices)}"
 
 
@@ -272,12 +285,79 @@ def wait_offload(invocation: str, gpu_layers: int, timeout: float, interval: flo
         if _LOAD_DONE.search(text) or time.monotonic() >= deadline:
             break
         time.sleep(interval)
-    problem = offload_problem(text, gpu_layers)
+    problem = offload_problem(text, gpu_layers, require_evidence=False)
     if problem is not None:
         print(OFFLOAD_FAILED + problem, file=sys.stderr)
         return 1
     print(offload_summary(text), file=sys.stderr)
     return 0
+
+
+_LISTED = re.compile(r"^\s+(\S+): (.+)$")
+
+
+def parse_list_devices(text: str) -> list[str]:
+    """The devices of `llama-server --list-devices` ("  Vulkan0: llvmpipe (...) (2048 MiB, ...)")."""
+    _, found, rest = text.partition("Available devices:")
+    if not found:
+        return []
+    return [f"{m.group(1)} {m.group(2)}" for ln in rest.splitlines() if (m := _LISTED.match(ln))]
+
+
+def _capture(argv: list[str], timeout: float) -> tuple[int | None, str]:
+    """(exit code, stdout+stderr) of argv, killed after `timeout`; (None, why) when it cannot start.
+    posix_spawn and a pipe: this stdlib-only helper has no subprocess module to lean on."""
+    r, w = os.pipe()
+    actions = [(os.POSIX_SPAWN_DUP2, w, 1), (os.POSIX_SPAWN_DUP2, w, 2), (os.POSIX_SPAWN_CLOSE, r)]
+    try:
+        pid = os.posix_spawn(argv[0], argv, dict(os.environ), file_actions=actions)
+    except OSError as exc:
+        os.close(r)
+        os.close(w)
+        return None, f"cannot run {argv[0]}: {exc.strerror}"
+    os.close(w)
+    chunks: list[bytes] = []
+    deadline = time.monotonic() + timeout
+    with os.fdopen(r, "rb", buffering=0) as pipe:
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                os.kill(pid, signal.SIGKILL)
+                chunks.append(f"\n(killed after {timeout:g}s)".encode())
+                break
+            if not select.select([pipe], [], [], left)[0]:
+                continue
+            data = pipe.read(65536)
+            if not data:
+                break
+            chunks.append(data)
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status), b"".join(chunks).decode("utf-8", "replace")
+
+
+def wait_devices(argv: list[str], timeout: float, interval: float = 2.0) -> int:
+    """Before serving: llama-server itself must list a GPU device, under this unit's environment
+    (CUDA_/HIP_/GGML_VK_VISIBLE_DEVICES). Retried until `timeout`: a driver may be late at boot.
+    It catches a missing or hidden GPU, a wrong --gpus index and a build without the backend
+    before a single request could be served from the CPU."""
+    deadline = time.monotonic() + timeout
+    while True:
+        rc, out = _capture(argv, timeout=max(5.0, min(60.0, deadline - time.monotonic())))
+        devices = parse_list_devices(out) if rc == 0 else []
+        if devices:
+            print(f"llama-server lists {'; '.join(devices)}", file=sys.stderr)
+            return 0
+        if time.monotonic() + interval >= deadline:
+            break
+        time.sleep(interval)
+    o = read_offload(out)
+    cause = o.cause or next((ln.strip() for ln in out.splitlines() if "ggml_" in ln and ln.strip()), "")
+    shown = f"it exited {rc}" if rc not in (0, None) else "it listed none"
+    print(f"{OFFLOAD_FAILED}llama-server --list-devices found no GPU device ({shown}"
+          f"{': ' + cause if cause else ''}) within {timeout:g}s, so it would serve from the CPU: "
+          "check that the GPU and its driver are present, that --gpus names a device that exists, "
+          "and that the build has a GPU backend", file=sys.stderr)  # fmt: skip
+    return 1
 
 
 def wait_device(path: str, timeout: float, interval: float = 0.5) -> int:
@@ -303,6 +383,10 @@ def main(argv: list[str] | None = None) -> int:
     o = sub.add_parser("offload")
     o.add_argument("--gpu-layers", type=int, required=True)
     o.add_argument("--log", required=True)
+    ld = sub.add_parser("devices")
+    ld.add_argument("--timeout", type=float, default=60)
+    ld.add_argument("--interval", type=float, default=2)
+    ld.add_argument("server", nargs=argparse.REMAINDER)
     d = sub.add_parser("device")
     d.add_argument("--path", required=True)
     d.add_argument("--timeout", type=float, default=60)
@@ -344,6 +428,11 @@ def main(argv: list[str] | None = None) -> int:
         return 1 if problem else 0
     if args.cmd == "device":
         return wait_device(args.path, args.timeout)
+    if args.cmd == "devices":
+        server = list(args.server[1:] if args.server[:1] == ["--"] else args.server)
+        if not server:
+            parser.error("devices needs the command: -- /path/to/llama-server --list-devices")
+        return wait_devices(server, args.timeout, args.interval)
     then = list(args.then[1:] if args.then[:1] == ["--"] else args.then)
     return probe(args.url, args.tries, args.timeout, args.pause, then)
 
