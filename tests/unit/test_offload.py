@@ -19,6 +19,7 @@ import pytest
 from nativellm.build.draft import Backend, PlanOptions
 from nativellm.build.plan import plan_build
 from nativellm.build.smoke import SmokeCase, SmokeResult, plan_smoke_offload
+from nativellm.build.toolchain import troubleshoot
 from nativellm.errors import PlanError
 from nativellm.hardware.profile import GpuInfo, HostProfile
 from nativellm.hardware.vulkan import parse_vulkaninfo, software_from_vulkan
@@ -203,7 +204,7 @@ def test_vulkan_unit_is_closed_with_drm_only_and_checks_the_offload() -> None:
     # llama-server itself must list a device before it may serve.
     assert "/dev/dri" not in text and "AssertPathExists" not in text
     pre = [ln for ln in lines if ln.startswith("ExecStartPre=")]
-    assert pre[0].endswith("devices --timeout 60 -- /srv/nl/current/bin/llama-server --list-devices")
+    assert pre[0].endswith("devices --timeout 15 -- /srv/nl/current/bin/llama-server --list-devices")
     post = next(ln for ln in lines if ln.startswith("ExecStartPost="))
     assert post.endswith("ready --url http://127.0.0.1:8099/health --timeout 900 --gpu-layers 99")
 
@@ -217,7 +218,7 @@ def test_cpu_instance_keeps_the_plain_readiness() -> None:
 def test_gpu_units_wait_bounded_for_the_device_node(backend: str, node: str) -> None:
     text = render_dropin(InstanceSpec(name="g", model="demo", port=8080, gpu_layers=99), _resolved(backend))
     pre = [ln for ln in text.splitlines() if ln.startswith("ExecStartPre=")]
-    assert pre[0].endswith(f"device --path {node} --timeout 60")
+    assert pre[0].endswith(f"device --path {node} --timeout 15")
     assert pre[1].endswith("--list-devices")
     assert "AssertPathExists" not in text
 
@@ -287,3 +288,16 @@ def test_smoke_result_keeps_the_offload_and_old_manifests_load() -> None:
     assert "offload" not in doc["cases"][1]
     assert SmokeResult.from_dict(doc) == res
     assert "Vulkan0" in res.summary()
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        # g++ 12 against Debian 12's vulkan.hpp, in the C locale the build runs in, and in UTF-8.
+        "ggml-vulkan.cpp:5214:21: error: 'LayerSettingEXT' is not a member of 'vk'",
+        "ggml-vulkan.cpp:5214:21: error: \u2018LayerSettingEXT\u2019 is not a member of \u2018vk\u2019",
+    ],
+)
+def test_old_vulkan_headers_are_named_with_the_fix(line: str) -> None:
+    hint = troubleshoot(f"[12/545] Building CXX object ...\n{line}\nninja: build stopped\n")
+    assert hint is not None and "scripts/vulkan-headers.sh" in hint

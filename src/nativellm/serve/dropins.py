@@ -30,8 +30,11 @@ PROBE_TIMEOUT_S = 3
 # Linux keeps a closed connection in TIME_WAIT for 60 s: the longest a server waits for its port
 # (see ServerFlags.socket_reuse) before it starts anyway.
 TIME_WAIT_S = 65
-# How long a GPU instance waits at start for its driver's device node (late module load at boot).
-DEVICE_WAIT_S = 60
+# How long one start of a GPU instance waits for its device (node, then llama-server listing it).
+# Short on purpose: a failed start is retried by Restart=on-failure, so with the template's start
+# limit (5 starts in 120 s) a late driver gets about 5 x 15 s, and a GPU that is gone ends `failed`
+# within about 80 s instead of restarting forever (60 s a try would never reach the limit).
+DEVICE_WAIT_S = 15
 
 
 class DeviceClass(str, enum.Enum):
