@@ -20,6 +20,7 @@ from openai import OpenAI
 from nativellm.client import free_port
 from nativellm.serve.healthcheck import OFFLOAD_FAILED
 from nativellm.serve.observe import offload_failure
+from nativellm.specs import InstanceSpec
 from tests.conftest import VULKAN_ICD, VulkanBuild
 from tests.e2e.conftest import USER_UNIT_DIR, InnerCli
 from tests.e2e.sandbox import Sandbox
@@ -132,3 +133,20 @@ def test_a_hidden_device_fails_the_start(vk: InnerCli, sandbox: Sandbox) -> None
     assert "load_model" not in log
     sandbox.systemctl("--user", "stop", "llama@vkhidden", check=False)
     assert not healthy(port)
+
+
+@pytest.mark.usefixtures("systemd_analyze")
+def test_vulkan_system_unit_meets_the_exposure_target(tmp_path: Path) -> None:
+    """The Vulkan drop-in (DevicePolicy=closed, char-drm, the device checks) graded by the real
+    `systemd-analyze security --offline`, as the CPU and CUDA units are."""
+    from nativellm.serve.dropins import render_instance_files, template_files
+    from tests.e2e.test_security_offline import TARGET, _exposure, _resolved
+
+    spec = InstanceSpec(name="vk", model="demo", port=8082, gpu_layers=99, gpus=(0,))
+    unit_dir = tmp_path / "etc" / "systemd" / "system"
+    for rel, text in {**template_files(), **render_instance_files(spec, _resolved("vulkan"))}.items():
+        (unit_dir / rel).parent.mkdir(parents=True, exist_ok=True)
+        (unit_dir / rel).write_text(text)
+    score, report = _exposure(tmp_path, "llama@vk.service")
+    print(f"\nvulkan: exposure {score}")
+    assert score <= TARGET, report
