@@ -8,8 +8,12 @@ cd "$(dirname "$0")/.."
 # for the Ansible role's package task (ansible's apt module runs under the system python3).
 # chromium: the browser test of the web UI. Node.js and npm build the web UI; a host that has them
 # from elsewhere (NodeSource bundles npm with nodejs) keeps its own.
+# Vulkan (the Vulkan tests build and serve on Mesa's software device, lavapipe): mesa-vulkan-drivers
+# (the device), libvulkan-dev (loader + headers), glslc and spirv-headers (the shader build),
+# vulkan-tools (vulkaninfo, which `detect` reads).
 APT_PACKAGES=(build-essential ccache git pkg-config libsystemd-dev python3-venv python3-dev python3-apt zstd curl
-              systemd dbus iproute2 procps chromium)
+              systemd dbus iproute2 procps chromium
+              mesa-vulkan-drivers libvulkan-dev glslc spirv-headers vulkan-tools)
 command -v npm >/dev/null 2>&1 || APT_PACKAGES+=(nodejs npm)
 if command -v apt-get >/dev/null 2>&1; then
   missing=()

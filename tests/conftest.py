@@ -8,7 +8,9 @@ import subprocess
 import tempfile
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -77,3 +79,67 @@ def systemd_analyze() -> None:
     """Tests that grade unit files with the real `systemd-analyze security --offline`."""
     if shutil.which("systemd-analyze") is None:
         cannot_run("systemd-analyze is not installed (Debian package systemd)")
+
+
+VULKAN_ICD = Path("/usr/share/vulkan/icd.d/lvp_icd.x86_64.json")  # Mesa's software device, lavapipe
+
+
+@dataclass(frozen=True)
+class VulkanBuild:
+    """A smoke-tested `build --backend vulkan` (on lavapipe here) in its own NATIVELLM_HOME."""
+
+    home: Path
+    result: dict[str, Any]
+    seconds: float
+
+
+def vulkan_unavailable_reason() -> str | None:
+    for tool, package in (("vulkaninfo", "vulkan-tools"), ("glslc", "glslc")):
+        if shutil.which(tool) is None:
+            return f"{tool} is not installed (Debian package {package}; scripts/bootstrap.sh installs it)"
+    if not Path("/usr/include/vulkan/vulkan_core.h").is_file():
+        return "the Vulkan headers are not installed (Debian package libvulkan-dev)"
+    out = subprocess.run(["vulkaninfo", "--summary"], capture_output=True, text=True, timeout=60)
+    if "deviceName" not in out.stdout:
+        return "vulkaninfo lists no Vulkan device (Debian package mesa-vulkan-drivers has lavapipe)"
+    return None
+
+
+def vulkan_header_defines(tree: Path) -> list[str]:
+    """--define arguments for the Vulkan headers this tree needs: none when the system's suffice;
+    else newer ones in a private prefix (scripts/vulkan-headers.sh, cached across sessions).
+    Trees from late 2026 use vk::LayerSettingEXT, which Debian 12's 1.3.239 headers lack."""
+    source = (tree / "ggml" / "src" / "ggml-vulkan" / "ggml-vulkan.cpp").read_text(errors="replace")
+    stock = Path("/usr/include/vulkan/vulkan_structs.hpp")
+    if "LayerSettingEXT" not in source or "struct LayerSettingEXT" in stock.read_text(errors="replace"):
+        return []
+    script = TESTS.parent / "scripts" / "vulkan-headers.sh"
+    done = subprocess.run([str(script), str(CACHE / "vulkan-headers")], capture_output=True, text=True)
+    if done.returncode != 0:
+        cannot_run(f"newer Vulkan headers could not be fetched: {done.stderr.strip()[-500:]}")
+    return done.stdout.split()
+
+
+@pytest.fixture(scope="session")
+def vulkan_build(llama_source: Path) -> Iterator[VulkanBuild]:
+    """`nativellm build --backend vulkan` on the software device, once per test session, shared by
+    the integration and e2e tiers. Its own home (a second build would replace session_home's
+    current one), at session_home's depth so ccache hits across sessions; no web UI (not under
+    test here, and one npm build less). NATIVELLM_VULKAN_BUILD_HOME=<home> borrows a build instead."""
+    reason = vulkan_unavailable_reason()
+    if reason:
+        cannot_run(reason)
+    borrowed = os.environ.get("NATIVELLM_VULKAN_BUILD_HOME")
+    if borrowed:  # iterating on the tests: a NATIVELLM_HOME whose current build is a Vulkan build
+        yield VulkanBuild(Path(borrowed), {"data": {}}, 0.0)
+        return
+    home = CACHE / "sessions" / uuid.uuid4().hex[:12]
+    home.mkdir(parents=True)
+    try:
+        argv = ["build", "--backend", "vulkan", "--no-ui", "--source", str(llama_source)]
+        res = nativellm(*argv, *vulkan_header_defines(llama_source), "--json", home=home)
+        assert res.returncode == 0, f"vulkan build failed:\n{res.stderr[-4000:]}\n{res.stdout[-2000:]}"
+        print(f"\n[timing] vulkan build (compile + smoke test): {res.seconds:.1f}s")
+        yield VulkanBuild(home, res.json(), res.seconds)
+    finally:
+        shutil.rmtree(home, ignore_errors=True)

@@ -23,7 +23,7 @@ from nativellm.build.elf import beyond_glibc, find_needed
 from nativellm.build.index import build_from_index
 from nativellm.build.options import BuildOptions, BuildOutcome, runs_here
 from nativellm.build.plan import Backend, BuildPlan, PlanOptions, next_fallback, plan_build
-from nativellm.build.smoke import SmokeResult, base_model, smoke_test
+from nativellm.build.smoke import SmokeOffload, SmokeResult, base_model, plan_smoke_offload, smoke_test
 from nativellm.build.source import Source, check_request, resolve_source
 from nativellm.build.store import Store
 from nativellm.build.synth import VOCAB_FILE, find_vocab
@@ -226,14 +226,17 @@ class _Builder:
             )
         return {"file": "bin/llama-server", "needed": list(needed)}
 
-    def smoke(self, stage: Path, source: Source, work: Path, threads: int) -> SmokeResult:
+    def smoke(
+        self, stage: Path, source: Source, work: Path, threads: int, offload: SmokeOffload | None = None
+    ) -> SmokeResult:
         vocab = find_vocab(source.path)
         share = stage / "share" / "nativellm"
         share.mkdir(parents=True, exist_ok=True)
         shutil.copy2(vocab, share / VOCAB_FILE)
         base = base_model(self.paths.work / "smoke-cache" / sha256_file(vocab)[:12], vocab)
-        self.rep.stage("smoke test: real inference on Q4_0, Q8_0 and Q4_K_M models")
-        return smoke_test(stage / "bin", base, work / "smoke", threads=threads)
+        on = f" (Q4_0 on {offload.device})" if offload is not None else ""
+        self.rep.stage(f"smoke test: real inference on Q4_0, Q8_0 and Q4_K_M models{on}")
+        return smoke_test(stage / "bin", base, work / "smoke", threads=threads, offload=offload)
 
     def manifest(self, **parts: Any) -> dict[str, Any]:
         stage: Path = parts.pop("stage")
@@ -307,7 +310,8 @@ class _Builder:
                 single = self.check_single_binary(stage, work / "build.log") if plan.single_binary else None
                 result: SmokeResult | None = None
                 if can_smoke:
-                    result = self.smoke(stage, source, work, threads=max(1, here.cpu.physical_cores))
+                    offload = plan_smoke_offload(plan.backend.value, here)
+                    result = self.smoke(stage, source, work, max(1, here.cpu.physical_cores), offload)
                 if result is None or result.passed:
                     break
                 family = next_fallback(plan, frozenset(disabled)) if opts.auto else None

@@ -132,15 +132,30 @@ def _vulkan_gpus(profile: HostProfile) -> tuple[GpuInfo, ...]:
 
 def _plan_vulkan(profile: HostProfile, options: PlanOptions, draft: Draft) -> None:
     gpus = _vulkan_gpus(profile)
-    if not gpus:
-        raise no_gpu("vulkan", "an NVIDIA, AMD or Intel GPU")
+    # Auto never lands here without a real GPU (_auto_backend), so a software device is used only
+    # when --backend vulkan asked for it: lavapipe exists on many GPU-less hosts and is slow.
+    software = profile.software_gpus if not gpus else ()
+    if not gpus and not software:
+        raise no_gpu("vulkan", "an NVIDIA, AMD or Intel GPU (or a software Vulkan device)")
     fix = "install the Vulkan SDK 1.2 or newer (headers, loader, glslc), or build with --backend cpu"
     if not profile.toolkits.vulkan:
         raise refuse("--backend vulkan needs the Vulkan SDK, and none was found", fix)
     if version_of(profile.toolkits.vulkan, "Vulkan") < _VULKAN_MIN:
         raise refuse(f"Vulkan {profile.toolkits.vulkan} is installed, but ggml needs 1.2 or newer", fix)
-    described = ", ".join(f"GPU {g.index} {g.name}" for g in gpus)
-    draft.set("GGML_VULKAN", "ON", f"{described} and Vulkan {profile.toolkits.vulkan} is installed")
+    if gpus:
+        described = ", ".join(f"GPU {g.index} {g.name}" for g in gpus)
+        draft.set("GGML_VULKAN", "ON", f"{described} and Vulkan {profile.toolkits.vulkan} is installed")
+        return
+    described = ", ".join(f"device {g.index} {g.name}" for g in software)
+    why = (
+        f"--backend vulkan on a software device ({described}: Mesa's CPU-backed Vulkan driver, "
+        f"no GPU) and Vulkan {profile.toolkits.vulkan} is installed"
+    )
+    draft.set("GGML_VULKAN", "ON", why)
+    draft.warnings.append(
+        f"Vulkan device {software[0].index} is a software device: it runs on the CPU and is slower than "
+        f"the CPU backend; llama.cpp uses it only when an instance names it (--gpus {software[0].index})"
+    )
 
 
 def _plan_metal(profile: HostProfile, options: PlanOptions, draft: Draft) -> None:

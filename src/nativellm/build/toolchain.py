@@ -145,6 +145,13 @@ KNOWN_FAILURES: tuple[tuple[re.Pattern[str], str], ...] = (
         "ROCm is missing: install ROCm (hipcc, hipBLAS) or build with --backend cpu",
     ),
     (
+        # Trees from late 2026 use VK_EXT_layer_settings; Debian 12's headers (1.3.239) predate it.
+        re.compile(r"LayerSettingEXT.{1,3} is not a member of .{1,3}vk|no member named 'LayerSettingEXT'"),
+        "the Vulkan headers are older than this llama.cpp tree needs (vk::LayerSettingEXT): put newer ones "
+        "in a private prefix with scripts/vulkan-headers.sh DIR and build with the --define's it prints, "
+        "or build an older llama.cpp",
+    ),
+    (
         re.compile(r"Could NOT find Vulkan|glslc.*not found", re.I),
         "the Vulkan SDK is missing: install libvulkan-dev and glslc, or build with --backend cpu",
     ),

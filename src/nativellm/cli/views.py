@@ -39,6 +39,8 @@ def show_profile(p: HostProfile) -> None:
         out.print(f"  GPU {g.index}: {escape(g.name)} ({g.vendor} {g.arch}, {_gib(g.memory_bytes)})")
     if not p.gpus:
         out.print("  GPUs: none found")
+    for g in p.software_gpus:  # issue 15: e.g. lavapipe; used only with --backend vulkan
+        out.print(f"  Vulkan {g.index}: {escape(g.name)} (software device on the CPU; --backend vulkan only)")
     t = p.toolkits
     out.print(
         f"  toolkits: cuda={t.cuda or '-'} rocm={t.rocm or '-'} vulkan={t.vulkan or '-'} metal={t.metal}"

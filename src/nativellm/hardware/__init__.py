@@ -24,7 +24,12 @@ from nativellm.hardware.cpu import (
 )
 from nativellm.hardware.nvidia import detect_cuda_version, detect_nvidia_gpus
 from nativellm.hardware.profile import SCHEMA, CpuInfo, GpuInfo, HostProfile, Toolkits, load_profile
-from nativellm.hardware.vulkan import detect_vulkan_gpus, detect_vulkan_toolkit
+from nativellm.hardware.vulkan import (
+    detect_vulkan_devices,
+    detect_vulkan_toolkit,
+    gpus_from_vulkan,
+    software_from_vulkan,
+)
 
 __all__ = [
     "SCHEMA",
@@ -79,10 +84,13 @@ def detect_host(timeout: float = 10.0, *, verify: bool = True) -> HostProfile:
     memory = apple.memory_bytes if apple is not None and apple.memory_bytes else read_memory_bytes()
 
     gpus: list[GpuInfo] = [*detect_nvidia_gpus(timeout), *detect_amd_gpus(timeout)]
+    software: list[GpuInfo] = []
     if system == "Linux":
         # Vulkan adds what the vendor tools did not see (Intel, or a GPU without CUDA/ROCm).
         seen = {g.vendor for g in gpus}
-        gpus += [g for g in detect_vulkan_gpus(timeout) if g.vendor not in seen]
+        vk_devices = detect_vulkan_devices(timeout)
+        gpus += [g for g in gpus_from_vulkan(vk_devices) if g.vendor not in seen]
+        software = software_from_vulkan(vk_devices)
     if apple is not None and apple.gpu is not None:
         gpus.append(apple.gpu)
     if not gpus:
@@ -102,4 +110,5 @@ def detect_host(timeout: float = 10.0, *, verify: bool = True) -> HostProfile:
         gpus=tuple(gpus),
         toolkits=toolkits,
         libc=_libc(),
+        software_gpus=tuple(software),
     )

@@ -54,6 +54,9 @@ class HostProfile:
     gpus: tuple[GpuInfo, ...] = ()
     toolkits: Toolkits = field(default_factory=Toolkits)
     libc: str | None = None
+    # Software Vulkan devices (Mesa lavapipe/llvmpipe): listed by `detect`, planned for only with an
+    # explicit --backend vulkan, and kept out of `gpus` (no VRAM of their own, not a GPU to fit to).
+    software_gpus: tuple[GpuInfo, ...] = ()
 
     def gpus_of(self, vendor: str) -> tuple[GpuInfo, ...]:
         return tuple(g for g in self.gpus if g.vendor == vendor)
@@ -77,6 +80,8 @@ class HostProfile:
         }
         if self.libc is not None:
             out["libc"] = self.libc
+        if self.software_gpus:
+            out["software_gpus"] = [_drop_none(asdict(g)) for g in self.software_gpus]
         return out
 
     @classmethod
@@ -100,17 +105,7 @@ class HostProfile:
                 reported_flags=tuple(c["reported_flags"]) if c.get("reported_flags") else None,
                 dropped_flags=dict(c["dropped_flags"]) if c.get("dropped_flags") else None,
             )
-            gpus = tuple(
-                GpuInfo(
-                    vendor=str(g["vendor"]),
-                    index=int(g.get("index", i)),
-                    name=str(g.get("name", "")),
-                    arch=str(g.get("arch", "")),
-                    memory_bytes=int(g.get("memory_bytes", 0)),
-                    driver=g.get("driver"),
-                )
-                for i, g in enumerate(data.get("gpus", []))
-            )
+            gpus = _gpus(data.get("gpus", []))
             t = data.get("toolkits", {}) or {}
             toolkits = Toolkits(
                 cuda=t.get("cuda"),
@@ -126,11 +121,26 @@ class HostProfile:
                 gpus=gpus,
                 toolkits=toolkits,
                 libc=data.get("libc"),
+                software_gpus=_gpus(data.get("software_gpus", [])),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise UsageError(
                 f"profile is malformed: {exc}", "write the profile with `nativellm detect --json`"
             ) from exc
+
+
+def _gpus(items: list[dict[str, Any]]) -> tuple[GpuInfo, ...]:
+    return tuple(
+        GpuInfo(
+            vendor=str(g["vendor"]),
+            index=int(g.get("index", i)),
+            name=str(g.get("name", "")),
+            arch=str(g.get("arch", "")),
+            memory_bytes=int(g.get("memory_bytes", 0)),
+            driver=g.get("driver"),
+        )
+        for i, g in enumerate(items)
+    )
 
 
 def _drop_none(d: dict[str, Any]) -> dict[str, Any]:

@@ -13,7 +13,8 @@ from nativellm.hardware.profile import GpuInfo
 
 log = logging.getLogger(__name__)
 
-_VENDORS = {0x10DE: "nvidia", 0x1002: "amd", 0x8086: "intel", 0x106B: "apple"}
+_VENDORS = {0x10DE: "nvidia", 0x1002: "amd", 0x8086: "intel", 0x106B: "apple", 0x10005: "mesa"}
+SOFTWARE_ARCH = "cpu"  # GpuInfo.arch of a software Vulkan device (it runs on the host's CPU)
 # Mesa RADV names the chip in parentheses; map codenames to the gfx target.
 _RADV_CODENAMES = {
     "POLARIS10": "gfx803",
@@ -110,6 +111,23 @@ def gpus_from_vulkan(devices: list[VulkanDevice]) -> list[GpuInfo]:
     return gpus
 
 
+def software_from_vulkan(devices: list[VulkanDevice]) -> list[GpuInfo]:
+    """Software Vulkan devices (lavapipe/llvmpipe) as GpuInfo with arch "cpu". ggml-vulkan skips
+    CPU-type devices unless GGML_VK_VISIBLE_DEVICES names them, so they are used only on request."""
+    return [
+        GpuInfo(
+            vendor=_VENDORS.get(dev.vendor_id, f"{dev.vendor_id:#06x}"),
+            index=dev.index,
+            name=dev.name,
+            arch=SOFTWARE_ARCH,
+            memory_bytes=0,
+            driver=f"Vulkan {dev.api_version}" if dev.api_version else None,
+        )
+        for dev in devices
+        if not dev.is_gpu
+    ]
+
+
 def parse_vulkan_header_version(text: str) -> str | None:
     """``#define VK_HEADER_VERSION_COMPLETE VK_MAKE_API_VERSION(0, 1, 3, VK_HEADER_VERSION)`` -> "1.3"."""
     m = re.search(
@@ -140,12 +158,17 @@ def detect_vulkan_toolkit() -> str | None:
     return None
 
 
-def detect_vulkan_gpus(timeout: float = 10.0) -> list[GpuInfo]:
-    """GPUs the Vulkan loader sees. [] when vulkaninfo is absent or fails."""
+def detect_vulkan_devices(timeout: float = 10.0) -> list[VulkanDevice]:
+    """Devices the Vulkan loader sees. [] when vulkaninfo is absent or fails."""
     done = run.probe(["vulkaninfo", "--summary"], timeout=timeout)
     if done is None:
         return []
     if not done.ok:
         log.info("vulkan: vulkaninfo --summary failed (%s)", done.returncode)
         return []
-    return gpus_from_vulkan(parse_vulkaninfo(done.stdout))
+    return parse_vulkaninfo(done.stdout)
+
+
+def detect_vulkan_gpus(timeout: float = 10.0) -> list[GpuInfo]:
+    """GPUs the Vulkan loader sees (software devices left out). [] when vulkaninfo fails."""
+    return gpus_from_vulkan(detect_vulkan_devices(timeout))

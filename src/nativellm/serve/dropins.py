@@ -30,6 +30,11 @@ PROBE_TIMEOUT_S = 3
 # Linux keeps a closed connection in TIME_WAIT for 60 s: the longest a server waits for its port
 # (see ServerFlags.socket_reuse) before it starts anyway.
 TIME_WAIT_S = 65
+# How long one start of a GPU instance waits for its device (node, then llama-server listing it).
+# Short on purpose: a failed start is retried by Restart=on-failure, so with the template's start
+# limit (5 starts in 120 s) a late driver gets about 5 x 15 s, and a GPU that is gone ends `failed`
+# within about 80 s instead of restarting forever (60 s a try would never reach the limit).
+DEVICE_WAIT_S = 15
 
 
 class DeviceClass(str, enum.Enum):
@@ -39,10 +44,15 @@ class DeviceClass(str, enum.Enum):
     NVIDIA = "nvidia"
     AMD = "amd"
     DRI = "dri"
+    # Vulkan through Mesa (RADV, ANV) opens the GPU's render node /dev/dri/renderD* (char-drm);
+    # Mesa's software device (lavapipe) opens no device node at all, so the same allow-list serves
+    # both. Vulkan on an NVIDIA card needs /dev/nvidia*: build that host with --backend cuda.
+    VULKAN = "vulkan"
 
     @classmethod
     def for_backend(cls, backend: str) -> DeviceClass:
-        return {"cuda": cls.NVIDIA, "hip": cls.AMD, "vulkan": cls.DRI, "sycl": cls.DRI}.get(backend, cls.CPU)
+        table = {"cuda": cls.NVIDIA, "hip": cls.AMD, "vulkan": cls.VULKAN, "sycl": cls.DRI}
+        return table.get(backend, cls.CPU)
 
     @property
     def device_allow(self) -> tuple[str, ...]:
@@ -59,11 +69,23 @@ class DeviceClass(str, enum.Enum):
             ),
             DeviceClass.AMD: ("/dev/kfd rw", "char-drm rw"),
             DeviceClass.DRI: ("char-drm rw",),
+            DeviceClass.VULKAN: ("char-drm rw",),
         }[self]
 
     @property
+    def visible_devices_var(self) -> str:
+        """The variable that hides all but the `--gpus` devices from the backend."""
+        return {
+            DeviceClass.AMD: "HIP_VISIBLE_DEVICES",
+            # ggml-vulkan's own filter; it is also the only way it uses a CPU-type (software) device.
+            DeviceClass.VULKAN: "GGML_VK_VISIBLE_DEVICES",
+        }.get(self, "CUDA_VISIBLE_DEVICES")
+
+    @property
     def ready_path(self) -> str | None:
-        """A device that must exist before start: a GPU instance fails instead of using the CPU."""
+        """A device that must exist before start (waited for, bounded: a driver may load late at
+        boot). Vulkan has none: lavapipe needs no device node, and a missing Vulkan GPU is caught
+        by the readiness check's offload test instead."""
         return {
             DeviceClass.NVIDIA: "/dev/nvidiactl",
             DeviceClass.AMD: "/dev/kfd",
@@ -230,19 +252,34 @@ def render_dropin(spec: InstanceSpec, r: Resolved) -> str:
         "--timeout",
         str(spec.start_timeout),
     ]
+    if spec.gpu_layers:
+        # Readiness includes the offload: llama-server's own load log must not show a CPU fallback
+        # (and where it logs placement, must show layers on a GPU); healthcheck.offload_problem.
+        ready += ["--gpu-layers", str(spec.gpu_layers)]
 
     unit: list[tuple[str, str]] = [
         ("Description", plain_value(f"llama-server {spec.name}: model {spec.model}"))
     ]
+    service: list[tuple[str, str]] = []
     if devices.ready_path:
-        unit += [
-            ("After", "systemd-modules-load.service nvidia-persistenced.service"),
-            ("AssertPathExists", devices.ready_path),
-        ]
+        unit.append(("After", "systemd-modules-load.service nvidia-persistenced.service"))
+        # A bounded wait, not AssertPathExists: an assert fails the start for good (no restart),
+        # though the driver may only be a few seconds late at boot.
+        device_wait = [r.python, "-I", str(r.healthcheck), "device", "--path", devices.ready_path,
+                       "--timeout", str(DEVICE_WAIT_S)]  # fmt: skip
+        service.append(("ExecStartPre", privileged + exec_line(device_wait)))
+    if spec.gpu_layers and r.flags.knows("--list-devices"):
+        # Before serving: llama-server itself, under this unit's environment and device policy,
+        # must list a GPU (bounded retries for a late driver), or the start fails; see healthcheck.
+        devices_check = [r.python, "-I", str(r.healthcheck), "devices", "--timeout", str(DEVICE_WAIT_S),
+                         "--", str(r.server_binary), "--list-devices"]  # fmt: skip
+        # System scope: as the other helpers, with "+" (the interpreter may be unreadable to the
+        # dynamic user); the unit's Environment= (the *_VISIBLE_DEVICES filter) still applies.
+        service.append(("ExecStartPre", privileged + exec_line(devices_check)))
     # Waits (seconds at most) until this server's bind would succeed; see ServerFlags.socket_reuse.
     port_wait = [r.python, "-I", str(r.healthcheck), "port", "--host", spec.host, "--port", str(spec.port),
                  "--reuse", r.flags.socket_reuse, "--timeout", str(TIME_WAIT_S)]  # fmt: skip
-    service: list[tuple[str, str]] = [
+    service += [
         ("ExecStartPre", privileged + exec_line(port_wait)),
         ("ExecStart", ""),
         ("ExecStart", exec_line(argv, expand=expand)),
@@ -287,8 +324,7 @@ def _under_home(path: Path) -> bool:
 def _environment(spec: InstanceSpec, devices: DeviceClass) -> Mapping[str, str]:
     env = dict(spec.env)
     if spec.gpus is not None:
-        var = {DeviceClass.AMD: "HIP_VISIBLE_DEVICES"}.get(devices, "CUDA_VISIBLE_DEVICES")
-        env[var] = ",".join(str(g) for g in spec.gpus)
+        env[devices.visible_devices_var] = ",".join(str(g) for g in spec.gpus)
     return env
 
 

@@ -4,7 +4,15 @@ Units run this file directly (`python3 -I .../healthcheck.py ...`), so it must n
 nativellm or any third-party package: it works even if the environment nativellm was
 installed into is later broken, and it starts in a few milliseconds.
 
-    ready --url URL --timeout S         exit 0 once URL answers 200 (ExecStartPost=)
+    ready --url URL --timeout S [--gpu-layers N]
+                                        exit 0 once URL answers 200 (ExecStartPost=) and, with
+                                        --gpu-layers, once llama-server's own load log (this
+                                        invocation's journal) shows layers on a GPU; else exit 1
+    offload --gpu-layers N --log FILE   the same offload verdict on a saved log (the smoke test)
+    devices --timeout S -- SERVER --list-devices
+                                        exit 0 once llama-server lists a GPU device it can use
+                                        (ExecStartPre=, with the unit's environment); else exit 1
+    device --path P --timeout S         exit 0 once the GPU's device node exists (ExecStartPre=)
     probe --url URL [--tries N] -- CMD  exec CMD when URL gives no HTTP answer N times in a row
     port --host H --port P --reuse addr|port --timeout S
                                         exit 0 once a server that sets SO_REUSEADDR (or only
@@ -16,13 +24,18 @@ Neither sits on the request path: clients talk to llama-server directly.
 from __future__ import annotations
 
 import argparse
+import ctypes
 import errno
 import http.client
 import os
+import re
+import select
+import signal
 import socket
 import sys
 import time
 import urllib.parse
+from dataclasses import dataclass
 
 
 def _status(url: str, timeout: float) -> int | None:
@@ -140,12 +153,244 @@ def wait_port(host: str, port: int, reuse: str, timeout: float, interval: float 
     return 0
 
 
+# --- Offload: is llama-server really serving from the GPU it was asked to use? -----------------
+# The exact lines this llama.cpp prints while loading (src/llama.cpp, src/llama-model.cpp,
+# common/arg.cpp, ggml/src/ggml-cuda/ggml-cuda.cu, ggml/src/ggml-vulkan/ggml-vulkan.cpp). Neither
+# /health nor /props says where the weights are, so the load log is the evidence.
+OFFLOAD_FAILED = "offload check failed: "  # the prefix `status` and `doctor` look for in the journal
+_OFFLOADED = re.compile(r"offloaded (\d+)/(\d+) layers to GPU")
+_USING = re.compile(r"using device (\S+) \((.*)\) \(")
+_NO_GPU = re.compile(r"no usable GPU found")
+# Lines that say why there is no GPU; the first that matches is quoted in the verdict.
+_CAUSES = (
+    re.compile(r"ggml_cuda_init: failed to initialize \w+: .*"),
+    re.compile(r"ggml_vulkan: Invalid device index .*"),
+    re.compile(r"ggml_vulkan: Device with index \d+ does not exist\."),
+    re.compile(r"invalid value for main_gpu: .*"),
+    re.compile(r"cudaMalloc failed: .*|unable to allocate \S+ buffer"),
+)
+# A log that has one of these is complete as far as offload goes (the load is over).
+_LOAD_DONE = re.compile(r"offloaded \d+/\d+ layers to GPU|model loaded|listening on|no usable GPU found")
+
+
+@dataclass(frozen=True)
+class Offload:
+    """What llama-server's load log says about GPU offload."""
+
+    devices: tuple[str, ...]  # "Vulkan0 (llvmpipe (LLVM 15.0.6, 256 bits))", one per device used
+    offloaded: int | None  # N of "offloaded N/M layers to GPU"; None when the line is missing
+    total: int | None  # M
+    no_gpu: bool  # "no usable GPU found": a build without a GPU backend, or no device visible
+    cause: str | None  # the driver's own line saying why, where it printed one
+
+
+def read_offload(log: str) -> Offload:
+    devices: list[str] = []
+    offloaded = total = None
+    cause = None
+    for line in log.splitlines():
+        m = _USING.search(line)
+        if m and m.group(1) not in {d.split(" ", 1)[0] for d in devices}:
+            devices.append(f"{m.group(1)} ({m.group(2)})")
+        m = _OFFLOADED.search(line)
+        if m:
+            offloaded, total = int(m.group(1)), int(m.group(2))
+        for pattern in _CAUSES:
+            c = pattern.search(line)
+            if c and cause is None:
+                cause = c.group(0).strip()
+    return Offload(tuple(devices), offloaded, total, bool(_NO_GPU.search(log)), cause)
+
+
+def offload_problem(log: str, gpu_layers: int, *, require_evidence: bool = True) -> str | None:
+    """Why the wanted GPU offload did not happen, or None when layers landed on a GPU.
+
+    Asked for N > 0 layers, llama-server must name the device it uses ("using device ...") and
+    report at least one offloaded layer; it silently runs on the CPU otherwise. Trees from 2026
+    print those lines only at `-lv 4`: without `require_evidence` (a unit, whose devices the
+    `devices` pre-check confirmed) a log that is silent about placement passes, and only a log
+    that shows the fallback ("no usable GPU found", 0 layers) fails."""
+    if gpu_layers <= 0:
+        return None
+    o = read_offload(log)
+    why = f" ({o.cause})" if o.cause else ""
+    silent = not o.devices and o.offloaded is None
+    if o.no_gpu or (silent and require_evidence):
+        return (
+            f"--gpu-layers {gpu_layers} was asked for, but llama-server found no usable GPU{why} and would "
+            "serve from the CPU: check that the GPU and its driver are present, that --gpus names a "
+            "device that exists, and that the build has a GPU backend"
+        )
+    if silent:
+        return None
+    if not o.devices or not o.offloaded:
+        return (
+            f"--gpu-layers {gpu_layers} was asked for, but llama-server put "
+            f"{o.offloaded or 0}/{o.total or '?'} layers on a GPU{why}"
+        )
+    return None
+
+
+def offload_summary(log: str) -> str:
+    o = read_offload(log)
+    if o.offloaded is None:
+        return "offload: the devices were confirmed before start; this llama-server logs layer placement only at -lv 4"
+    return f"offloaded {o.offloaded}/{o.total} layers to {', '.join(o.devices)}"
+
+
+def journal_messages(invocation: str) -> list[str] | None:
+    """The MESSAGE of every journal entry of this unit invocation, through libsystemd (no
+    journalctl process: this helper starts nothing but the command `probe` is told to run).
+    None when the journal cannot be read."""
+    try:
+        lib = ctypes.CDLL("libsystemd.so.0")
+    except OSError:
+        return None
+    vp, sz = ctypes.c_void_p, ctypes.c_size_t
+    lib.sd_journal_open.argtypes = [ctypes.POINTER(vp), ctypes.c_int]
+    lib.sd_journal_add_match.argtypes = [vp, ctypes.c_char_p, sz]
+    lib.sd_journal_next.argtypes = [vp]
+    lib.sd_journal_get_data.argtypes = [vp, ctypes.c_char_p, ctypes.POINTER(vp), ctypes.POINTER(sz)]
+    lib.sd_journal_close.argtypes = [vp]
+    j = vp()
+    if lib.sd_journal_open(ctypes.byref(j), 1) < 0:  # SD_JOURNAL_LOCAL_ONLY
+        return None
+    try:
+        match = f"_SYSTEMD_INVOCATION_ID={invocation}".encode()
+        if lib.sd_journal_add_match(j, match, len(match)) < 0:
+            return None
+        out: list[str] = []
+        data, length = vp(), sz()
+        while lib.sd_journal_next(j) > 0:
+            if lib.sd_journal_get_data(j, b"MESSAGE", ctypes.byref(data), ctypes.byref(length)) >= 0:
+                raw = ctypes.string_at(data.value or 0, length.value)
+                out.append(raw.decode("utf-8", "replace").partition("=")[2])
+        return out
+    finally:
+        lib.sd_journal_close(j)
+
+
+def wait_offload(invocation: str, gpu_layers: int, timeout: float, interval: float = 0.25) -> int:
+    """Once /health is 200 the load is over, but journald may still be writing the last lines:
+    read this invocation's journal until it holds the load's end (bounded), then judge it."""
+    deadline = time.monotonic() + timeout
+    text = ""
+    while True:
+        lines = journal_messages(invocation)
+        if lines is None:
+            # The devices check before start has vouched for the GPU; only the log is unreadable.
+            print("offload: the journal cannot be read (libsystemd missing?), so only the device check "
+                  "before start vouches for the GPU", file=sys.stderr)  # fmt: skip
+            return 0
+        text = "\n".join(lines)
+        if _LOAD_DONE.search(text) or time.monotonic() >= deadline:
+            break
+        time.sleep(interval)
+    problem = offload_problem(text, gpu_layers, require_evidence=False)
+    if problem is not None:
+        print(OFFLOAD_FAILED + problem, file=sys.stderr)
+        return 1
+    print(offload_summary(text), file=sys.stderr)
+    return 0
+
+
+_LISTED = re.compile(r"^\s+(\S+): (.+)$")
+
+
+def parse_list_devices(text: str) -> list[str]:
+    """The devices of `llama-server --list-devices` ("  Vulkan0: llvmpipe (...) (2048 MiB, ...)")."""
+    _, found, rest = text.partition("Available devices:")
+    if not found:
+        return []
+    return [f"{m.group(1)} {m.group(2)}" for ln in rest.splitlines() if (m := _LISTED.match(ln))]
+
+
+def _capture(argv: list[str], timeout: float) -> tuple[int | None, str]:
+    """(exit code, stdout+stderr) of argv, killed after `timeout`; (None, why) when it cannot start.
+    posix_spawn and a pipe: this stdlib-only helper has no subprocess module to lean on."""
+    r, w = os.pipe()
+    actions = [(os.POSIX_SPAWN_DUP2, w, 1), (os.POSIX_SPAWN_DUP2, w, 2), (os.POSIX_SPAWN_CLOSE, r)]
+    try:
+        pid = os.posix_spawn(argv[0], argv, dict(os.environ), file_actions=actions)
+    except OSError as exc:
+        os.close(r)
+        os.close(w)
+        return None, f"cannot run {argv[0]}: {exc.strerror}"
+    os.close(w)
+    chunks: list[bytes] = []
+    deadline = time.monotonic() + timeout
+    with os.fdopen(r, "rb", buffering=0) as pipe:
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                os.kill(pid, signal.SIGKILL)
+                chunks.append(f"\n(killed after {timeout:g}s)".encode())
+                break
+            if not select.select([pipe], [], [], left)[0]:
+                continue
+            data = pipe.read(65536)
+            if not data:
+                break
+            chunks.append(data)
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status), b"".join(chunks).decode("utf-8", "replace")
+
+
+def wait_devices(argv: list[str], timeout: float, interval: float = 2.0) -> int:
+    """Before serving: llama-server itself must list a GPU device, under this unit's environment
+    (CUDA_/HIP_/GGML_VK_VISIBLE_DEVICES). Retried until `timeout`: a driver may be late at boot.
+    It catches a missing or hidden GPU, a wrong --gpus index and a build without the backend
+    before a single request could be served from the CPU."""
+    deadline = time.monotonic() + timeout
+    while True:
+        rc, out = _capture(argv, timeout=max(5.0, min(60.0, deadline - time.monotonic())))
+        devices = parse_list_devices(out) if rc == 0 else []
+        if devices:
+            print(f"llama-server lists {'; '.join(devices)}", file=sys.stderr)
+            return 0
+        if time.monotonic() + interval >= deadline:
+            break
+        time.sleep(interval)
+    o = read_offload(out)
+    cause = o.cause or next((ln.strip() for ln in out.splitlines() if "ggml_" in ln and ln.strip()), "")
+    shown = f"it exited {rc}" if rc not in (0, None) else "it listed none"
+    print(f"{OFFLOAD_FAILED}llama-server --list-devices found no GPU device ({shown}"
+          f"{': ' + cause if cause else ''}) within {timeout:g}s, so it would serve from the CPU: "
+          "check that the GPU and its driver are present, that --gpus names a device that exists, "
+          "and that the build has a GPU backend", file=sys.stderr)  # fmt: skip
+    return 1
+
+
+def wait_device(path: str, timeout: float, interval: float = 0.5) -> int:
+    """A GPU driver loads late at boot: wait (bounded) for its device node instead of failing at once."""
+    deadline = time.monotonic() + timeout
+    while not os.path.exists(path):
+        if time.monotonic() >= deadline:
+            print(f"{OFFLOAD_FAILED}{path} did not appear within {timeout:g}s: the GPU or its driver is "
+                  "missing, so llama-server would serve from the CPU", file=sys.stderr)  # fmt: skip
+            return 1
+        time.sleep(interval)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="nativellm-healthcheck")
     sub = parser.add_subparsers(dest="cmd", required=True)
     r = sub.add_parser("ready")
     r.add_argument("--url", required=True)
     r.add_argument("--timeout", type=float, default=900)
+    r.add_argument("--gpu-layers", type=int, default=0)
+    r.add_argument("--log-wait", type=float, default=15)
+    o = sub.add_parser("offload")
+    o.add_argument("--gpu-layers", type=int, required=True)
+    o.add_argument("--log", required=True)
+    ld = sub.add_parser("devices")
+    ld.add_argument("--timeout", type=float, default=60)
+    ld.add_argument("--interval", type=float, default=2)
+    ld.add_argument("server", nargs=argparse.REMAINDER)
+    d = sub.add_parser("device")
+    d.add_argument("--path", required=True)
+    d.add_argument("--timeout", type=float, default=60)
     p = sub.add_parser("probe")
     p.add_argument("--url", required=True)
     p.add_argument("--tries", type=int, default=3)
@@ -162,7 +407,33 @@ def main(argv: list[str] | None = None) -> int:
         return wait_port(args.host, args.port, args.reuse, args.timeout)
     if args.cmd == "ready":
         main_pid = os.environ.get("MAINPID", "")
-        return wait_ready(args.url, args.timeout, main_pid=int(main_pid) if main_pid.isdigit() else None)
+        rc = wait_ready(args.url, args.timeout, main_pid=int(main_pid) if main_pid.isdigit() else None)
+        if rc != 0 or args.gpu_layers <= 0:
+            return rc
+        invocation = os.environ.get("INVOCATION_ID", "")
+        if not invocation:
+            print(
+                f"{OFFLOAD_FAILED}no $INVOCATION_ID: run `ready --gpu-layers` from the unit", file=sys.stderr
+            )
+            return 1
+        return wait_offload(invocation, args.gpu_layers, args.log_wait)
+    if args.cmd == "offload":
+        try:
+            with open(args.log, encoding="utf-8", errors="replace") as f:
+                text = f.read()
+        except OSError as exc:
+            print(f"{OFFLOAD_FAILED}cannot read {args.log}: {exc.strerror}", file=sys.stderr)
+            return 1
+        problem = offload_problem(text, args.gpu_layers)
+        print(OFFLOAD_FAILED + problem if problem else offload_summary(text), file=sys.stderr)
+        return 1 if problem else 0
+    if args.cmd == "device":
+        return wait_device(args.path, args.timeout)
+    if args.cmd == "devices":
+        server = list(args.server[1:] if args.server[:1] == ["--"] else args.server)
+        if not server:
+            parser.error("devices needs the command: -- /path/to/llama-server --list-devices")
+        return wait_devices(server, args.timeout, args.interval)
     then = list(args.then[1:] if args.then[:1] == ["--"] else args.then)
     return probe(args.url, args.tries, args.timeout, args.pause, then)
 

@@ -10,8 +10,11 @@ from dataclasses import dataclass
 
 from nativellm import client
 from nativellm.hardware.vram import GpuMemory
+from nativellm.serve.healthcheck import OFFLOAD_FAILED
 
-_NOT_SERVER = re.compile(r"did not become ready|exited before it was ready|gave no answer at")
+_NOT_SERVER = re.compile(
+    r"did not become ready|exited before it was ready|gave no answer at|offload check failed"
+)
 _ERROR = re.compile(r"\berror\b|\bfailed\b|\bunable\b|\bcannot\b|\bcan't\b|invalid", re.IGNORECASE)
 
 
@@ -32,6 +35,16 @@ def find_error_line(journal_text: str) -> str | None:
             return hits[-1]
     hits = [ln for ln in lines if _ERROR.search(ln)]
     return hits[-1] if hits else (lines[-1] if lines else None)
+
+
+def offload_failure(journal_text: str) -> str | None:
+    """Why the last start failed its offload check (GPU layers asked for, but llama-server found no
+    GPU or put no layer on it), from the readiness helper's verdict in the unit's journal; None when
+    the journal has none. `status` and `doctor` show it before llama-server's own error line."""
+    hits = [
+        ln.split(OFFLOAD_FAILED, 1)[1].strip() for ln in journal_text.splitlines() if OFFLOAD_FAILED in ln
+    ]
+    return hits[-1] if hits else None
 
 
 _METRICS = {
