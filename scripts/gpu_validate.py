@@ -186,6 +186,7 @@ def main(argv: list[str]) -> int:
         )
         return 2
 
+    args.out.mkdir(parents=True, exist_ok=True)
     v = Validation(args.out, args.dry_run)
     if req.get("backend") != "cuda":
         v.results["note"] = f"{not_cuda}: a real run refuses it"
@@ -260,6 +261,9 @@ def main(argv: list[str]) -> int:
             if state["build_dir"].is_dir()
             else {}
         )
+        smoke_log = state["build_dir"] / "smoke.log"
+        if smoke_log.is_file():
+            shutil.copy(smoke_log, args.out / "smoke-on-gpu.log")
         out = {
             "exit": got["exit"],
             "build_id": state["build_id"],

@@ -34,7 +34,7 @@ from nativellm.build import cudalibs, signing
 from nativellm.build.confine import confined_smoke_test
 from nativellm.build.extract import extract_archive, read_json_member
 from nativellm.build.fingerprint import Requirements, fingerprint, requirements_of
-from nativellm.build.smoke import base_model
+from nativellm.build.smoke import base_model, plan_smoke_offload
 from nativellm.build.store import BuildRecord, Store
 from nativellm.build.synth import VOCAB_FILE
 from nativellm.download import download_url
@@ -590,8 +590,14 @@ def install_locked(
         reporter.stage("smoke test on this host: real inference on Q4_0, Q8_0 and Q4_K_M models")
         base = base_model(paths.work / "smoke-cache" / sha256_file(vocab)[:12], vocab)
         # Not built here: its binaries run confined (build.confine), never as root on the host.
+        backend = str(manifest.get("plan", {}).get("backend", "cpu"))
         result = confined_smoke_test(
-            top, base, tmp / "smoke", max(1, here.cpu.physical_cores), readonly=(paths.home,)
+            top,
+            base,
+            tmp / "smoke",
+            max(1, here.cpu.physical_cores),
+            readonly=(paths.home,),
+            offload=plan_smoke_offload(backend, here),
         )
         if not result.passed:
             raise SmokeTestError(

@@ -26,6 +26,7 @@ local build's smoke test (real inference, tokens counted).
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import json
 import os
@@ -38,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from nativellm import run
-from nativellm.build.smoke import Runner, SmokeResult, smoke_test
+from nativellm.build.smoke import Runner, SmokeOffload, SmokeResult, smoke_test
 from nativellm.errors import SmokeTestError
 
 ENV = "NATIVELLM_SMOKE_CONFINE"  # systemd | namespaces | none: force a level (tests, opt-out)
@@ -68,6 +69,7 @@ class Job:
     model: str  # the F16 smoke model
     threads: int
     readonly: tuple[str, ...] = ()  # host paths made read-only inside (namespaces mode)
+    offload: SmokeOffload | None = None  # a GPU build on a host with its device: the offloaded case
 
     def to_json(self) -> str:
         return json.dumps(
@@ -77,6 +79,7 @@ class Job:
                 "model": self.model,
                 "threads": self.threads,
                 "readonly": list(self.readonly),
+                "offload": dataclasses.asdict(self.offload) if self.offload is not None else None,
             }
         )
 
@@ -89,6 +92,7 @@ class Job:
             str(d["model"]),
             int(d["threads"]),
             tuple(str(p) for p in d.get("readonly", [])),
+            SmokeOffload(**d["offload"]) if d.get("offload") else None,
         )
 
 
@@ -200,25 +204,32 @@ def _parse(out: str, mode: str) -> tuple[SmokeResult, str] | None:
 
 
 def confined_smoke_test(
-    artifact: Path, base: Path, workdir: Path, threads: int, *, readonly: Sequence[Path] = ()
+    artifact: Path,
+    base: Path,
+    workdir: Path,
+    threads: int,
+    *,
+    readonly: Sequence[Path] = (),
+    offload: SmokeOffload | None = None,
 ) -> SmokeResult:
     """smoke_test for a build not made here (`artifact` is its top dir, `base` the F16 model),
     run confined as described above; `workdir/smoke.log` gets the log. `readonly`: host paths
-    (the store) that the binaries must not write even as their owner."""
+    (the store) that the binaries must not write even as their owner. `offload`: the case that
+    must run on this host's GPU (build.smoke.plan_smoke_offload)."""
     workdir.mkdir(parents=True, exist_ok=True)
     mode = choose_mode()
     if mode == "none":
-        res = smoke_test(artifact / "bin", base, workdir, threads)
+        res = smoke_test(artifact / "bin", base, workdir, threads, offload=offload)
         with (workdir / "smoke.log").open("a") as f:
             f.write(f"warning: the smoke test ran unconfined ({ENV}=none or not root)\n")
         return SmokeResult(res.passed, res.cases, "none", os.getuid())
     notes = ""
-    parsed, why = _run_confined(mode, artifact, base, threads, readonly)
+    parsed, why = _run_confined(mode, artifact, base, threads, readonly, offload)
     if parsed is None and mode == "systemd" and os.environ.get(ENV, "") != "systemd" and probe_namespaces():
         # An older systemd may not know a property (ProtectHome=tmpfs needs v242): namespaces next.
         notes = f"note: the systemd unit gave no result ({why}); ran in namespaces instead\n"
         mode = "namespaces"
-        parsed, why = _run_confined(mode, artifact, base, threads, readonly)
+        parsed, why = _run_confined(mode, artifact, base, threads, readonly, offload)
     if parsed is None:
         raise SmokeTestError(
             f"the confined smoke test ({mode}) did not report a result: {why}",
@@ -230,14 +241,19 @@ def confined_smoke_test(
 
 
 def _run_confined(
-    mode: str, artifact: Path, base: Path, threads: int, readonly: Sequence[Path]
+    mode: str,
+    artifact: Path,
+    base: Path,
+    threads: int,
+    readonly: Sequence[Path],
+    offload: SmokeOffload | None = None,
 ) -> tuple[tuple[SmokeResult, str] | None, str]:
     if mode == "systemd":
-        job = Job(mode, str(_INSIDE / "artifact"), str(_INSIDE / "model.gguf"), threads)
+        job = Job(mode, str(_INSIDE / "artifact"), str(_INSIDE / "model.gguf"), threads, offload=offload)
         argv = _systemd_argv(job, artifact, base, TIMEOUT)
     else:
         ro = tuple(str(p) for p in (*readonly, Path("/root"), Path("/home")))
-        job = Job(mode, str(artifact), str(base), threads, ro)
+        job = Job(mode, str(artifact), str(base), threads, ro, offload)
         argv = _namespaces_argv(job)
     done = run.probe(argv, timeout=TIMEOUT + 60)  # None: it could not start or ran out of time
     parsed = _parse(done.stdout, mode) if done is not None else None
@@ -304,7 +320,7 @@ def _confined_main(job: Job) -> dict[str, Any]:
         runner = Runner((), {"HOME": str(work), "TMPDIR": str(work)}, work)
         uid = os.getuid()
     work.mkdir(parents=True, exist_ok=True)
-    res = smoke_test(art / "bin", model, work, job.threads, runner=runner, logdir=logs)
+    res = smoke_test(art / "bin", model, work, job.threads, runner=runner, logdir=logs, offload=job.offload)
     log = (logs / "smoke.log").read_text(errors="replace") if (logs / "smoke.log").is_file() else ""
     return {"result": {**res.to_dict(), "uid": uid, "confinement": job.mode}, "log": log}
 

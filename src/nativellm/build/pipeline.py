@@ -229,14 +229,20 @@ class _Builder:
     def smoke(
         self, stage: Path, source: Source, work: Path, threads: int, offload: SmokeOffload | None = None
     ) -> SmokeResult:
-        vocab = find_vocab(source.path)
-        share = stage / "share" / "nativellm"
-        share.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(vocab, share / VOCAB_FILE)
+        vocab = self.ship_vocab(stage, source)
         base = base_model(self.paths.work / "smoke-cache" / sha256_file(vocab)[:12], vocab)
         on = f" (Q4_0 on {offload.device})" if offload is not None else ""
         self.rep.stage(f"smoke test: real inference on Q4_0, Q8_0 and Q4_K_M models{on}")
         return smoke_test(stage / "bin", base, work / "smoke", threads=threads, offload=offload)
+
+    @staticmethod
+    def ship_vocab(stage: Path, source: Source) -> Path:
+        """The tree's vocab GGUF in share/nativellm/: the smoke model is made from it, here and on every
+        host that installs the build's artifact, so a cross-build (not smoke-tested here) carries it too."""
+        share = stage / "share" / "nativellm"
+        share.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(find_vocab(source.path), share / VOCAB_FILE)
+        return share / VOCAB_FILE
 
     def manifest(self, **parts: Any) -> dict[str, Any]:
         stage: Path = parts.pop("stage")
@@ -307,6 +313,7 @@ class _Builder:
                 self.rep.stage(f"building {build_id} with {jobs} job(s)")
                 stage = self.compile(plan, source, tools, work, jobs)
                 runtime_libs = self.link_cuda_runtime(stage, tools, plan)
+                self.ship_vocab(stage, source)
                 single = self.check_single_binary(stage, work / "build.log") if plan.single_binary else None
                 result: SmokeResult | None = None
                 if can_smoke:
