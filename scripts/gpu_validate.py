@@ -158,7 +158,13 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "gpu-validate-out")))
     ap.add_argument("--home", type=Path, default=Path("/tmp/nativellm-gpu-validate"))
     ap.add_argument(
-        "--shape", choices=("7b", "tiny"), default=None, help="model shape (default: 7b; tiny in --dry-run)"
+        "--shape",
+        choices=("tiny", "7b", "13b", "34b"),
+        default=None,
+        help="model shape (default: 7b; tiny in --dry-run)",
+    )
+    ap.add_argument(
+        "--also", default="", help="more shapes for tg only, e.g. 13b,34b (bandwidth vs overhead)"
     )
     ap.add_argument("--dry-run", action="store_true")
     args = ap.parse_args(argv)
@@ -222,7 +228,7 @@ def main(argv: list[str]) -> int:
             out["nvidia_smi"] = None
         detect = _nativellm(["detect"], env, 120)
         (args.out / "detect.json").write_text(json.dumps(detect, indent=2) + "\n")
-        gpus = (detect.get("data") or {}).get("gpus") or []
+        gpus = detect.get("gpus") or []  # detect --json prints the HostProfile document itself
         out["gpus"] = [f"{g.get('name')} {g.get('arch')}" for g in gpus]
         out["systemd_pid1"] = Path("/run/systemd/system").is_dir()
         if not args.dry_run and not gpus:
@@ -251,10 +257,8 @@ def main(argv: list[str]) -> int:
         data = got.get("data") or {}
         state["build_id"] = data.get("build_id")
         builds = _nativellm(["builds", "list"], env, 60)
-        rec = next(
-            (b for b in (builds.get("data") or {}).get("builds", []) if b.get("id") == state["build_id"]),
-            None,
-        )
+        listed = builds.get("builds") or (builds.get("data") or {}).get("builds") or []
+        rec = next((b for b in listed if b.get("id") == state["build_id"]), None)
         state["build_dir"] = home / "data" / "builds" / str(state["build_id"])
         manifest = (
             json.loads((state["build_dir"] / "manifest.json").read_text())
@@ -279,15 +283,15 @@ def main(argv: list[str]) -> int:
         return out
 
     def model() -> dict[str, Any]:
-        from nativellm.build.synth import SHAPE_7B, VOCAB_FILE, SynthSize, write_synthetic_q4_k_m
+        from nativellm.build.synth import BENCH_SHAPES, VOCAB_FILE, write_synthetic_q4_k_m
 
-        shape = (
-            SHAPE_7B if (args.shape or ("tiny" if args.dry_run else "7b")) == "7b" else SynthSize.TINY.shape
-        )
+        name = args.shape or ("tiny" if args.dry_run else "7b")
+        shape = BENCH_SHAPES[name]
         installed = state.get("build_dir", Path("/nonexistent")) / "share" / "nativellm" / VOCAB_FILE
         vocab = installed if installed.is_file() else _artifact_vocab(args.artifact, home)
-        path = Path("/tmp") / f"nativellm-{'7b' if shape is SHAPE_7B else 'tiny'}-q4_k_m.gguf"
+        path = Path("/tmp") / f"nativellm-{name}-q4_k_m.gguf"
         write_synthetic_q4_k_m(path, vocab, shape)
+        state["vocab"] = vocab
         import gguf
 
         reader = gguf.GGUFReader(str(path))
@@ -368,6 +372,64 @@ def main(argv: list[str]) -> int:
             out["tg_fraction_of_copy_bandwidth"] = round(achieved / state["bandwidth_gbs"], 3)
         return out
 
+    def scaling() -> dict[str, Any]:
+        """tg at more shapes, and the main shape without CUDA graphs: where the time per token goes."""
+        from nativellm.build.synth import BENCH_SHAPES, write_synthetic_q4_k_m
+
+        shapes = [x for x in args.also.split(",") if x]
+        if args.dry_run or not shapes:
+            return {
+                "status": "skipped (dry run)" if args.dry_run else "skipped (no --also)",
+                "shapes": shapes,
+            }
+        exe = state.get("build_dir", Path("/nonexistent")) / "bin" / "llama-bench"
+        vocab = state["vocab"]
+        out: dict[str, Any] = {}
+
+        def tg(model: Path, env: dict[str, str] | None = None) -> float:
+            argv = [
+                str(exe),
+                "-m",
+                str(model),
+                "-ngl",
+                "99",
+                "-fa",
+                "1",
+                "-p",
+                "0",
+                "-n",
+                "128",
+                "-r",
+                "2",
+                "-o",
+                "json",
+            ]
+            done = _run(argv, 300, env)
+            if done.returncode != 0:
+                raise RuntimeError(done.stderr[-1000:])
+            return float(json.loads(done.stdout)[0]["avg_ts"])
+
+        no_graphs = tg(state["model"], {**os.environ, "GGML_CUDA_DISABLE_GRAPHS": "1"})
+        out["main_shape_tg_without_cuda_graphs"] = round(no_graphs, 2)
+        for name in shapes:
+            import gguf
+
+            path = Path("/tmp") / f"nativellm-scaling-{name}-q4_k_m.gguf"
+            write_synthetic_q4_k_m(path, vocab, BENCH_SHAPES[name])
+            reader = gguf.GGUFReader(str(path))
+            per_token = sum(int(t.n_bytes) for t in reader.tensors if t.name != "token_embd.weight")
+            del reader
+            rate = tg(path)
+            path.unlink()
+            row: dict[str, Any] = {"bytes_read_per_token": per_token, "tg128_tokens_per_s": round(rate, 2)}
+            if state.get("bandwidth_gbs"):
+                row["tg_bytes_gb_per_s"] = round(rate * per_token / 1e9, 1)
+                row["tg_fraction_of_copy_bandwidth"] = round(
+                    rate * per_token / 1e9 / state["bandwidth_gbs"], 3
+                )
+            out[name] = row
+        return out
+
     def instance() -> dict[str, Any]:
         exe = state.get("build_dir", Path("/nonexistent")) / "bin" / "llama-server"
         port = _free_port()
@@ -418,11 +480,13 @@ def main(argv: list[str]) -> int:
             if not ok:
                 out["status"] = "failed"
         finally:
-            os.killpg(proc.pid, signal.SIGTERM)
             try:
+                os.killpg(proc.pid, signal.SIGTERM)
                 proc.wait(20)
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass  # it exited already (its log says why)
         return out
 
     def nvml_capture(pid: int) -> dict[str, Any]:
@@ -449,6 +513,7 @@ def main(argv: list[str]) -> int:
     v.step("model", model)
     v.step("bandwidth", bandwidth)
     v.step("bench", bench)
+    v.step("scaling", scaling)
     v.step("instance", instance)
     v.step("nvml", nvml)
     v.results["finished"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())

@@ -19,7 +19,7 @@ from tests.helpers import CliResult, nativellm
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[2]
-STEPS = ["host", "install", "model", "bandwidth", "bench", "instance", "nvml"]
+STEPS = ["host", "install", "model", "bandwidth", "bench", "scaling", "instance", "nvml"]
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +46,7 @@ def test_dry_run_records_every_step_and_makes_the_q4_k_m_model(artifact: Path, t
     assert results["dry_run"] is True and list(results["steps"]) == STEPS
     steps: dict[str, Any] = results["steps"]
     assert "not a CUDA one" in results["note"]  # the session build is a CPU build: a real run refuses it
-    for gpu_step in ("install", "bandwidth", "bench", "instance", "nvml"):
+    for gpu_step in ("install", "bandwidth", "bench", "scaling", "instance", "nvml"):
         assert steps[gpu_step]["status"] == "skipped (dry run)", steps[gpu_step]
     assert "-ngl 99" in steps["bench"]["would_run"] and "llama-bench" in steps["bench"]["would_run"]
     assert steps["host"]["status"] == "ok" and (out / "detect.json").is_file()

@@ -190,6 +190,13 @@ def _llama_writer(tmp: Path, vocab_gguf: Path, s: SynthShape, name: str, file_ty
 
 SHAPE_7B = SynthShape(n_embd=4096, n_layer=32, n_head=32, n_head_kv=32, n_ff=11008)
 """The Llama-2-7B shape: the usual yardstick for token-generation speed against memory bandwidth."""
+BENCH_SHAPES = {
+    "tiny": SynthSize.TINY.shape,
+    "7b": SHAPE_7B,
+    "13b": SynthShape(n_embd=5120, n_layer=40, n_head=40, n_head_kv=40, n_ff=13824),  # Llama-2-13B
+    "34b": SynthShape(n_embd=8192, n_layer=48, n_head=64, n_head_kv=8, n_ff=22016),  # CodeLlama-34B (GQA)
+}
+"""Shapes a GPU run measures: bigger models spend a larger share of each token reading weights."""
 
 # K-quant block sizes in bytes per 256 weights (ggml-common.h: block_q4_K, block_q6_K).
 _BLOCK_BYTES = {"Q4_K": 144, "Q6_K": 210}
