@@ -300,6 +300,12 @@ def test_nvidia_smi_noheader_nounits() -> None:
     assert gpu == GpuInfo("nvidia", 0, "NVIDIA H100 80GB HBM3", "sm_90", 81559 * 1024 * 1024, "535.129.03")
 
 
+def test_nvidia_smi_real_h200_capture() -> None:
+    """Captured on a real H200 (driver 580) by scripts/gpu_validate.py, with detect's own query."""
+    (gpu,) = nvidia.parse_nvidia_smi_csv(fixture("nvidia_smi_h200.csv"))
+    assert gpu == GpuInfo("nvidia", 0, "NVIDIA H200", "sm_90", 143771 * 1024 * 1024, "580.159.04")
+
+
 def test_nvidia_legacy_driver_maps_names() -> None:
     text = fixture("nvidia_smi_legacy_no_compute_cap.csv")
     gpus = nvidia.parse_nvidia_smi_csv(text, ("index", "name", "memory.total", "driver_version"))

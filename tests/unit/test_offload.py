@@ -47,6 +47,8 @@ def log(name: str) -> str:
         ("vulkan_lavapipe_offloaded.log", "Vulkan0 (llvmpipe (LLVM 15.0.6, 256 bits))", (3, 3)),
         ("cuda_h100_offloaded.log", "CUDA0 (NVIDIA H100 80GB HBM3)", (29, 29)),
         ("hip_mi300x_offloaded.log", "ROCm0 (AMD Instinct MI300X)", (29, 29)),
+        # Real: the H200 run of scripts/gpu_validate.py (7B-shape Q4_K_M, -ngl 99 -lv 4).
+        ("cuda_h200_offloaded_real.log", "CUDA0 (NVIDIA H200)", (33, 33)),
     ],
 )
 def test_offloaded_logs_pass(name: str, device: str, layers: tuple[int, int]) -> None:
@@ -66,6 +68,12 @@ def test_offloaded_logs_pass(name: str, device: str, layers: tuple[int, int]) ->
         (
             "hip_no_device.log",
             "ggml_cuda_init: failed to initialize ROCm: no ROCm-capable device is detected",
+        ),
+        # Real: the same H200 with the GPU hidden (CUDA_VISIBLE_DEVICES=). That llama-server went on
+        # to load onto the CPU (and there died in the AMX kernels): the verdict must come first.
+        (
+            "cuda_h200_hidden_real.log",
+            "ggml_cuda_init: failed to initialize CUDA: no CUDA-capable device is detected",
         ),
     ],
 )
@@ -95,6 +103,12 @@ def test_list_devices_output() -> None:
         "Vulkan0 llvmpipe (LLVM 15.0.6, 256 bits) (2048 MiB, 2048 MiB free)"
     ]
     assert healthcheck.parse_list_devices(log("list_devices_none.txt")) == []
+    # Real, from a portable (GGML_BACKEND_DL) CUDA build on an H200: the backend module is loaded for
+    # --list-devices too, and a hidden GPU lists nothing.
+    assert healthcheck.parse_list_devices(log("list_devices_cuda_h200_real.txt")) == [
+        "CUDA0 NVIDIA H200 (143155 MiB, 142629 MiB free)"
+    ]
+    assert healthcheck.parse_list_devices(log("list_devices_cuda_hidden_real.txt")) == []
     assert healthcheck.parse_list_devices("") == []
 
 

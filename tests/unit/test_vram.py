@@ -40,7 +40,7 @@ from nativellm.serve.observe import gpu_memory_from_log, parse_buffer_sizes
 ROOT = Path(__file__).parent.parent.parent
 HW = ROOT / "tests" / "fixtures" / "hw"
 # The real capture from an H200 (scripts/capture-nvml.py) replaces the constructed one when it lands.
-NVML_FIXTURE = next(p for p in (HW / "nvml_h200.json", HW / "nvml_h200_constructed.json") if p.is_file())
+NVML_FIXTURE = HW / "nvml_h200.json"  # real: captured on an H200 by scripts/gpu_validate.py
 CPU_LOG = ROOT / "tests" / "fixtures" / "llama_server" / "load_log_cpu_lv4.log"
 MiB = 1 << 20
 GiB = 1 << 30
