@@ -86,6 +86,11 @@ def test_vulkan_instance_serves_chat_with_its_layers_on_the_device(vk: InnerCli,
     assert "offload: the devices were confirmed before start" in log or "layers to Vulkan0 (llvmpipe" in log
     props = sandbox.show("llama@vk.service", "ActiveState", "DevicePolicy")
     assert props == {"ActiveState": "active", "DevicePolicy": "closed"}
+    # Its GPU memory in `status`: what llama-server reported for Vulkan0 in this run's load log.
+    st = vk("status", "vk", "--json", check=True).json()["instances"][0]
+    (mem,) = st["gpu_memory"]
+    assert mem["device"] == "Vulkan0" and mem["source"] == "llama-server" and mem["bytes"] > 1 << 20, st
+    assert "VRAM" in vk("status", "vk", check=True).stdout
     vk("stop", "vk", check=True)
 
 
@@ -131,6 +136,9 @@ def test_a_hidden_device_fails_the_start(vk: InnerCli, sandbox: Sandbox) -> None
     reason = offload_failure(log)
     assert reason is not None and "found no GPU device" in reason, log[-3000:]
     assert "load_model" not in log
+    # `status` says why, in its one error field.
+    st = vk("status", "vkhidden", "--json").json()["instances"][0]
+    assert st["error"] is not None and st["error"].startswith("offload check failed: "), st
     sandbox.systemctl("--user", "stop", "llama@vkhidden", check=False)
     assert not healthy(port)
 

@@ -223,6 +223,16 @@ def test_vulkan_unit_is_closed_with_drm_only_and_checks_the_offload() -> None:
     assert post.endswith("ready --url http://127.0.0.1:8099/health --timeout 900 --gpu-layers 99")
 
 
+def test_only_vulkan_gpu_instances_log_their_load_at_verbosity_4() -> None:
+    """Vulkan's GPU memory in `status` comes from the load log, printed only at -lv 4 in this tree;
+    CUDA/HIP have NVML/amd-smi and keep the quieter default, as does a Vulkan build run on the CPU."""
+    spec = InstanceSpec(name="vk", model="demo", port=8099, gpu_layers=99, gpus=(0,))
+    assert "--log-verbosity 4" in render_dropin(spec, _resolved("vulkan"))
+    assert "--log-verbosity" not in render_dropin(spec, _resolved("cuda"))
+    cpu_only = dataclasses.replace(spec, gpu_layers=0)
+    assert "--log-verbosity" not in render_dropin(cpu_only, _resolved("vulkan"))
+
+
 def test_cpu_instance_keeps_the_plain_readiness() -> None:
     text = render_dropin(InstanceSpec(name="q4", model="demo", port=8080), _resolved("cpu"))
     assert "--gpu-layers" not in text and "DevicePolicy" not in text and "--list-devices" not in text

@@ -171,10 +171,16 @@ def server_argv(
     *,
     api_key_path: str | None,
     flags: ServerFlags = UNKNOWN,
+    backend: str | None = None,
 ) -> list[str]:
     """The exact llama-server argv for the server `flags` describes; `nativellm run` uses it as
     is, the unit through quoting. Raises InstanceError when that server lacks a flag the spec
-    needs (an old tag pinned by the user), instead of a unit that can never start."""
+    needs (an old tag pinned by the user), instead of a unit that can never start.
+
+    A Vulkan instance with GPU layers also logs at verbosity 4: its load log (the device each layer
+    went to, and the buffer sizes `status` reports as its GPU memory) is printed only at that level
+    in 2026 trees, and Vulkan has no per-process memory tool like NVML or amd-smi. The price is
+    about 25 more journal lines per request; CUDA and HIP instances keep the default."""
     argv = [
         str(binary),
         "--model",
@@ -210,6 +216,8 @@ def server_argv(
         argv += ["--rpc", ",".join(spec.rpc)]
     if spec.metrics and flags.knows("--metrics"):  # only `status` reads it: optional
         argv.append("--metrics")
+    if backend == "vulkan" and spec.gpu_layers and flags.knows("--log-verbosity"):
+        argv += ["--log-verbosity", "4"]
     if api_key_path is not None:
         argv += ["--api-key-file", api_key_path]
     missing = [a for a in argv[1:] if a.startswith("--") and not flags.knows(a)]
@@ -235,7 +243,9 @@ def _cpu_limits(cpus: str) -> tuple[str, str]:
 def render_dropin(spec: InstanceSpec, r: Resolved) -> str:
     devices = DeviceClass.for_backend(r.backend)
     key_path = "${CREDENTIALS_DIRECTORY}/" + CREDENTIAL if spec.api_key_file else None
-    argv = server_argv(spec, r.server_binary, r.model_path, api_key_path=key_path, flags=r.flags)
+    argv = server_argv(
+        spec, r.server_binary, r.model_path, api_key_path=key_path, flags=r.flags, backend=r.backend
+    )
     expand = [len(argv) - len(spec.extra_args) - 1] if key_path else []
     # In system scope the helpers run with "+" (outside the sandbox, as root): the interpreter
     # nativellm was installed with (pyenv, a venv under /root) may be unreadable to the

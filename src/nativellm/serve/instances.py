@@ -45,7 +45,13 @@ from nativellm.serve.dropins import (
     unit_name,
     watchdog_unit,
 )
-from nativellm.serve.observe import find_error_line, gpu_memory_from_log, parse_buffer_sizes, read_metrics
+from nativellm.serve.observe import (
+    find_error_line,
+    gpu_memory_from_log,
+    offload_failure,
+    parse_buffer_sizes,
+    read_metrics,
+)
 from nativellm.serve.server_flags import ServerFlags, probe_server_flags
 from nativellm.serve.systemd import Systemd, UnitState, reachable, require_reachable, require_reads_units_from
 from nativellm.serve.units import write_unit
@@ -602,10 +608,15 @@ class Instances:
         return ["journalctl", "--no-pager", *match, "-n", str(lines), *(["-f"] if follow else [])]
 
     def error_line(self, name: str) -> str | None:
-        """llama-server's own error line from its latest journal entries, if any."""
+        """Why the instance is down, from its latest journal entries: the readiness helper's offload
+        verdict first (GPU layers asked for, none on a GPU: it served nothing from the CPU), else
+        llama-server's own error line."""
         argv = [*self.journal_argv(name, lines=200), "--identifier", f"llama@{name}", "-o", "cat"]
         res = run.probe(argv, timeout=10)
-        return find_error_line(res.stdout) if res is not None else None
+        if res is None:
+            return None
+        offload = offload_failure(res.stdout)
+        return f"offload check failed: {offload}" if offload else find_error_line(res.stdout)
 
     def load_log(self, pid: int) -> str:
         """The buffer lines of the running server's load log: its journal entries by PID (only this
@@ -629,7 +640,14 @@ class Instances:
                 f"`nativellm instance edit {name} --port N`",
             )
         r = self._resolve(spec)
-        return server_argv(spec, r.server_binary, r.model_path, api_key_path=spec.api_key_file, flags=r.flags)
+        return server_argv(
+            spec,
+            r.server_binary,
+            r.model_path,
+            api_key_path=spec.api_key_file,
+            flags=r.flags,
+            backend=r.backend,
+        )
 
 
 def linger_enabled(user: str | None = None) -> bool | None:
