@@ -90,7 +90,6 @@ def test_vulkan_instance_serves_chat_with_its_layers_on_the_device(vk: InnerCli,
     st = vk("status", "vk", "--json", check=True).json()["instances"][0]
     (mem,) = st["gpu_memory"]
     assert mem["device"] == "Vulkan0" and mem["source"] == "llama-server" and mem["bytes"] > 1 << 20, st
-    assert "VRAM" in vk("status", "vk", check=True).stdout
     vk("stop", "vk", check=True)
 
 
