@@ -146,16 +146,21 @@ def test_capture_script_writes_what_the_reader_reads() -> None:
     assert script.capture(inited(doc)) == read_nvml(inited(doc)).to_dict()
 
 
-def test_capture_script_without_nvml_says_so(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
-    """On this machine (no NVIDIA driver) the script exits 2 with one line, and writes nothing."""
+@pytest.fixture
+def no_libnvidia_ml() -> None:
+    """The real nvidia-ml-py on a machine without the NVIDIA driver (this one); elsewhere, skipped."""
     pynvml = pytest.importorskip("pynvml")
     try:
         pynvml.nvmlInit()
     except pynvml.NVMLError_LibraryNotFound:
-        pass
-    else:
-        pynvml.nvmlShutdown()
-        pytest.skip("libnvidia-ml is installed here")
+        return
+    pynvml.nvmlShutdown()
+    pytest.skip("libnvidia-ml is installed here")
+
+
+@pytest.mark.usefixtures("no_libnvidia_ml")
+def test_capture_script_without_nvml_says_so(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    """On this machine (no NVIDIA driver) the script exits 2 with one line, and writes nothing."""
     script = capture_script()
     assert script.main(["-o", str(tmp_path / "out.json")]) == 2
     err = capsys.readouterr().err
@@ -242,17 +247,10 @@ def test_an_older_driver_answers_the_v2_process_list() -> None:
     assert read_nvml(fake) == NvmlSnapshot.from_dict(doc)
 
 
+@pytest.mark.usefixtures("no_libnvidia_ml")
 def test_no_libnvidia_ml_is_none_not_a_traceback(caplog: pytest.LogCaptureFixture) -> None:
     """The real nvidia-ml-py on this machine, which has no NVIDIA driver: NVMLError_LibraryNotFound
     becomes None and a log line. (A machine with the driver answers instead; that is checked there.)"""
-    pynvml = pytest.importorskip("pynvml")
-    try:
-        pynvml.nvmlInit()
-    except pynvml.NVMLError_LibraryNotFound:
-        pass
-    else:
-        pynvml.nvmlShutdown()
-        pytest.skip("libnvidia-ml is installed here")
     with caplog.at_level(logging.INFO, logger="nativellm.hardware.vram"):
         assert probe_nvml() is None
     assert "NVML Shared Library Not Found" in caplog.text
