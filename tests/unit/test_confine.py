@@ -12,8 +12,9 @@ import pytest
 
 from nativellm.build import confine
 from nativellm.build.confine import Job
-from nativellm.build.smoke import SmokeCase, SmokeResult
+from nativellm.build.smoke import SmokeCase, SmokeOffload, SmokeResult
 from nativellm.errors import SmokeTestError
+from nativellm.hardware.devices import DeviceClass
 
 
 def test_a_forced_mode_wins_and_a_bad_one_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -62,6 +63,33 @@ def test_the_transient_unit_is_hardened_and_sees_only_what_it_needs(tmp_path: Pa
     assert argv[:2] == ["systemd-run", "--quiet"] and "--wait" in argv and "--pipe" in argv
     assert argv[argv.index("--") + 1 :][1:3] == ["-m", "nativellm.build.confine"]
     assert Job.from_json(argv[-1]) == job
+
+
+def test_a_gpu_smoke_opens_only_its_backends_devices_and_sees_the_linked_runtime(tmp_path: Path) -> None:
+    """The offloaded case of a CUDA artifact: the GPU nodes (the unit's allow-list), not PrivateDevices,
+    which would hide the GPU and fail every install on a systemd host; and the host's cuBLAS that
+    install-artifact linked into lib/ stays visible under ProtectHome=tmpfs."""
+    top = tmp_path / "top"
+    (top / "lib").mkdir(parents=True)
+    wheel = tmp_path / "home" / "venv" / "nvidia" / "cu13" / "lib"
+    wheel.mkdir(parents=True)
+    (wheel / "libcublas.so.13").write_bytes(b"")
+    (top / "lib" / "libcublas.so.13").symlink_to(wheel / "libcublas.so.13")
+    (top / "lib" / "libggml.so.0").symlink_to("libggml.so.0.25.3")  # relative: inside the build
+    offload = SmokeOffload(device="GPU 0 NVIDIA H200", backend="cuda")
+    job = Job(
+        "systemd", "/tmp/nativellm-smoke/artifact", "/tmp/nativellm-smoke/model.gguf", 2, offload=offload
+    )
+    argv = confine._systemd_argv(job, top, tmp_path / "base.gguf", 600)
+    props = [argv[i + 1] for i, a in enumerate(argv) if a == "-p"]
+    assert (
+        "PrivateDevices=yes" not in props and "PrivateDevices=no" in props and "DevicePolicy=closed" in props
+    )
+    assert [p for p in props if p.startswith("DeviceAllow=")] == [
+        f"DeviceAllow={d}" for d in DeviceClass.NVIDIA.device_allow
+    ]
+    assert f"BindReadOnlyPaths=-{wheel}" in props
+    assert Job.from_json(argv[-1]) == job  # the offload case reaches the confined runner
 
 
 def test_the_runner_answer_is_read_back_and_garbage_is_none() -> None:

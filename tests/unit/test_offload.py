@@ -21,11 +21,12 @@ from nativellm.build.plan import plan_build
 from nativellm.build.smoke import SmokeCase, SmokeResult, plan_smoke_offload
 from nativellm.build.toolchain import troubleshoot
 from nativellm.errors import PlanError
+from nativellm.hardware.devices import DeviceClass
 from nativellm.hardware.profile import GpuInfo, HostProfile
 from nativellm.hardware.vulkan import parse_vulkaninfo, software_from_vulkan
 from nativellm.paths import Scope
 from nativellm.serve import healthcheck
-from nativellm.serve.dropins import DeviceClass, Resolved, render_dropin
+from nativellm.serve.dropins import Resolved, render_dropin
 from nativellm.serve.healthcheck import OFFLOAD_FAILED, offload_problem, read_offload
 from nativellm.serve.observe import find_error_line, offload_failure
 from nativellm.specs import InstanceSpec

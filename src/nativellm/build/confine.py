@@ -41,6 +41,7 @@ from typing import Any
 from nativellm import run
 from nativellm.build.smoke import Runner, SmokeOffload, SmokeResult, smoke_test
 from nativellm.errors import SmokeTestError
+from nativellm.hardware.devices import DeviceClass
 
 ENV = "NATIVELLM_SMOKE_CONFINE"  # systemd | namespaces | none: force a level (tests, opt-out)
 MODES = ("systemd", "namespaces", "none")
@@ -160,7 +161,7 @@ def _systemd_argv(job: Job, artifact: Path, model: Path, timeout: float) -> list
         "ProtectSystem=strict",
         "ProtectHome=tmpfs",  # /home, /root empty; the binds below re-expose only what is needed
         "PrivateTmp=yes",
-        "PrivateDevices=yes",
+        *_device_props(job.offload),
         "PrivateNetwork=yes",
         "PrivateIPC=yes",
         "NoNewPrivileges=yes",
@@ -174,6 +175,7 @@ def _systemd_argv(job: Job, artifact: Path, model: Path, timeout: float) -> list
         f"RuntimeMaxSec={int(timeout)}",
         f"BindReadOnlyPaths={artifact}:{job.artifact}",
         f"BindReadOnlyPaths={model}:{job.model}",
+        *(f"BindReadOnlyPaths=-{d}" for d in _host_lib_dirs(artifact)),
         *(f"BindReadOnlyPaths=-{p}" for p in _python_paths()),
         "Environment=HOME=/tmp",
         f"Environment=PYTHONPATH={Path(nativellm_file()).parent.parent}",
@@ -183,6 +185,26 @@ def _systemd_argv(job: Job, artifact: Path, model: Path, timeout: float) -> list
     for p in props:
         argv += ["-p", p]
     return [*argv, "--", sys.executable, "-m", "nativellm.build.confine", job.to_json()]
+
+
+def _device_props(offload: SmokeOffload | None) -> list[str]:
+    """No devices at all for a CPU smoke test; for a GPU build's offloaded case, only the devices its
+    backend needs (the same allow-list as an instance's unit): PrivateDevices=yes would hide the GPU
+    and fail the offload check on every host with systemd."""
+    devices = DeviceClass.for_backend(offload.backend) if offload is not None else DeviceClass.CPU
+    if devices is DeviceClass.CPU:
+        return ["PrivateDevices=yes"]
+    return ["PrivateDevices=no", "DevicePolicy=closed", *(f"DeviceAllow={d}" for d in devices.device_allow)]
+
+
+def _host_lib_dirs(artifact: Path) -> list[str]:
+    """Directories outside the artifact that its lib/ links to (this host's CUDA runtime, linked by
+    install-artifact): ProtectHome=tmpfs would hide a wheel under /root or /home."""
+    lib = artifact / "lib"
+    found = (
+        {str(Path(os.readlink(p)).parent) for p in lib.iterdir() if p.is_symlink()} if lib.is_dir() else set()
+    )
+    return sorted(d for d in found if os.path.isabs(d))
 
 
 def _namespaces_argv(job: Job) -> list[str]:

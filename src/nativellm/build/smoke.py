@@ -107,6 +107,7 @@ class SmokeOffload:
     gpu_layers: int = 99
     env: Mapping[str, str] | None = None  # e.g. GGML_VK_VISIBLE_DEVICES for a software device
     device: str = ""
+    backend: str = ""  # the build's backend: which device nodes a confined run must be let open
 
 
 def plan_smoke_offload(backend: str, host: HostProfile) -> SmokeOffload | None:
@@ -115,15 +116,17 @@ def plan_smoke_offload(backend: str, host: HostProfile) -> SmokeOffload | None:
     if backend == "vulkan":
         gpus = [g for g in host.gpus if g.vendor in ("nvidia", "amd", "intel")]
         if gpus:
-            return SmokeOffload(device=f"GPU {gpus[0].index} {gpus[0].name}")
+            return SmokeOffload(device=f"GPU {gpus[0].index} {gpus[0].name}", backend=backend)
         if host.software_gpus:
             # ggml-vulkan skips CPU-type devices unless this names them.
             dev = host.software_gpus[0]
-            return SmokeOffload(env={"GGML_VK_VISIBLE_DEVICES": str(dev.index)}, device=dev.name)
+            return SmokeOffload(
+                env={"GGML_VK_VISIBLE_DEVICES": str(dev.index)}, device=dev.name, backend=backend
+            )
         return None
     vendor = {"cuda": "nvidia", "hip": "amd"}.get(backend)
     gpus = list(host.gpus_of(vendor)) if vendor else []
-    return SmokeOffload(device=f"GPU {gpus[0].index} {gpus[0].name}") if gpus else None
+    return SmokeOffload(device=f"GPU {gpus[0].index} {gpus[0].name}", backend=backend) if gpus else None
 
 
 def _describe_exit(rc: int) -> tuple[str, str | None]:

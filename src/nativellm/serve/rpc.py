@@ -23,8 +23,9 @@ from nativellm import validate as v
 from nativellm.build.store import Store
 from nativellm.errors import InstanceError, NotFoundError, UsageError
 from nativellm.fsutil import write_if_changed
+from nativellm.hardware.devices import DeviceClass
 from nativellm.paths import Paths, Scope, package_data
-from nativellm.serve.dropins import DROPIN_NAME, DeviceClass
+from nativellm.serve.dropins import DROPIN_NAME
 from nativellm.serve.systemd import Systemd, UnitState, reachable, require_reachable, require_reads_units_from
 from nativellm.serve.units import Section, UnitFile, exec_line, plain_value, render, write_unit
 from nativellm.specs import check_toml_types, is_loopback, reach_host, read_spec_text, validate_name
