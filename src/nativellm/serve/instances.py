@@ -14,7 +14,6 @@ import sysconfig
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from nativellm import client, run
 from nativellm.build.store import Store
@@ -53,6 +52,7 @@ from nativellm.serve.observe import (
     read_metrics,
 )
 from nativellm.serve.server_flags import ServerFlags, probe_server_flags
+from nativellm.serve.status import InstanceStatus as InstanceStatus
 from nativellm.serve.systemd import Systemd, UnitState, reachable, require_reachable, require_reads_units_from
 from nativellm.serve.units import write_unit
 from nativellm.specs import (
@@ -116,47 +116,6 @@ class Refresh:
 
     rewritten: tuple[str, ...]
     failed: tuple[tuple[str, str], ...]
-
-
-@dataclass(frozen=True)
-class InstanceStatus:
-    """`nativellm status` for one instance."""
-
-    name: str
-    spec: InstanceSpec
-    unit: UnitState | None
-    health: str  # ok | loading | down
-    metrics: Mapping[str, float]
-    error_line: str | None
-    # () when it holds none (not running, or CPU only); None when it may but no source could tell.
-    gpu_memory: tuple[GpuMemory, ...] | None = ()
-
-    def to_dict(self) -> dict[str, Any]:
-        u = self.unit
-        return {
-            "name": self.name,
-            "unit": unit_name(self.name),
-            "active_state": u.active_state if u else None,
-            "sub_state": u.sub_state if u else None,
-            "result": u.result if u else None,
-            "enabled": u.unit_file_state if u else None,
-            "pid": u.main_pid or None if u else None,
-            "uptime_s": round(u.uptime_s, 1) if u and u.uptime_s is not None else None,
-            "restarts": u.n_restarts if u else None,
-            "start_limit_hit": u.start_limit_hit if u else None,
-            "memory_bytes": u.memory_bytes if u else None,
-            "cpu_s": round(u.cpu_ns / 1e9, 3) if u and u.cpu_ns is not None else None,
-            "host": self.spec.host,
-            "port": self.spec.port,
-            "url": f"http://{self.spec.host}:{self.spec.port}",
-            "health": self.health,
-            "healthy": self.health == "ok",
-            "model": self.spec.model,
-            "build": self.spec.build,
-            "metrics": dict(self.metrics),
-            "error": self.error_line,
-            "gpu_memory": None if self.gpu_memory is None else [g.to_dict() for g in self.gpu_memory],
-        }
 
 
 def _insecure_warning(spec: InstanceSpec) -> str | None:
