@@ -33,9 +33,10 @@ files = [p for p in bdir.rglob("*") if p.is_file() and not p.is_symlink()]
 result = {
     "schema": "nativellm.cuda-cross-build/1",
     "build_id": build_id,
-    "wall_seconds": build_s,
-    "build_duration_s": build.get("duration_s"),
-    "cached": build.get("cached"),
+    "wall_seconds_this_run": build_s,
+    "cached": build.get("cached"),  # true: this run found the build in the store
+    "build_duration_s": manifest.get("duration_s"),  # the compile that made it (manifest)
+    "built_on": {"cpu": manifest["built_on"]["cpu"]["model"], "cores": manifest["built_on"]["cpu"]["logical_cores"]},
     "jobs": build.get("jobs"),
     "cuda_architectures": manifest["plan"]["cmake_defines"].get("CMAKE_CUDA_ARCHITECTURES"),
     "toolchain": manifest.get("toolchain"),
