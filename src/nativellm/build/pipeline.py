@@ -98,6 +98,11 @@ class ConfigureOutcome:
     seconds: float
 
 
+def _cuda_math(tools: Toolchain, plan: BuildPlan) -> cudalibs.CudaMath | None:
+    """Where this build's cuBLAS comes from, for a plan that builds the CUDA backend."""
+    return tools.cuda_math if plan.cmake_defines.get("GGML_CUDA") == "ON" else None
+
+
 class _Builder:
     """The mutable state of one `build` run."""
 
@@ -133,9 +138,8 @@ class _Builder:
                 self.rep.progress(int(m.group(1)), int(m.group(2)))
 
         ui_dist = self.ui.dist if self.ui is not None and not configure_only else None
-        cuda_libs = None
-        if tools.cuda_math is not None and plan.cmake_defines.get("GGML_CUDA") == "ON":
-            cuda_libs = cudalibs.prefix_for(tools.cuda_math, find_nvcc(), work / "cuda-libs")
+        math = _cuda_math(tools, plan)
+        cuda_libs = cudalibs.prefix_for(math, find_nvcc(), work / "cuda-libs") if math is not None else None
         steps = cmake.steps(tools, plan, source.path, work, jobs, ui_dist, cuda_libs)
         for name, argv in steps[:1] if configure_only else steps:
             self.rep.stage(f"{name} ({'ninja' if name == 'compile' else 'cmake'}, log: {log})")
@@ -153,8 +157,8 @@ class _Builder:
 
     def link_cuda_runtime(self, stage: Path, tools: Toolchain, plan: BuildPlan) -> list[dict[str, str]]:
         """Link the CUDA runtime libraries the loader can't find (wheel cuBLAS) into stage/lib."""
-        math = tools.cuda_math
-        if math is None or plan.cmake_defines.get("GGML_CUDA") != "ON":
+        math = _cuda_math(tools, plan)
+        if math is None:
             return []
         dirs = [math.lib_dir, *cudalibs.runtime_lib_dirs(find_nvcc(), math.major)]
         linked = cudalibs.link_runtime(stage, dirs)
@@ -166,9 +170,8 @@ class _Builder:
     @staticmethod
     def cuda_parts(tools: Toolchain, plan: BuildPlan, runtime_libs: list[dict[str, str]]) -> dict[str, Any]:
         """Manifest keys of a CUDA build: where cuBLAS came from and which runtime libraries were linked."""
-        if tools.cuda_math is None or plan.cmake_defines.get("GGML_CUDA") != "ON":
-            return {}
-        return {"cuda_math": tools.cuda_math.to_dict(), "runtime_libs": runtime_libs}
+        math = _cuda_math(tools, plan)
+        return {} if math is None else {"cuda_math": math.to_dict(), "runtime_libs": runtime_libs}
 
     def warnings(self) -> list[str]:
         return [self.ui_warning] if self.ui_warning else []
@@ -226,10 +229,8 @@ class _Builder:
             )
         return {"file": "bin/llama-server", "needed": list(needed)}
 
-    def smoke(
-        self, stage: Path, source: Source, work: Path, threads: int, offload: SmokeOffload | None = None
-    ) -> SmokeResult:
-        vocab = self.ship_vocab(stage, source)
+    def smoke(self, stage: Path, work: Path, threads: int, offload: SmokeOffload | None = None) -> SmokeResult:
+        vocab = stage / "share" / "nativellm" / VOCAB_FILE  # ship_vocab put it there after the compile
         base = base_model(self.paths.work / "smoke-cache" / sha256_file(vocab)[:12], vocab)
         on = f" (Q4_0 on {offload.device})" if offload is not None else ""
         self.rep.stage(f"smoke test: real inference on Q4_0, Q8_0 and Q4_K_M models{on}")
@@ -318,7 +319,7 @@ class _Builder:
                 result: SmokeResult | None = None
                 if can_smoke:
                     offload = plan_smoke_offload(plan.backend.value, here)
-                    result = self.smoke(stage, source, work, max(1, here.cpu.physical_cores), offload)
+                    result = self.smoke(stage, work, max(1, here.cpu.physical_cores), offload)
                 if result is None or result.passed:
                     break
                 family = next_fallback(plan, frozenset(disabled)) if opts.auto else None
