@@ -224,6 +224,14 @@ def test_vulkan_unit_is_closed_with_drm_only_and_checks_the_offload() -> None:
     assert post.endswith("ready --url http://127.0.0.1:8099/health --timeout 900 --gpu-layers 99")
 
 
+def test_an_rpc_head_lists_its_workers_devices_before_start() -> None:
+    """A CPU build serving --gpu-layers through RPC workers: the workers' devices are the GPUs, and
+    `--list-devices` lists them only when --rpc comes first (each option acts as it is parsed)."""
+    spec = InstanceSpec(name="head", model="demo", port=8099, gpu_layers=99, rpc=("127.0.0.1:50052",))
+    pre = [ln for ln in render_dropin(spec, _resolved("cpu")).splitlines() if "--list-devices" in ln]
+    assert len(pre) == 1 and pre[0].endswith("llama-server --rpc 127.0.0.1:50052 --list-devices")
+
+
 def test_only_vulkan_gpu_instances_log_their_load_at_verbosity_4() -> None:
     """Vulkan's GPU memory in `status` comes from the load log, printed only at -lv 4 in this tree;
     CUDA/HIP have NVML/amd-smi and keep the quieter default, as does a Vulkan build run on the CPU."""

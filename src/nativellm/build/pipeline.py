@@ -229,7 +229,9 @@ class _Builder:
             )
         return {"file": "bin/llama-server", "needed": list(needed)}
 
-    def smoke(self, stage: Path, work: Path, threads: int, offload: SmokeOffload | None = None) -> SmokeResult:
+    def smoke(
+        self, stage: Path, work: Path, threads: int, offload: SmokeOffload | None = None
+    ) -> SmokeResult:
         vocab = stage / "share" / "nativellm" / VOCAB_FILE  # ship_vocab put it there after the compile
         base = base_model(self.paths.work / "smoke-cache" / sha256_file(vocab)[:12], vocab)
         on = f" (Q4_0 on {offload.device})" if offload is not None else ""

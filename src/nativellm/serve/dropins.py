@@ -225,8 +225,11 @@ def render_dropin(spec: InstanceSpec, r: Resolved) -> str:
     if spec.gpu_layers and r.flags.knows("--list-devices"):
         # Before serving: llama-server itself, under this unit's environment and device policy,
         # must list a GPU (bounded retries for a late driver), or the start fails; see healthcheck.
+        # An RPC head's layers go to its workers' devices: --rpc (before --list-devices, which
+        # prints and exits when parsed) registers them, so they are listed too.
+        rpc = ["--rpc", ",".join(spec.rpc)] if spec.rpc else []
         devices_check = [r.python, "-I", str(r.healthcheck), "devices", "--timeout", str(DEVICE_WAIT_S),
-                         "--", str(r.server_binary), "--list-devices"]  # fmt: skip
+                         "--", str(r.server_binary), *rpc, "--list-devices"]  # fmt: skip
         # System scope: as the other helpers, with "+" (the interpreter may be unreadable to the
         # dynamic user); the unit's Environment= (the *_VISIBLE_DEVICES filter) still applies.
         service.append(("ExecStartPre", privileged + exec_line(devices_check)))
