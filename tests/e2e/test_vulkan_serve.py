@@ -138,6 +138,10 @@ def test_a_hidden_device_fails_the_start(vk: InnerCli, sandbox: Sandbox) -> None
     # `status` says why, in its one error field.
     st = vk("status", "vkhidden", "--json").json()["instances"][0]
     assert st["error"] is not None and st["error"].startswith("offload check failed: "), st
+    # And `doctor` lists it, with the verdict and where to look.
+    found = vk("doctor", "--json").json()["findings"]
+    unit = sandbox.show("llama@vkhidden.service", "ActiveState", "SubState", "Result")
+    assert any(f["check"] == "offload" and "vkhidden did not start" in f["message"] for f in found), (unit, found)
     sandbox.systemctl("--user", "stop", "llama@vkhidden", check=False)
     assert not healthy(port)
 

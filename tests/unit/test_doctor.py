@@ -162,6 +162,41 @@ def test_instance_problems_are_found(tmp_path: Path, monkeypatch: pytest.MonkeyP
     assert any("lingering is off" in m for m in doctor(linger=False))
 
 
+def test_an_instance_refused_for_its_offload_is_a_finding(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A unit that failed its offload check (GPU layers asked for, no GPU): doctor says why, with the
+    readiness helper's verdict from the journal; a unit failed for another reason is not this finding."""
+    from nativellm.ops.doctor import check_instances
+    from nativellm.serve.healthcheck import OFFLOAD_FAILED
+    from nativellm.serve.instances import InstanceOptions, Instances
+    from nativellm.serve.systemd import UnitState
+    from tests.unit.test_instances import _profile, _today, make_paths
+
+    class Failed:
+        def available(self) -> bool:
+            return True
+
+        def state(self, unit: str) -> UnitState:
+            return UnitState(
+                unit, "loaded", "failed", "failed", "exit-code", 0, 5, None, None, 0, False, "enabled"
+            )
+
+    paths = make_paths(tmp_path, monkeypatch)
+    inst = Instances(paths, None, profile=_profile, port_in_use=lambda port, host: False, server_flags=_today)
+    inst.add("gpu", InstanceOptions(model=str(tmp_path / "m.gguf"), port=8091, gpu_layers=99))
+    inst.systemd = Failed()  # type: ignore[assignment]
+    verdict = OFFLOAD_FAILED + "llama-server --list-devices found no GPU device (it listed none) within 15s"
+    monkeypatch.setattr(inst, "error_line", lambda name: verdict)
+    (finding,) = [
+        f for f in check_instances(inst, linger=lambda: True, port_in_use=lambda p, h: False) if not f.ok
+    ]
+    assert finding.check == "offload" and finding.message == f"instance gpu did not start: {verdict}"
+    assert "nativellm logs gpu" in finding.fix
+    monkeypatch.setattr(inst, "error_line", lambda name: "error loading model: bad magic")
+    assert all(f.ok for f in check_instances(inst, linger=lambda: True, port_in_use=lambda p, h: False))
+
+
 def test_removed_model_is_found(store: Store, tmp_path: Path) -> None:
     from ggufs import write_gguf
 

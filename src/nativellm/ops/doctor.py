@@ -18,6 +18,7 @@ from nativellm.hardware.nvidia import parse_nvcc_version
 from nativellm.models.registry import ModelRegistry, verify_model
 from nativellm.paths import Paths, Scope
 from nativellm.serve.dropins import template_files, unit_name
+from nativellm.serve.healthcheck import OFFLOAD_FAILED
 from nativellm.serve.instances import Instances, linger_enabled
 from nativellm.serve.systemd import Systemd, reachable
 from nativellm.versions import version_tuple
@@ -218,7 +219,16 @@ def check_instances(
             elif path.read_text() != text:
                 out.append(Finding("units", False, f"instance {spec.name}: {path} was edited by hand",
                                    f"put changes in the spec and re-render: `nativellm instance edit {spec.name}`"))  # fmt: skip
-        active = sd is not None and sd.state(unit_name(spec.name)).running
+        unit = sd.state(unit_name(spec.name)) if sd is not None else None
+        active = unit is not None and unit.running
+        # Failed, or retrying after a failure (systemd resets Result at each new try); not stopped.
+        down = unit is not None and unit.active_state in ("failed", "activating")
+        why = inst.error_line(spec.name) if down else None
+        if why and why.startswith(OFFLOAD_FAILED):
+            # It asked for GPU layers and would have served from the CPU: refused, and says why.
+            out.append(Finding("offload", False, f"instance {spec.name} did not start: {why}",
+                               "check the GPU and its driver (`nativellm detect`), the instance's --gpus and "
+                               f"its build's backend; `nativellm logs {spec.name}` has the whole log"))  # fmt: skip
         if not active and busy(spec.port, spec.host):
             out.append(Finding("ports", False, f"instance {spec.name}'s port {spec.port} is taken by another process",
                                f"free it, or move the instance: `nativellm instance edit {spec.name} --port N`"))  # fmt: skip
