@@ -141,7 +141,10 @@ def test_a_hidden_device_fails_the_start(vk: InnerCli, sandbox: Sandbox) -> None
     # And `doctor` lists it, with the verdict and where to look.
     found = vk("doctor", "--json").json()["findings"]
     unit = sandbox.show("llama@vkhidden.service", "ActiveState", "SubState", "Result")
-    assert any(f["check"] == "offload" and "vkhidden did not start" in f["message"] for f in found), (unit, found)
+    assert any(f["check"] == "offload" and "vkhidden did not start" in f["message"] for f in found), (
+        unit,
+        found,
+    )
     sandbox.systemctl("--user", "stop", "llama@vkhidden", check=False)
     assert not healthy(port)
 
