@@ -166,3 +166,18 @@ def test_nvcc_without_cublas_is_one_line_with_the_pip_fix(tmp_path: Path) -> Non
     )
     assert lines[1].strip().startswith("hint: pip install 'nvidia-cublas==13.*'") and len(lines) == 2
     assert "Traceback" not in done.stderr and not (tmp_path / "home" / "data" / "work").exists()
+
+
+def test_a_stub_that_cannot_be_made_is_a_toolchain_error_not_a_traceback(tmp_path: Path) -> None:
+    """A driverless build host whose "toolkit" has no cuda.h: the build stops with exit 11 and the fix."""
+    from nativellm.errors import ToolchainError
+
+    fake = tmp_path / "cuda" / "bin" / "nvcc"
+    fake.parent.mkdir(parents=True)
+    fake.write_text("#!/bin/sh\nexit 1\n")
+    fake.chmod(0o755)
+    with pytest.raises(ToolchainError) as info:
+        cudalibs.driver_stub(str(fake), tmp_path / "lib")
+    assert info.value.exit_code == 11 and "no include/cuda.h" in info.value.message
+    assert "\n" not in info.value.message and info.value.hint
+    assert not (tmp_path / "lib" / "libcuda.so").exists()

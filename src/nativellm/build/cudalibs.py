@@ -28,6 +28,7 @@ from typing import Any
 
 from nativellm import run
 from nativellm.build.elf import find_needed
+from nativellm.errors import ToolchainError
 
 SITE_ENV = "NATIVELLM_CUDA_SITE"
 """Extra site-packages directories (os.pathsep-separated) searched for NVIDIA's CUDA wheels."""
@@ -181,7 +182,7 @@ _DRIVER_STUB_DIRS = (
 
 def has_driver_library(nvcc: str | None) -> bool:
     """Whether CMake can link libcuda (CUDA::cuda_driver): the driver, or the toolkit's stub."""
-    if _loader_knows("libcuda.so.1") or _loader_knows("libcuda.so"):
+    if {"libcuda.so.1", "libcuda.so"} & _loader_sonames():
         return True
     home = toolkit_home(nvcc) if nvcc else None
     return home is not None and any((home / d / "libcuda.so").exists() for d in _DRIVER_STUB_DIRS)
@@ -202,7 +203,10 @@ def driver_stub(nvcc: str, dest: Path) -> Path:
         None,
     )
     if header is None:
-        raise FileNotFoundError(f"{home}/include/cuda.h")
+        raise ToolchainError(
+            f"the CUDA toolkit at {home} has no include/cuda.h, and this host has no libcuda to link against",
+            "install the CUDA toolkit's headers (cuda-driver-dev / cuda-cudart-dev) or the NVIDIA driver",
+        )
     names = sorted(set(re.findall(r"\b(cu[A-Z][A-Za-z0-9_]*)\b", header.read_text(errors="replace"))))
     dest.mkdir(parents=True, exist_ok=True)
     src = dest / "libcuda-stub.c"
@@ -212,7 +216,11 @@ def driver_stub(nvcc: str, dest: Path) -> Path:
         ["cc", "-shared", "-fPIC", "-Wl,-soname,libcuda.so.1", "-o", str(out), str(src)], timeout=120
     )
     if res is None or not res.ok:
-        raise OSError(f"cc could not build the libcuda link stub: {(res.stderr if res else '')[-500:]}")
+        why = (res.stderr.strip().splitlines() or ["no output"])[-1] if res is not None else "cc did not run"
+        raise ToolchainError(
+            f"cc could not build the libcuda link stub for this driverless build host: {why}",
+            "install the NVIDIA driver or the CUDA toolkit's stubs (lib64/stubs/libcuda.so)",
+        )
     link = dest / "libcuda.so.1"
     if link.is_symlink() or link.exists():
         link.unlink()
@@ -220,14 +228,13 @@ def driver_stub(nvcc: str, dest: Path) -> Path:
     return out
 
 
-def _loader_knows(soname: str) -> bool:
-    """Whether the dynamic loader finds `soname` without help (its ldconfig cache)."""
+def _loader_sonames() -> frozenset[str]:
+    """The sonames the dynamic loader finds without help (its ldconfig cache), read once per call
+    site: `ldconfig -p` lists every library on the host."""
     res = run.probe(["ldconfig", "-p"])
-    return (
-        res is not None
-        and res.ok
-        and any(line.strip().startswith(soname + " ") for line in res.stdout.splitlines())
-    )
+    if res is None or not res.ok:
+        return frozenset()
+    return frozenset(line.split()[0] for line in res.stdout.splitlines()[1:] if line.strip())
 
 
 def needed_cuda_sonames(build_dir: Path) -> list[str]:
@@ -250,6 +257,7 @@ def link_runtime(build_dir: Path, candidates: Sequence[Path]) -> list[dict[str, 
     Returns what was linked, and `{"soname": ..., "missing": "yes"}` for each one no candidate has."""
     lib = build_dir / "lib"
     out: list[dict[str, str]] = []
+    known = _loader_sonames()
     todo, seen = list(needed_cuda_sonames(build_dir)), set()
     while todo:
         soname = todo.pop(0)
@@ -259,7 +267,7 @@ def link_runtime(build_dir: Path, candidates: Sequence[Path]) -> list[dict[str, 
         here = lib / soname
         if here.exists() and not here.is_symlink():
             continue  # shipped inside the build itself
-        if _loader_knows(soname):
+        if soname in known:
             continue
         source = next((d / soname for d in candidates if (d / soname).is_file()), None)
         if source is None and here.is_symlink() and here.exists():
