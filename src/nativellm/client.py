@@ -1,4 +1,5 @@
-"""The llama-server HTTP client (httpx): /health and readiness, /completion, OpenAI completions, /metrics.
+"""The llama-server HTTP client (httpx): /health and readiness, /completion, OpenAI completions, /metrics,
+and a router's model API (/models, /models/load, /models/unload).
 
 Everything in nativellm that talks to a llama-server goes through here (the load generator excepted: it
 needs httpx's async streaming and connection limits, and is an HTTP client by nature).
@@ -8,11 +9,13 @@ from __future__ import annotations
 
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
+
+from nativellm.errors import InstanceError
 
 
 @dataclass(frozen=True)
@@ -129,3 +132,126 @@ def metrics_text(base_url: str, timeout: float = 2.0) -> str | None:
     except httpx.HTTPError:
         return None
     return r.text if r.status_code == 200 else None
+
+
+# -- a router's model API ------------------------------------------------------------------
+# llama-server's model states (GET /models status.value); "failed" is unloaded + failed: true.
+STATES = ("loaded", "loading", "unloaded", "sleeping", "downloading", "failed")
+WAIT_S = 300.0
+POLL_S = 0.1
+
+
+@dataclass(frozen=True)
+class ModelState:
+    """One model as the router reports it."""
+
+    name: str
+    state: str  # one of STATES
+    exit_code: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "state": self.state} | (
+            {"exit_code": self.exit_code} if self.exit_code is not None else {}
+        )
+
+
+def parse_models(doc: Any) -> dict[str, ModelState]:
+    """GET /models -> name -> state (pure)."""
+    out: dict[str, ModelState] = {}
+    for item in (doc or {}).get("data") or []:
+        status = item.get("status") or {}
+        state = str(status.get("value", "unloaded"))
+        code = status.get("exit_code")
+        if status.get("failed"):
+            state = "failed"
+        out[str(item.get("id"))] = ModelState(
+            str(item.get("id")), state, code if isinstance(code, int) else None
+        )
+    return out
+
+
+class RouterClient:
+    """The router's HTTP API on loopback, with the instance's API key when it has one."""
+
+    def __init__(self, base_url: str, api_key: str | None = None, timeout: float = 10.0) -> None:
+        self.base_url = base_url
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self._http = httpx.Client(base_url=base_url, headers=headers, timeout=timeout)
+
+    def close(self) -> None:
+        self._http.close()
+
+    def _call(self, method: str, path: str, body: Mapping[str, Any] | None = None) -> Any:
+        try:
+            resp = self._http.request(method, path, json=body)
+        except httpx.HTTPError as exc:
+            raise InstanceError(
+                f"the router at {self.base_url} did not answer ({type(exc).__name__})",
+                "is the instance running? see `nativellm status`",
+            ) from exc
+        if resp.status_code == 401:
+            raise InstanceError(f"the router at {self.base_url} refused the API key", "check --api-key-file")
+        try:
+            doc = resp.json()
+        except ValueError:
+            doc = {}
+        if resp.status_code >= 400:
+            err = doc.get("error") if isinstance(doc, dict) else None
+            msg = err.get("message") if isinstance(err, dict) else resp.text[:200]
+            raise InstanceError(f"the router refused {path}: {msg}", "see `nativellm logs` for the instance")
+        return doc
+
+    def models(self) -> dict[str, ModelState]:
+        return parse_models(self._call("GET", "/models"))
+
+    def load(self, model: str) -> None:
+        self._call("POST", "/models/load", {"model": model})
+
+    def unload(self, model: str) -> None:
+        self._call("POST", "/models/unload", {"model": model})
+
+    def warmup(self, model: str, timeout: float = 120.0) -> float:
+        """One real, short request, so the first user request doesn't pay the cold cost (page-in of
+        the weights, first graph allocation). Returns its latency in seconds."""
+        t0 = time.monotonic()
+        try:
+            resp = self._http.post(
+                "/v1/completions",
+                json={"model": model, "prompt": "Hello", "max_tokens": 1, "temperature": 0},
+                timeout=timeout,
+            )
+        except httpx.HTTPError as exc:
+            raise InstanceError(
+                f"warm-up of {model} failed ({type(exc).__name__})", "see `nativellm logs`"
+            ) from exc
+        if resp.status_code != 200:
+            raise InstanceError(f"warm-up of {model} failed: HTTP {resp.status_code}", "see `nativellm logs`")
+        return time.monotonic() - t0
+
+    def wait_for(
+        self,
+        model: str,
+        want: Sequence[str],
+        timeout: float = WAIT_S,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> ModelState:
+        """Poll until `model` reaches one of `want`, bounded; a failed load ends the wait at once."""
+        deadline = clock() + timeout
+        while True:
+            state = self.models().get(model)
+            if state is not None and state.state in want:
+                return state
+            if state is not None and state.state == "failed" and "failed" not in want:
+                code = f" (exit code {state.exit_code})" if state.exit_code is not None else ""
+                raise InstanceError(
+                    f"model {model} failed to load{code}", "see `nativellm logs` for the instance's log"
+                )
+            if clock() >= deadline:
+                now = state.state if state else "missing"
+                raise InstanceError(
+                    f"model {model} did not become {' or '.join(want)} within {timeout:.0f} s (it is {now})",
+                    "see `nativellm logs`; a big model may need a longer --timeout",
+                )
+            sleep(POLL_S)

@@ -117,14 +117,33 @@ class InstanceSpec:
     start_timeout: int = DEFAULT_START_TIMEOUT_S
     env: Mapping[str, str] = field(default_factory=dict)
     extra_args: tuple[str, ...] = ()
+    # Router instances (llama-server router mode): `models` set, `model` empty. The instance-wide
+    # settings above go to the preset's [*] section; `model_settings` holds per-model overrides
+    # (llama-server long option names without dashes -> value). See serve/router.py.
+    models: tuple[str, ...] | None = None
+    models_max: int | None = None
+    load_on_start: tuple[str, ...] | None = None
+    warmup: bool = True
+    model_settings: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+
+    @property
+    def is_router(self) -> bool:
+        return bool(self.models)
+
+    @property
+    def model_label(self) -> str:
+        """What the instance serves, for humans: its model, or a router's models."""
+        return f"router: {', '.join(self.models or ())}" if self.is_router else self.model
 
     def validate(self) -> InstanceSpec:
         """Check every value; each kind of value through its one validator (nativellm.validate)."""
         validate_name(self.name)
-        if not self.model:
+        if self.models is not None or self.model_settings or self.load_on_start or self.models_max:
+            self._validate_router()
+        elif not self.model:
             raise UsageError("--model is required", "name a model from `nativellm model list`")
         # A registered model's name, or the absolute path of a GGUF (it reaches Description=).
-        if self.model.startswith("/"):
+        elif self.model.startswith("/"):
             v.abs_path(self.model, "--model")
         else:
             v.name(self.model, "model")
@@ -175,6 +194,45 @@ class InstanceSpec:
             v.no_control(arg, "extra llama-server argument")
         return self
 
+    def _validate_router(self) -> None:
+        models = self.models or ()
+        if not models:
+            raise UsageError(
+                "a router instance needs --models",
+                "name its models: --models a,b,c (see `nativellm model list`)",
+            )
+        if self.model:
+            raise UsageError(
+                "a router instance serves --models, not --model", "drop --model, or drop --router/--models"
+            )
+        for m in models:
+            v.name(m, "model")
+        if len(set(models)) != len(models):
+            raise UsageError("--models lists a model twice", "name each model once")
+        unknown = [m for m in (*(self.load_on_start or ()), *self.model_settings) if m not in models]
+        if unknown:
+            raise UsageError(
+                f"{', '.join(sorted(set(unknown)))} is not one of this router's models ({', '.join(models)})",
+                "add it to --models, or name one of them",
+            )
+        if self.models_max is not None:
+            if self.models_max < 0:
+                raise UsageError("--models-max must be 0 (no limit) or more", "give e.g. --models-max 2")
+            starting = len(self.load_on_start or ())
+            if self.models_max and starting > self.models_max:
+                raise UsageError(
+                    f"--models-max {self.models_max} is smaller than the {starting} models to load at start",
+                    f"raise --models-max to {starting} or more, or load fewer with --load-on-start",
+                )
+        for m, settings in self.model_settings.items():
+            for key, value in settings.items():
+                if not re.fullmatch(r"[a-z0-9][a-z0-9-]*", key):
+                    raise UsageError(
+                        f"setting {key!r} for model {m} is not a llama-server option name",
+                        "use its long name without dashes, e.g. ctx-size=8192 or n-gpu-layers=0",
+                    )
+                v.no_control(value, f"setting {key} for model {m}")
+
     # -- TOML ------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         doc: dict[str, Any] = {}
@@ -183,7 +241,7 @@ class InstanceSpec:
             doc[f.name] = (
                 list(value)
                 if isinstance(value, tuple)
-                else dict(value)
+                else {k: dict(x) if isinstance(x, Mapping) else x for k, x in value.items()}
                 if isinstance(value, Mapping)
                 else value
             )
@@ -200,7 +258,7 @@ class InstanceSpec:
             elif isinstance(value, Mapping):
                 if not value:
                     continue
-                value = dict(value)
+                value = {k: dict(x) if isinstance(x, Mapping) else x for k, x in value.items()}
             doc[f.name] = value
         return tomli_w.dumps(doc)
 
@@ -218,7 +276,7 @@ class InstanceSpec:
         if unknown:
             raise InstanceError(f"{origin} has unknown keys: {', '.join(unknown)}", "remove them")
         check_toml_types(cls, doc, origin)
-        for key in ("gpus", "extra_args", "rpc"):
+        for key in ("gpus", "extra_args", "rpc", "models", "load_on_start"):
             if key in doc:
                 doc[key] = tuple(doc[key])
         try:

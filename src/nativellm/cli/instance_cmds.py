@@ -60,6 +60,24 @@ ILinger = Annotated[bool, typer.Option("--linger", help="Enable lingering so use
 IExtra = Annotated[list[str] | None, typer.Argument(help="Extra llama-server arguments, after --.")]
 INameArg = Annotated[str, typer.Argument(help="Instance name, e.g. q4.")]
 IRpc = Annotated[str | None, typer.Option("--rpc", help="llama.cpp RPC workers, host:port,... (issue 5).")]
+IRouter = Annotated[bool, typer.Option("--router", help="A router instance: several models behind one port.")]
+IModels = Annotated[str | None, typer.Option("--models", help="Router: registered models, a,b,c.")]
+IModelsMax = Annotated[
+    int | None,
+    typer.Option("--models-max", help="Router: models loaded at once (0: no limit; default: all)."),
+]
+ILoadOnStart = Annotated[
+    str | None, typer.Option("--load-on-start", help="Router: models to load at start, a,b.")
+]
+IWarmup = Annotated[
+    bool | None,
+    typer.Option("--warmup/--no-warmup", help="Router: one short request per model at load (default on)."),
+]
+IModelOpt = Annotated[
+    list[str] | None,
+    typer.Option("--model-opt", help="Router: a model's own llama-server setting, MODEL:KEY=VALUE (repeat; "
+                 "KEY= removes it on edit), e.g. q8:ctx-size=8192."),
+]  # fmt: skip
 
 
 def _instances(system: bool, no_systemd: bool = False) -> Instances:
@@ -123,6 +141,38 @@ def _with_rpc(opts: InstanceOptions, rpc: str | None) -> InstanceOptions:
     return dataclasses.replace(opts, rpc=endpoints)
 
 
+def _with_router(
+    opts: InstanceOptions, router: bool, models: str | None, models_max: int | None, load_on_start: str | None,
+    warmup: bool | None, model_opt: list[str] | None,
+) -> InstanceOptions:  # fmt: skip
+    import dataclasses
+
+    from nativellm import validate as v
+
+    def names(text: str, flag: str) -> tuple[str, ...]:
+        return tuple(m.strip() for m in v.no_control(text, flag).split(",") if m.strip())
+
+    if router and models is None:
+        raise UsageError("--router needs --models", "name its models: --models a,b,c")
+    settings: dict[str, dict[str, str]] = {}
+    for item in model_opt or []:
+        model, sep, rest = v.no_control(item, "--model-opt").partition(":")
+        key, eq, value = rest.partition("=")
+        if not sep or not eq or not model or not key:
+            raise UsageError(
+                f"--model-opt {item!r} is not MODEL:KEY=VALUE", "e.g. --model-opt q8:ctx-size=8192"
+            )
+        settings.setdefault(model.strip(), {})[key.strip()] = value.strip()
+    return dataclasses.replace(
+        opts,
+        models=names(models, "--models") if models is not None else None,
+        models_max=models_max,
+        load_on_start=names(load_on_start, "--load-on-start") if load_on_start is not None else None,
+        warmup=warmup,
+        model_settings=settings or None,
+    )
+
+
 def _instance_result(
     command: str, json_out: bool, outcome: Outcome, warnings: list[str] | None = None
 ) -> None:
@@ -160,14 +210,19 @@ def instance_add(
     mlock: IMlock = None, metrics: IMetrics = None, api_key_file: IKey = None, insecure_no_api_key: IInsecure = None,
     memory_max: IMem = None, cpus: ICpus = None, numa_node: INuma = None, gpus: IGpus = None, build: IBuild = None,
     enable: IEnable = None, start_timeout: ITimeout = None, force: IForce = False, no_systemd: INoSystemd = False,
-    linger: ILinger = False, rpc: IRpc = None, system: SystemOpt = False, json_out: JsonOpt = False,
+    linger: ILinger = False, rpc: IRpc = None, router: IRouter = False, models: IModels = None,
+    models_max: IModelsMax = None, load_on_start: ILoadOnStart = None, warmup: IWarmup = None,
+    model_opt: IModelOpt = None, system: SystemOpt = False, json_out: JsonOpt = False,
 ) -> None:  # fmt: skip
-    """Add an instance: write its spec and render its systemd units (does not start it)."""
+    """Add an instance: write its spec and render its systemd units (does not start it).
+
+    A router instance (--router --models a,b,c) serves several registered models behind one port;
+    clients pick one with the request's `model` field."""
     _begin("instance add", json_out)
     opts = _instance_options(model, port, host, ctx, gpu_layers, threads, parallel, batch, flash_attn, cache_type_k,
                              cache_type_v, mlock, metrics, api_key_file, insecure_no_api_key, memory_max, cpus,
                              numa_node, gpus, build, enable, start_timeout, extra, force)  # fmt: skip
-    opts = _with_rpc(opts, rpc)
+    opts = _with_router(_with_rpc(opts, rpc), router, models, models_max, load_on_start, warmup, model_opt)
     inst = _instances(system, no_systemd)
     outcome = inst.add(name, opts)
     _instance_result("instance add", json_out, outcome, [] if no_systemd else _linger_notes(inst, linger))
@@ -181,14 +236,16 @@ def instance_edit(
     mlock: IMlock = None, metrics: IMetrics = None, api_key_file: IKey = None, insecure_no_api_key: IInsecure = None,
     memory_max: IMem = None, cpus: ICpus = None, numa_node: INuma = None, gpus: IGpus = None, build: IBuild = None,
     enable: IEnable = None, start_timeout: ITimeout = None, force: IForce = False, no_systemd: INoSystemd = False,
-    rpc: IRpc = None, system: SystemOpt = False, json_out: JsonOpt = False,
+    rpc: IRpc = None, models: IModels = None, models_max: IModelsMax = None, load_on_start: ILoadOnStart = None,
+    warmup: IWarmup = None, model_opt: IModelOpt = None, system: SystemOpt = False, json_out: JsonOpt = False,
 ) -> None:  # fmt: skip
-    """Change an instance; a running instance restarts only when its units changed."""
+    """Change an instance; a running instance restarts only when its units changed (a router's
+    preset too: new model settings apply at once)."""
     _begin("instance edit", json_out)
     opts = _instance_options(model, port, host, ctx, gpu_layers, threads, parallel, batch, flash_attn, cache_type_k,
                              cache_type_v, mlock, metrics, api_key_file, insecure_no_api_key, memory_max, cpus,
                              numa_node, gpus, build, enable, start_timeout, extra, force)  # fmt: skip
-    opts = _with_rpc(opts, rpc)
+    opts = _with_router(_with_rpc(opts, rpc), False, models, models_max, load_on_start, warmup, model_opt)
     _instance_result("instance edit", json_out, _instances(system, no_systemd).edit(name, opts))
 
 

@@ -125,6 +125,16 @@ def _vram(entries: Sequence[Mapping[str, Any]] | None) -> str:
     return total if len(entries) == 1 else f"{total} ({'+'.join(str(e['device']) for e in entries)})"
 
 
+def _models_cell(row: dict[str, Any]) -> str:
+    """A single model's name; a router's models with their states (q4 loaded, q8 unloaded)."""
+    if not row.get("router"):
+        return str(row["model"])
+    models = row.get("models")
+    if models is None:
+        return "router (models: ?)"
+    return ", ".join(f"{m['name']} {m['state']}" for m in models)
+
+
 def show_instance_status(rows: Sequence[dict[str, Any]]) -> None:
     if not rows:
         out.print("no instances; add one with `nativellm instance add NAME --model MODEL`")
@@ -162,7 +172,7 @@ def show_instance_status(rows: Sequence[dict[str, Any]]) -> None:
             "-" if r["cpu_s"] is None else f"{r['cpu_s']:.1f}s",
             r["url"],
             r["health"],
-            r["model"],
+            _models_cell(r),
             r["build"],
             f"{m['tokens_per_s']:.1f}" if "tokens_per_s" in m else "-",
             f"{m['requests_processing']:.0f}" if "requests_processing" in m else "-",

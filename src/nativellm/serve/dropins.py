@@ -9,12 +9,13 @@ from __future__ import annotations
 import os
 import stat
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from nativellm.errors import InstanceError
 from nativellm.hardware.devices import DeviceClass
 from nativellm.paths import Scope, package_data
+from nativellm.serve.router import PRESET_NAME, render_preset, router_argv
 from nativellm.serve.server_flags import UNKNOWN, ServerFlags
 from nativellm.serve.units import Section, UnitFile, exec_line, plain_value, quote_env, render
 from nativellm.specs import InstanceSpec, http_url
@@ -51,6 +52,9 @@ class Resolved:
     spec_path: Path
     # What this build's llama-server accepts (its --help): the argv is rendered for it.
     flags: ServerFlags = UNKNOWN
+    # A router's models (name -> file) and where its preset INI goes (the unit dir).
+    model_paths: Mapping[str, Path] = field(default_factory=dict)
+    units_dir: Path = Path("/")
 
 
 def unsafe_for_root(path: Path) -> str | None:
@@ -187,9 +191,12 @@ def _cpu_limits(cpus: str) -> tuple[str, str]:
 def render_dropin(spec: InstanceSpec, r: Resolved) -> str:
     devices = DeviceClass.for_backend(r.backend)
     key_path = "${CREDENTIALS_DIRECTORY}/" + CREDENTIAL if spec.api_key_file else None
-    argv = server_argv(
-        spec, r.server_binary, r.model_path, api_key_path=key_path, flags=r.flags, backend=r.backend
-    )
+    if spec.is_router:
+        argv = router_argv(spec, r.server_binary, preset_path(spec, r), api_key_path=key_path)
+    else:
+        argv = server_argv(
+            spec, r.server_binary, r.model_path, api_key_path=key_path, flags=r.flags, backend=r.backend
+        )
     expand = [len(argv) - len(spec.extra_args) - 1] if key_path else []
     # In system scope the helpers run with "+" (outside the sandbox, as root): the interpreter
     # nativellm was installed with (pyenv, a venv under /root) may be unreadable to the
@@ -206,14 +213,23 @@ def render_dropin(spec: InstanceSpec, r: Resolved) -> str:
         "--timeout",
         str(spec.start_timeout),
     ]
-    if spec.gpu_layers:
+    ready_expand: list[int] = []
+    if spec.is_router and spec.load_on_start:
+        # A router is ready once its start-up models are loaded (and warmed up): `instance start`
+        # returns when they serve, as it does for a single-model instance.
+        ready += ["--models", ",".join(spec.load_on_start)] + (["--warmup"] if spec.warmup else [])
+        if key_path:
+            ready_expand = [len(ready) + 1]
+            ready += ["--api-key-file", key_path]
+    if spec.gpu_layers and not spec.is_router:
+        # A router's children log through it with a port prefix, and may load later: their offload
+        # is not checked here (the device check before start still is).
         # Readiness includes the offload: llama-server's own load log must not show a CPU fallback
         # (and where it logs placement, must show layers on a GPU); healthcheck.offload_problem.
         ready += ["--gpu-layers", str(spec.gpu_layers)]
 
-    unit: list[tuple[str, str]] = [
-        ("Description", plain_value(f"llama-server {spec.name}: model {spec.model}"))
-    ]
+    what = f"router for {', '.join(spec.models or ())}" if spec.is_router else f"model {spec.model}"
+    unit: list[tuple[str, str]] = [("Description", plain_value(f"llama-server {spec.name}: {what}"))]
     service: list[tuple[str, str]] = []
     if devices.ready_path:
         unit.append(("After", "systemd-modules-load.service nvidia-persistenced.service"))
@@ -240,7 +256,7 @@ def render_dropin(spec: InstanceSpec, r: Resolved) -> str:
         ("ExecStartPre", privileged + exec_line(port_wait)),
         ("ExecStart", ""),
         ("ExecStart", exec_line(argv, expand=expand)),
-        ("ExecStartPost", privileged + exec_line(ready)),
+        ("ExecStartPost", privileged + exec_line(ready, expand=ready_expand)),
         ("TimeoutStartSec", f"{spec.start_timeout}s"),
     ]
     for key, value in sorted(_environment(spec, devices).items()):
@@ -259,7 +275,7 @@ def render_dropin(spec: InstanceSpec, r: Resolved) -> str:
     if r.scope is Scope.SYSTEM:
         # An unprivileged, per-instance user; the store and models stay world-readable.
         service.append(("DynamicUser", "yes"))
-        needed = (r.server_binary, r.model_path, Path(r.python), r.healthcheck)
+        needed = (r.server_binary, r.model_path, *r.model_paths.values(), Path(r.python), r.healthcheck)
         if not any(_under_home(p) for p in needed):
             service.append(("ProtectHome", "yes"))
     if devices is not DeviceClass.CPU:
@@ -278,8 +294,13 @@ def _under_home(path: Path) -> bool:
     return any(path.is_relative_to(h) for h in (Path("/home"), Path("/root"), Path("/run/user")))
 
 
+# A router also lists the models in llama.cpp's download cache (LLAMA_CACHE, else ~/.cache/llama.cpp):
+# pointed at a path that never exists, it serves exactly the instance's models.
+ROUTER_CACHE = "/nonexistent/nativellm-router-cache"
+
+
 def _environment(spec: InstanceSpec, devices: DeviceClass) -> Mapping[str, str]:
-    env = dict(spec.env)
+    env = ({"LLAMA_CACHE": ROUTER_CACHE} if spec.is_router else {}) | dict(spec.env)
     if spec.gpus is not None:
         env[devices.visible_devices_var] = ",".join(str(g) for g in spec.gpus)
     return env
@@ -312,12 +333,24 @@ def render_watchdog_dropin(spec: InstanceSpec, r: Resolved) -> str:
     return render(UnitFile((Section("Service", service),), header=header))
 
 
+def preset_path(spec: InstanceSpec, r: Resolved) -> Path:
+    """A router's preset INI: in its unit's drop-in dir (systemd reads only *.conf there), written and
+    removed with the unit files, readable by the unit's user as they are."""
+    return r.units_dir / f"{unit_name(spec.name)}.d" / PRESET_NAME
+
+
 def render_instance_files(spec: InstanceSpec, r: Resolved) -> dict[str, str]:
-    """Unit-dir-relative path -> text for one instance's drop-ins."""
-    return {
+    """Unit-dir-relative path -> text for one instance's drop-ins (and a router's preset)."""
+    files = {
         f"{unit_name(spec.name)}.d/{DROPIN_NAME}": render_dropin(spec, r),
         f"{watchdog_unit(spec.name)}.d/{DROPIN_NAME}": render_watchdog_dropin(spec, r),
     }
+    if spec.is_router:
+        header = f"Generated by nativellm from {r.spec_path}. Do not edit:\nchange it with `nativellm instance edit {spec.name}`."
+        files[f"{unit_name(spec.name)}.d/{PRESET_NAME}"] = render_preset(
+            spec, r.model_paths, r.flags, header=header
+        )
+    return files
 
 
 def template_files() -> dict[str, str]:

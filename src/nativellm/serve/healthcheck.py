@@ -4,10 +4,12 @@ Units run this file directly (`python3 -I .../healthcheck.py ...`), so it must n
 nativellm or any third-party package: it works even if the environment nativellm was
 installed into is later broken, and it starts in a few milliseconds.
 
-    ready --url URL --timeout S [--gpu-layers N]
+    ready --url URL --timeout S [--gpu-layers N] [--models A,B [--warmup] [--api-key-file F]]
                                         exit 0 once URL answers 200 (ExecStartPost=) and, with
                                         --gpu-layers, once llama-server's own load log (this
-                                        invocation's journal) shows layers on a GPU; else exit 1
+                                        invocation's journal) shows layers on a GPU; with --models
+                                        (a router), once each is loaded (and answered one warm-up
+                                        request); else exit 1
     offload --gpu-layers N --log FILE   the same offload verdict on a saved log (the smoke test)
     devices --timeout S -- SERVER --list-devices
                                         exit 0 once llama-server lists a GPU device it can use
@@ -27,6 +29,7 @@ import argparse
 import ctypes
 import errno
 import http.client
+import json
 import os
 import re
 import select
@@ -91,6 +94,59 @@ def wait_ready(url: str, timeout: float, interval: float = 0.2, main_pid: int | 
         file=sys.stderr,
     )
     return 1
+
+
+def _router_call(base: str, method: str, path: str, key: str | None, body: dict[str, object] | None,
+                 timeout: float) -> tuple[int, object]:  # fmt: skip
+    parts = urllib.parse.urlsplit(base)
+    conn = http.client.HTTPConnection(parts.hostname or "", parts.port or 80, timeout=timeout)
+    headers = {"Content-Type": "application/json"} | ({"Authorization": f"Bearer {key}"} if key else {})
+    try:
+        conn.request(method, path, body=None if body is None else json.dumps(body), headers=headers)
+        resp = conn.getresponse()
+        data = resp.read()
+        try:
+            return int(resp.status), json.loads(data or b"null")
+        except ValueError:
+            return int(resp.status), None
+    except (OSError, http.client.HTTPException):
+        return 0, None
+    finally:
+        conn.close()
+
+
+def wait_models(base: str, models: list[str], key: str | None, timeout: float, warmup: bool,
+                interval: float = 0.2) -> int:  # fmt: skip
+    """A router's start-up models: each loaded (not failed) within `timeout`, then one short real
+    request to each (the warm-up), so the first user request does not pay the cold cost."""
+    deadline = time.monotonic() + timeout
+    pending = list(models)
+    while pending:
+        status, doc = _router_call(base, "GET", "/models", key, None, 5)
+        states = {}
+        for item in (doc or {}).get("data") or [] if isinstance(doc, dict) else []:
+            st = item.get("status") or {}
+            states[item.get("id")] = "failed" if st.get("failed") else st.get("value")
+        for m in list(pending):
+            if states.get(m) == "failed":
+                print(f"router model {m} failed to load (see the log above)", file=sys.stderr)
+                return 1
+            if states.get(m) == "loaded":
+                pending.remove(m)
+        if pending and time.monotonic() >= deadline:
+            print(f"router models not loaded within {timeout:g}s: {', '.join(pending)}", file=sys.stderr)
+            return 1
+        if pending:
+            time.sleep(interval)
+    for m in models if warmup else []:
+        body = {"model": m, "prompt": "Hello", "max_tokens": 1, "temperature": 0}
+        status, _ = _router_call(
+            base, "POST", "/v1/completions", key, body, max(5.0, deadline - time.monotonic())
+        )
+        if status != 200:
+            print(f"warm-up request to router model {m} failed (HTTP {status})", file=sys.stderr)
+            return 1
+    return 0
 
 
 def probe(url: str, tries: int, timeout: float, pause: float, then: list[str]) -> int:
@@ -381,6 +437,9 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--timeout", type=float, default=900)
     r.add_argument("--gpu-layers", type=int, default=0)
     r.add_argument("--log-wait", type=float, default=15)
+    r.add_argument("--models", default="")
+    r.add_argument("--warmup", action="store_true")
+    r.add_argument("--api-key-file", default=None)
     o = sub.add_parser("offload")
     o.add_argument("--gpu-layers", type=int, required=True)
     o.add_argument("--log", required=True)
@@ -407,7 +466,16 @@ def main(argv: list[str] | None = None) -> int:
         return wait_port(args.host, args.port, args.reuse, args.timeout)
     if args.cmd == "ready":
         main_pid = os.environ.get("MAINPID", "")
+        t0 = time.monotonic()
         rc = wait_ready(args.url, args.timeout, main_pid=int(main_pid) if main_pid.isdigit() else None)
+        if rc == 0 and args.models:
+            key = None
+            if args.api_key_file:
+                with open(args.api_key_file, encoding="utf-8") as f:
+                    key = f.read().strip() or None
+            base = args.url.rsplit("/health", 1)[0]
+            left = max(1.0, args.timeout - (time.monotonic() - t0))
+            rc = wait_models(base, args.models.split(","), key, left, args.warmup)
         if rc != 0 or args.gpu_layers <= 0:
             return rc
         invocation = os.environ.get("INVOCATION_ID", "")

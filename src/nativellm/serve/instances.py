@@ -51,6 +51,8 @@ from nativellm.serve.observe import (
     parse_buffer_sizes,
     read_metrics,
 )
+from nativellm.serve.router import PRESET_NAME, check_router, router_models
+from nativellm.serve.router_fit import router_fit
 from nativellm.serve.server_flags import ServerFlags, probe_server_flags
 from nativellm.serve.status import InstanceStatus as InstanceStatus
 from nativellm.serve.systemd import Systemd, UnitState, reachable, require_reachable, require_reads_units_from
@@ -97,6 +99,11 @@ class InstanceOptions:
     enable: bool | None = None
     start_timeout: int | None = None
     extra_args: tuple[str, ...] | None = None
+    models: tuple[str, ...] | None = None
+    models_max: int | None = None
+    load_on_start: tuple[str, ...] | None = None
+    warmup: bool | None = None
+    model_settings: Mapping[str, Mapping[str, str]] | None = None
     force: bool = False
 
 
@@ -168,18 +175,21 @@ class Instances:
         """A registered model's file(s) still exist and still parse as GGUF: a bounded header read
         (no hashing), so a file deleted or damaged since `model add` is refused before anything is
         written or exec'd. An unregistered path is _model_path's to check."""
-        rec = ModelRegistry(self.paths).find(spec.model)
-        if rec is None:
-            return
-        for part in rec.parts or (rec.path,):
-            try:
-                read_header(part)
-            except ModelError as exc:
-                raise ModelError(
-                    f"model {spec.model!r}: {exc.message}",
-                    f"check it with `nativellm model verify {spec.model}`, or remove it "
-                    f"(`nativellm model rm {spec.model}`) and add it again",
-                ) from None
+        for model in spec.models or (spec.model,):
+            rec = ModelRegistry(self.paths).find(model)
+            if rec is None:
+                if spec.is_router:
+                    self._model_path(model)  # a router serves registered models only: NotFoundError
+                continue
+            for part in rec.parts or (rec.path,):
+                try:
+                    read_header(part)
+                except ModelError as exc:
+                    raise ModelError(
+                        f"model {model!r}: {exc.message}",
+                        f"check it with `nativellm model verify {model}`, or remove it "
+                        f"(`nativellm model rm {model}`) and add it again",
+                    ) from None
 
     def _resolve(self, spec: InstanceSpec) -> Resolved:
         store = Store(self.paths)
@@ -215,16 +225,22 @@ class Instances:
                 {"the Python interpreter": Path(python), "the health helper": helper}
                 | ({"the Python standard library": Path(stdlib)} if stdlib else {})
             )
+        flags = self._server_flags(binary)
+        models = {m: self._model_path(m) for m in spec.models or ()}
+        if spec.is_router:
+            check_router(spec, binary, flags)
         return Resolved(
             scope=self.paths.scope,
             server_binary=binary,
-            model_path=self._model_path(spec.model),
+            model_path=next(iter(models.values())) if models else self._model_path(spec.model),
+            model_paths=models,
+            units_dir=self.paths.units,
             backend=rec.backend,
             python=python,
             healthcheck=helper,
             systemctl=run.which("systemctl") or "/usr/bin/systemctl",
             spec_path=spec_path(self.paths.config, spec.name),
-            flags=self._server_flags(binary),
+            flags=flags,
         )
 
     def _pin(self, spec: InstanceSpec) -> InstanceSpec:
@@ -253,6 +269,8 @@ class Instances:
             raise ResourceError(f"port {spec.port} is in use by another process", "choose another --port")
 
     def _check_fit(self, spec: InstanceSpec, force: bool) -> str | None:
+        if spec.is_router:
+            return router_fit(self.paths, spec, self._profile(), force=force)
         rec = ModelRegistry(self.paths).find(spec.model)
         if rec is None or not rec.facts:
             return None
@@ -272,10 +290,18 @@ class Instances:
     def _merge(self, name: str, base: InstanceSpec | None, opts: InstanceOptions) -> InstanceSpec:
         given = {f.name: getattr(opts, f.name) for f in dataclasses.fields(opts) if f.name != "force"}
         given = {k: v for k, v in given.items() if v is not None}
+        if "model_settings" in given:  # per key: a model's other settings stay; an empty value removes one
+            merged = {m: dict(kv) for m, kv in (base.model_settings if base else {}).items()}
+            for m, kv in given["model_settings"].items():
+                merged.setdefault(m, {}).update(kv)
+            given["model_settings"] = {
+                m: {k: x for k, x in kv.items() if x} for m, kv in merged.items() if any(kv.values())
+            }
         if base is not None:
             return dataclasses.replace(base, **given)
-        if "model" not in given:
+        if "model" not in given and "models" not in given:
             raise UsageError("--model is required", "name a model from `nativellm model list`")
+        given.setdefault("model", "")
         host = given.get("host", "127.0.0.1")
         if "port" not in given:
             given["port"] = self._pick_port(name, host)
@@ -348,7 +374,7 @@ class Instances:
         existing = self.get(name)
         spec = self._pin(self._merge(name, existing, opts).validate())
         self._check_port(spec, existing)
-        if opts.model is not None:
+        if opts.model is not None or opts.models is not None:
             self._check_model(spec)
         warning = self._check_fit(spec, opts.force) or _insecure_warning(spec)
         files = self._files(spec)
@@ -406,9 +432,10 @@ class Instances:
         removed = []
         for unit in (unit_name(name), watchdog_unit(name)):
             dropin_dir = self.paths.units / f"{unit}.d"
-            if (dropin_dir / DROPIN_NAME).exists():
-                (dropin_dir / DROPIN_NAME).unlink()
-                removed.append(str(dropin_dir / DROPIN_NAME))
+            for generated in (DROPIN_NAME, PRESET_NAME):
+                if (dropin_dir / generated).exists():
+                    (dropin_dir / generated).unlink()
+                    removed.append(str(dropin_dir / generated))
             if dropin_dir.is_dir() and not any(dropin_dir.iterdir()):
                 dropin_dir.rmdir()
         spec_path(self.paths.config, name).unlink()
@@ -531,10 +558,12 @@ class Instances:
             st = sd.state(unit_name(spec.name)) if sd is not None else None
             base = base_url(spec)
             h = client.health(base, timeout=2.0).status
-            metrics = read_metrics(base) if h == "ok" and spec.metrics else {}
+            # A router's /metrics is per model (?model=): its models' states say more.
+            metrics = read_metrics(base) if h == "ok" and spec.metrics and not spec.is_router else {}
             err_line = self.error_line(spec.name) if st is not None and st.active_state != "active" else None
             gpu = self._gpu_memory(spec, st, probe)
-            result.append(InstanceStatus(spec.name, spec, st, h, metrics, err_line, gpu))
+            models = router_models(spec) if spec.is_router and h == "ok" else None
+            result.append(InstanceStatus(spec.name, spec, st, h, metrics, err_line, gpu, models))
         return result
 
     def _backend(self, spec: InstanceSpec) -> str | None:

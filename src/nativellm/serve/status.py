@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from nativellm.client import ModelState
 from nativellm.hardware.vram import GpuMemory
 from nativellm.serve.dropins import unit_name
 from nativellm.serve.systemd import UnitState
@@ -25,6 +26,9 @@ class InstanceStatus:
     error_line: str | None
     # () when it holds none (not running, or CPU only); None when it may but no source could tell.
     gpu_memory: tuple[GpuMemory, ...] | None = ()
+    # A router's models and their states (loaded, loading, unloaded, sleeping, failed); None when
+    # it is not a router, or the router did not answer.
+    models: tuple[ModelState, ...] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         u = self.unit
@@ -46,7 +50,9 @@ class InstanceStatus:
             "url": f"http://{self.spec.host}:{self.spec.port}",
             "health": self.health,
             "healthy": self.health == "ok",
-            "model": self.spec.model,
+            "model": self.spec.model or None,
+            "router": self.spec.is_router,
+            "models": None if self.models is None else [m.to_dict() for m in self.models],
             "build": self.spec.build,
             "metrics": dict(self.metrics),
             "error": self.error_line,
