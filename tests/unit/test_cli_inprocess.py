@@ -1870,6 +1870,74 @@ def test_doctor_with_a_problem_exits_15_and_keeps_its_own_document(cli: Cli, rec
     assert run.err_lines == ["error: 1 problem(s) found", "  hint: apply the fixes listed above"]
 
 
+# --------------------------------------------------------------------------- router lifecycle
+ROUTER = InstanceSpec(name="multi", model="", port=8090, models=("q4", "q8", "chat"), models_max=2)
+
+
+def _router_result(action: str) -> Any:
+    from nativellm.client import ModelState
+    from nativellm.serve.router import LifecycleResult
+
+    states = (ModelState("q4", "unloaded"), ModelState("q8", "loaded"), ModelState("chat", "loaded"))
+    return LifecycleResult("multi", action, states, 1.25, 0.5 if action != "unload" else None)
+
+
+@covers("model load", "model unload", "model swap")
+@pytest.mark.parametrize(
+    ("argv", "method", "args", "kwargs", "said"),
+    [
+        (("model", "load", "q8", "--on", "multi"), "load", ("q8",),
+         {"force": False, "warmup": None, "timeout": 300}, "loaded q8 on multi in 1.25 s, warm-up 0.50 s"),
+        (("model", "load", "q8", "--on", "multi", "--force", "--no-warmup", "--timeout", "30"), "load", ("q8",),
+         {"force": True, "warmup": False, "timeout": 30}, "loaded q8 on multi"),
+        (("model", "unload", "q4", "--on", "multi"), "unload", ("q4",), {"timeout": 300},
+         "unloaded q4 on multi in 1.25 s; now: q4 unloaded, q8 loaded, chat loaded"),
+        (("model", "swap", "q4", "q8", "--on", "multi"), "swap", ("q4", "q8"),
+         {"force": False, "warmup": None, "timeout": 300}, "swapped q4 for q8 on multi"),
+    ],
+)  # fmt: skip
+def test_router_model_lifecycle(
+    cli: Cli, rec: Recorder, paths: Paths, argv: tuple[str, ...], method: str, args: tuple[Any, ...],
+    kwargs: dict[str, Any], said: str,
+) -> None:  # fmt: skip
+    from nativellm.serve import router as router_mod
+
+    result = _router_result(method)
+    rec.cls(instances_mod, "Instances", get=ROUTER)
+    rec.cls(router_mod, "RouterOps", load=result, unload=result, swap=result)
+    run = cli(*argv)
+    assert run.code == 0, run.err
+    assert said in run.out
+    rec.called("Instances.get", "multi")
+    rec.called(f"RouterOps.{method}", *args, **kwargs)
+    assert rec.one("RouterOps").args == (ROUTER,)
+
+    rec.calls.clear()
+    run = cli(*argv, "--json")
+    assert run.json() == envelope(f"model {method}", True, jsonable(result.to_dict()))
+
+
+def test_router_lifecycle_errors_are_one_line(cli: Cli, rec: Recorder) -> None:
+    from nativellm.serve import router as router_mod
+
+    rec.cls(instances_mod, "Instances", get=ROUTER)
+    rec.cls(
+        router_mod, "RouterOps", load=NotFoundError("model 'x' is not one of router multi's models", "add it")
+    )
+    run = cli("model", "load", "x", "--on", "multi")
+    assert run.code == 3 and run.err_lines == [
+        "error: model 'x' is not one of router multi's models",
+        "  hint: add it",
+    ]
+
+
+def _router(r: Recorder, p: Paths, fail: Fail) -> None:
+    from nativellm.serve import router as router_mod
+
+    r.cls(instances_mod, "Instances", get=ROUTER)
+    r.cls(router_mod, "RouterOps", load=fail, unload=fail, swap=fail)
+
+
 # =============================================================================== errors, per command
 @dataclass(frozen=True)
 class Case:
@@ -1949,6 +2017,14 @@ CASES: dict[str, Case] = {
     "bench": Case(("q4",), _bench, NotFoundError(
         "no instance named 'q4'", "see `nativellm instance list`, or pass --url")),
     "doctor": Case((), _doctor, ResourceError("the store at /srv is unreadable", "run doctor as its owner")),
+    "model load": Case(("q8", "--on", "multi"), _router, ResourceError(
+        "loading q8 on multi needs about 8.10 GiB of RAM, but 3.20 GiB is available now; nothing was sent to "
+        "the router", "unload a model first (`nativellm model unload NAME --on multi`), lower its ctx-size, "
+        "or pass --force")),
+    "model unload": Case(("q4", "--on", "multi"), _router, InstanceError(
+        "model q4 is not loaded on multi", "see `nativellm status multi` for what is loaded")),
+    "model swap": Case(("q4", "q8", "--on", "multi"), _router, InstanceError(
+        "model q8 is already loaded on multi", "nothing to swap")),
 }  # fmt: skip
 
 ERROR_RUNS = [
