@@ -710,7 +710,7 @@ def _instances(r: Recorder, p: Paths, fail: Fail, linger: bool | None = True) ->
         stop=fail or Outcome("q4", True, LIFECYCLE_MESSAGES["stop"], SPEC),
         restart=fail or Outcome("q4", True, LIFECYCLE_MESSAGES["restart"], SPEC, restarted=True),
         set_enabled=fail or Outcome("q4", True, LIFECYCLE_MESSAGES["enable"], SPEC),
-        journal_argv=JOURNAL_ARGV, foreground_argv=fail or SERVER_ARGV,
+        journal_argv=JOURNAL_ARGV, foreground_argv=fail or SERVER_ARGV, foreground_env={},
     )  # fmt: skip
     r.fn(instances_mod, "linger_enabled", linger)
     r.fn(instances_mod, "enable_linger", None)

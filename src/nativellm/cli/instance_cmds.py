@@ -368,7 +368,10 @@ def instance_run(name: INameArg, system: SystemOpt = False) -> None:
     from nativellm import run as runner
 
     _begin("run", False)
-    runner.exec_replace(_instances(system, True).foreground_argv(name))
+    inst = _instances(system, True)
+    argv = inst.foreground_argv(name)
+    env = inst.foreground_env(name)
+    runner.exec_replace(argv, **({"env": env} if env else {}))
 
 
 # --------------------------------------------------------------------------- end instance commands

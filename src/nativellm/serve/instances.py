@@ -35,8 +35,10 @@ from nativellm.paths import Paths, Scope
 from nativellm.serve import healthcheck
 from nativellm.serve.dropins import (
     DROPIN_NAME,
+    ROUTER_CACHE,
     Resolved,
     base_url,
+    preset_path,
     render_instance_files,
     require_root_owned,
     server_argv,
@@ -51,7 +53,7 @@ from nativellm.serve.observe import (
     parse_buffer_sizes,
     read_metrics,
 )
-from nativellm.serve.router import PRESET_NAME, check_router, router_models
+from nativellm.serve.router import PRESET_NAME, check_router, router_argv, router_models
 from nativellm.serve.router_fit import router_fit
 from nativellm.serve.server_flags import ServerFlags, probe_server_flags
 from nativellm.serve.status import InstanceStatus as InstanceStatus
@@ -628,6 +630,11 @@ class Instances:
                 f"`nativellm instance edit {name} --port N`",
             )
         r = self._resolve(spec)
+        if spec.is_router:  # its preset, as the unit has it (written again: it may have been removed)
+            for rel, text in render_instance_files(spec, r).items():
+                if rel.endswith(PRESET_NAME):
+                    write_unit(self.paths.units / rel, text)
+            return router_argv(spec, r.server_binary, preset_path(spec, r), api_key_path=spec.api_key_file)
         return server_argv(
             spec,
             r.server_binary,
@@ -636,6 +643,11 @@ class Instances:
             flags=r.flags,
             backend=r.backend,
         )
+
+    def foreground_env(self, name: str) -> dict[str, str]:
+        """What `nativellm run NAME` adds to the environment: the spec's, and a router's empty cache."""
+        spec = self.get(name)
+        return ({"LLAMA_CACHE": ROUTER_CACHE} if spec.is_router else {}) | dict(spec.env)
 
 
 def linger_enabled(user: str | None = None) -> bool | None:
