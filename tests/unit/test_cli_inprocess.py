@@ -1506,6 +1506,7 @@ def test_run_execs_the_server_in_the_foreground(cli: Cli, rec: Recorder, system_
     assert rec.calls == [
         Call("Instances", (system_paths, None), {}),
         Call("Instances.foreground_argv", ("q4",), {}),
+        Call("Instances.foreground_env", ("q4",), {}),
         Call("exec_replace", (SERVER_ARGV,), {}),
     ]
 
