@@ -35,6 +35,17 @@ FLASH_ATTN = ("on", "off", "auto")
 CACHE_TYPES = ("f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "iq4_nl", "q5_0", "q5_1")
 
 
+# Per-model router settings that must be whole numbers (checked before they reach a preset file).
+ROUTER_INT_KEYS = (
+    "ctx-size",
+    "n-gpu-layers",
+    "threads",
+    "parallel",
+    "batch-size",
+    "ubatch-size",
+    "stop-timeout",
+)
+
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
@@ -232,6 +243,10 @@ class InstanceSpec:
                         "use its long name without dashes, e.g. ctx-size=8192 or n-gpu-layers=0",
                     )
                 v.no_control(value, f"setting {key} for model {m}")
+                if key in ROUTER_INT_KEYS and value and not value.lstrip("-").isdigit():
+                    raise UsageError(
+                        f"setting {key}={value!r} for model {m} is not a number", f"give e.g. {key}=4096"
+                    )
 
     # -- TOML ------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
