@@ -181,6 +181,12 @@ class RouterClient:
     def close(self) -> None:
         self._http.close()
 
+    def __enter__(self) -> RouterClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def _call(self, method: str, path: str, body: Mapping[str, Any] | None = None) -> Any:
         try:
             resp = self._http.request(method, path, json=body)

@@ -128,7 +128,9 @@ def test_nvml_answers_for_a_running_gpu_instance(paths: Paths, monkeypatch: pyte
     ]
     assert rows["cpu"]["gpu_memory"] == []  # a CPU build holds no GPU memory, whatever NVML lists
     assert rows["off"]["gpu_memory"] == []  # not running
-    assert all(set(r) == OLD_KEYS | {"gpu_memory", "router", "models"} for r in rows.values())  # additive only
+    assert all(
+        set(r) == OLD_KEYS | {"gpu_memory", "router", "models"} for r in rows.values()
+    )  # additive only
     assert asked == [["journalctl", "--no-pager", "--user-unit", "llama@off.service", "-n", "200",
                       "--identifier", "llama@off", "-o", "cat"]]  # fmt: skip # only the error line of the stopped one
 
