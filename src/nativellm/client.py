@@ -261,3 +261,35 @@ class RouterClient:
                     "see `nativellm logs`; a big model may need a longer --timeout",
                 )
             sleep(POLL_S)
+
+
+def timed_request(
+    base_url: str, model: str, *, api_key: str | None = None, stream: bool = False, timeout: float = 300.0
+) -> float:
+    """Seconds until a short completion's first token (stream) or its whole answer: the latency a
+    user sees. The prompt and length are fixed, so runs compare."""
+    body = {
+        "model": model,
+        "prompt": "The capital of France is",
+        "max_tokens": 8,
+        "temperature": 0,
+        "stream": stream,
+    }
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    t0 = time.monotonic()
+    try:
+        with httpx.stream(
+            "POST", f"{base_url}/v1/completions", json=body, headers=headers, timeout=timeout
+        ) as r:
+            if r.status_code != 200:
+                r.read()
+                raise RequestFailed(f"{model}: HTTP {r.status_code}: {r.text[:200]}")
+            if not stream:
+                r.read()
+                return time.monotonic() - t0
+            for line in r.iter_lines():
+                if line.startswith("data: ") and '"text"' in line and line != "data: [DONE]":
+                    return time.monotonic() - t0
+    except httpx.HTTPError as exc:
+        raise RequestFailed(f"{model}: {type(exc).__name__}: {exc}") from exc
+    raise RequestFailed(f"{model}: the stream ended without a token")
