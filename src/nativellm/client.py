@@ -138,7 +138,7 @@ def metrics_text(base_url: str, timeout: float = 2.0) -> str | None:
 # llama-server's model states (GET /models status.value); "failed" is unloaded + failed: true.
 STATES = ("loaded", "loading", "unloaded", "sleeping", "downloading", "failed")
 WAIT_S = 300.0
-POLL_S = 0.1
+POLL_S = 0.05
 
 
 @dataclass(frozen=True)
@@ -176,7 +176,10 @@ class RouterClient:
     def __init__(self, base_url: str, api_key: str | None = None, timeout: float = 10.0) -> None:
         self.base_url = base_url
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        self._http = httpx.Client(base_url=base_url, headers=headers, timeout=timeout)
+        # No keep-alive: the router drops idle connections after a few seconds, and a request sent on
+        # one it just closed fails (RemoteProtocolError) though the router is fine.
+        limits = httpx.Limits(max_keepalive_connections=0)
+        self._http = httpx.Client(base_url=base_url, headers=headers, timeout=timeout, limits=limits)
 
     def close(self) -> None:
         self._http.close()
@@ -268,13 +271,10 @@ def timed_request(
 ) -> float:
     """Seconds until a short completion's first token (stream) or its whole answer: the latency a
     user sees. The prompt and length are fixed, so runs compare."""
-    body = {
-        "model": model,
-        "prompt": "The capital of France is",
-        "max_tokens": 8,
-        "temperature": 0,
-        "stream": stream,
-    }
+    # cache_prompt off: a repeated prompt would otherwise skip its prompt processing, and the
+    # "steady" requests would not be the same work as a first one.
+    body = {"model": model, "prompt": "The capital of France is", "max_tokens": 8, "temperature": 0,
+            "stream": stream, "cache_prompt": False}  # fmt: skip
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     t0 = time.monotonic()
     try:

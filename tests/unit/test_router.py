@@ -3,6 +3,7 @@ refusals before any write, and the load/unload/swap rules against a scripted rou
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
@@ -213,8 +214,6 @@ def test_fit_settings_take_the_models_own_over_the_instances() -> None:
 
 
 def test_router_fit_sums_models_max_models(paths: Paths) -> None:
-    import dataclasses
-
     spec = InstanceSpec(
         name="r", model="", port=9, models=("q4", "q8", "chat"), models_max=2, ctx=512
     ).validate()
@@ -267,12 +266,35 @@ def test_load_unload_swap_send_what_they_should() -> None:
     res = _ops(r).load("q8")
     assert r.sent == [("load", "q8"), ("warmup", "q8")] and res.warmup_seconds == 0.01
     r.sent.clear()
-    _ops(r).swap("q4", "chat", warmup=False)
-    assert r.sent == [("unload", "q4"), ("load", "chat")]
+    res = _ops(r).swap("q4", "chat", warmup=False)
+    assert r.sent == [("load", "chat"), ("unload", "q4")]  # room for both: no gap in service
+    assert res.overlap is True and res.to_dict()["overlap"] is True
     assert r.states == {"q4": "unloaded", "q8": "loaded", "chat": "loaded"}
     r.sent.clear()
     res = _ops(r).unload("q8")
     assert r.sent == [("unload", "q8")] and {m.name: m.state for m in res.models}["q8"] == "unloaded"
+
+
+@pytest.mark.parametrize(
+    ("spec", "fit_raises", "first"),
+    [
+        (dataclasses.replace(SPEC, models_max=2), False, ("unload", "q4")),  # no free slot: make room first
+        (SPEC, True, ("unload", "q4")),  # doesn't fit next to q4: make room first
+        (dataclasses.replace(SPEC, models_max=3), False, ("load", "chat")),
+    ],
+)
+def test_swap_unloads_first_only_when_it_must(
+    spec: InstanceSpec, fit_raises: bool, first: tuple[str, str]
+) -> None:
+    r = ScriptedRouter({"q4": "loaded", "q8": "loaded", "chat": "unloaded"})
+
+    def fit(s: InstanceSpec, model: str, freed: str | None) -> str | None:
+        if fit_raises and freed is None:
+            raise ResourceError("too big", "unload something")
+        return None
+
+    RouterOps(spec, fit_check=fit, client=r).swap("q4", "chat", warmup=False)  # type: ignore[arg-type]
+    assert r.sent[0] == first and set(r.sent) == {("unload", "q4"), ("load", "chat")}
 
 
 @pytest.mark.parametrize(

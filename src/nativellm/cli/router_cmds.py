@@ -40,7 +40,8 @@ def _show(command: str, json_out: bool, result: LifecycleResult, what: str) -> N
         return
     states = ", ".join(f"{m.name} {m.state}" for m in result.models)
     warm = f", warm-up {result.warmup_seconds:.2f} s" if result.warmup_seconds is not None else ""
-    out.print(escape(f"{what} on {result.instance} in {result.seconds:.2f} s{warm}; now: {states}"))
+    how = f" ({result.how})" if result.how else ""
+    out.print(escape(f"{what} on {result.instance} in {result.seconds:.2f} s{warm}{how}; now: {states}"))
     if result.message:
         err.print(f"[yellow]warning:[/yellow] {escape(result.message)}")
 

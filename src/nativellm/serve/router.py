@@ -12,6 +12,7 @@ Rendering is pure; the HTTP side (RouterClient) and the use cases (RouterOps) ar
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -147,6 +148,8 @@ class LifecycleResult:
     seconds: float
     warmup_seconds: float | None = None
     message: str = ""
+    overlap: bool | None = None  # swap: new loaded before old was unloaded (no gap in service)
+    how: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -156,7 +159,7 @@ class LifecycleResult:
             "warmup_seconds": None if self.warmup_seconds is None else round(self.warmup_seconds, 3),
             "models": [m.to_dict() for m in self.models],
             "message": self.message,
-        }
+        } | ({"overlap": self.overlap} if self.overlap is not None else {})
 
 
 RUNNING = ("loaded", "loading", "sleeping")
@@ -232,7 +235,11 @@ class RouterOps:
     def swap(
         self, old: str, new: str, *, force: bool = False, warmup: bool | None = None, timeout: float = WAIT_S
     ) -> LifecycleResult:
-        """Unload `old`, load `new`: checked in full before anything is sent."""
+        """Replace `old` by `new`, checked in full before anything is sent.
+
+        When `new` fits next to `old` (memory left now, and a free --models-max slot) it is loaded
+        first and `old` unloaded once `new` serves: requests never find neither loaded. Otherwise
+        `old` is unloaded first, to make room."""
         self._known(old)
         self._known(new)
         if old == new:
@@ -244,17 +251,36 @@ class RouterOps:
             raise InstanceError(
                 f"model {new} is already {now[new].state} on {self.spec.name}", "nothing to swap"
             )
-        note = None if force else self._fit_check(self.spec, new, old)
+        running = sum(1 for m in now.values() if m.state in RUNNING)
+        overlap = not self.spec.models_max or running < self.spec.models_max
+        note = None
+        if overlap and not force:
+            try:
+                note = self._fit_check(self.spec, new, None)
+            except ResourceError:
+                overlap = False
+        if not overlap and not force:
+            note = self._fit_check(self.spec, new, old)
         t0 = time.monotonic()
-        self.client.unload(old)
-        self.client.wait_for(old, ("unloaded", "failed"), timeout)
+        if not overlap:
+            self.client.unload(old)
+            self.client.wait_for(old, ("unloaded", "failed"), timeout)
         self.client.load(new)
         self.client.wait_for(new, ("loaded",), timeout)
+        if overlap:
+            self.client.unload(old)
+            self.client.wait_for(old, ("unloaded", "failed"), timeout)
         seconds = time.monotonic() - t0
         warm = self.client.warmup(new) if (self.spec.warmup if warmup is None else warmup) else None
-        return LifecycleResult(
+        how = (
+            f"{new} was loaded before {old} was unloaded"
+            if overlap
+            else f"{old} was unloaded first, to make room"
+        )
+        result = LifecycleResult(
             self.spec.name, "swap", tuple(self.state().values()), seconds, warm, note or ""
         )
+        return dataclasses.replace(result, overlap=overlap, how=how)
 
 
 def router_models(spec: InstanceSpec) -> tuple[ModelState, ...] | None:
