@@ -120,7 +120,8 @@ def test_rm_refuses_while_an_instance_uses_it(paths: Paths, model: Path) -> None
     (inst / "q4.toml").write_text('model = "m"\nport = 8080\n')
     (inst / "other.toml").write_text('model = "n"\n')
     (inst / "broken.toml").write_text("model = \n")
-    assert instances_using(paths, "m") == ["q4"]
+    (inst / "router.toml").write_text('model = ""\nmodels = ["n", "m"]\nport = 8090\n')
+    assert instances_using(paths, "m") == ["q4", "router"]  # a router serving it counts too
     with pytest.raises(ModelError, match="used by instance") as exc:
         remove_model(paths, "m")
     assert "--force" in exc.value.hint

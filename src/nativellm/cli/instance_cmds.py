@@ -269,7 +269,7 @@ def instance_list(system: SystemOpt = False, json_out: JsonOpt = False) -> None:
         out.print("no instances; add one with `nativellm instance add NAME --model MODEL`")
     for s in specs:
         out.print(
-            f"{s.name}\t{s.model}\thttp://{s.host}:{s.port}\tbuild {s.build}"
+            f"{s.name}\t{s.model_label}\thttp://{s.host}:{s.port}\tbuild {s.build}"
             + ("\tenabled" if s.enable else "")
         )
 

@@ -269,14 +269,16 @@ class ModelRegistry:
 
 
 def instances_using(paths: Paths, name: str) -> list[str]:
-    """Instance specs (`<config>/instances/*.toml`) whose `model` is `name`."""
+    """Instance specs (`<config>/instances/*.toml`) that serve `name`: as their `model`, or as one of a
+    router's `models`."""
     users = []
     for spec in sorted((paths.config / "instances").glob("*.toml")):
         try:
             data = tomllib.loads(spec.read_text(encoding="utf-8"))
         except (OSError, ValueError):  # TOMLDecodeError is a ValueError
             continue
-        if data.get("model") == name:
+        models = data.get("models")
+        if data.get("model") == name or (isinstance(models, list) and name in models):
             users.append(spec.stem)
     return users
 
