@@ -1210,3 +1210,50 @@ def _drop_builds_keep_current(ctx: Ctx) -> None:
     import shutil
 
     shutil.rmtree(ctx.data / "builds")
+
+
+# ------------------------------------------------------------------------------ router instances (issue 16)
+def _router(ctx: Ctx) -> None:
+    """Models m and n, and a router `r` serving both (not running: nothing listens on its port)."""
+    fake_build(ctx)
+    register_model(ctx)
+    register_model(ctx, "n")
+    ctx.prepare("instance", "add", "r", "--router", "--models", "m,n", "--no-systemd", "--port", "18090")
+
+
+ROUTER_ADD = "instance add r2 --router --no-systemd --port 18091"
+case("router-add-no-models", ROUTER_ADD, 2, "--router needs --models", bm)
+case("router-add-unknown-model", f"{ROUTER_ADD} --models m,nosuch", 3, "nosuch", bm)
+case("router-add-model-twice", f"{ROUTER_ADD} --models m,m", 2, "twice", bm)
+case("router-add-model-and-models", f"{ROUTER_ADD} --models m --model m", 2, "not --model", bm)
+case(
+    "router-add-start-unknown", f"{ROUTER_ADD} --models m --load-on-start x", 2, "not one of this router", bm
+)
+case("router-add-max-below-start", f"{ROUTER_ADD} --models m,n --models-max 1 --load-on-start m,n", 2,
+     "smaller than the 2 models", _router)  # fmt: skip
+case("router-add-bad-model-opt", f"{ROUTER_ADD} --models m --model-opt m-ctx", 2, "MODEL:KEY=VALUE", bm)
+case(
+    "router-add-opt-not-a-number",
+    f"{ROUTER_ADD} --models m --model-opt m:ctx-size=big",
+    2,
+    "not a number",
+    bm,
+)
+case(
+    "router-add-opt-reserved",
+    f"{ROUTER_ADD} --models m --model-opt m:port=1",
+    10,
+    "managed by the router",
+    bm,
+)
+case("router-add-opt-cr", ("instance", "add", "r2", "--router", "--no-systemd", "--port", "18091", "--models", "m",
+                           "--model-opt", cr("m:ctx-size=1")), 2, ("control", "carriage"), bm, INJ)  # fmt: skip
+case("router-edit-opt-other-model", "instance edit r --model-opt zz:ctx-size=1 --no-systemd", 2,
+     "not one of this router", _router)  # fmt: skip
+case("model-load-no-instance", "model load m --on nosuch", 3, "nosuch", _router)
+case("model-load-unknown-model", "model load zz --on r", 3, "not one of router r's models", _router)
+case("model-load-not-running", "model load m --on r", 10, "did not answer", _router)
+case("model-unload-not-running", "model unload m --on r", 10, "did not answer", _router)
+case("model-swap-same", "model swap m m --on r", 2, "two different models", _router)
+case("model-load-single-instance", "model load m --on q4", 2, "serves one model", instance)
+case("model-load-bad-timeout", "model load m --on r --timeout 0", 2, "timeout", _router)
