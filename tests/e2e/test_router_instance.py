@@ -11,6 +11,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 from openai import OpenAI
 
@@ -92,6 +93,18 @@ def test_router_routes_by_model_and_changes_state_on_command(
         bad = cli(*argv, "--on", "multi")
         assert bad.returncode == code and bad.stderr.startswith("error: ") and "Traceback" not in bad.stderr
     assert _models(cli) == {"chat": "loaded", "gemma": "unloaded", "demo": "unloaded"}
+
+    # `instance edit` re-renders the preset and restarts the running router: the new setting applies.
+    edited = cli.json("instance", "edit", "multi", "--model-opt", "gemma:ctx-size=1024")
+    assert edited["data"]["restarted"] is True
+    assert _models(cli)["chat"] == "loaded"  # back with its start-up model
+    cli("model", "load", "gemma", "--on", "multi", "--no-warmup", check=True)
+    listed = httpx.get(
+        f"http://127.0.0.1:{port}/models", headers={"Authorization": f"Bearer {key}"}, timeout=10
+    )
+    args = next(m["status"]["args"] for m in listed.json()["data"] if m["id"] == "gemma")
+    assert args[args.index("--ctx-size") + 1] == "1024", args
+    cli("model", "unload", "gemma", "--on", "multi", check=True)
 
     # Without the key the router refuses (the lifecycle commands above used the instance's key file).
     no_key = OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="wrong", timeout=30, max_retries=0)
