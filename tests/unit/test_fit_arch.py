@@ -105,6 +105,15 @@ def test_swa_cache_is_per_sequence() -> None:
     assert kv_cache_bytes(GEMMA3, 16384, n_ubatch=128) == (3 * 16384 + 15 * 768) * PER_CELL
 
 
+def test_unified_cache_mask_spans_the_whole_context() -> None:
+    # llama-server -c 16384 -np 3 --kv-unified on Gemma 3 270M: compute 35.84 MiB (2 and 3 slots apart:
+    # 26.77 MiB); the f16 mask covers the one stream and the window cache, not a slot's share.
+    split = estimate_fit(Rec(), host(), ctx=16384, parallel=3)
+    unified = estimate_fit(Rec(), host(), ctx=16384, parallel=3, kv_unified=True)
+    assert unified.compute_bytes - split.compute_bytes == 2 * 512 * (16384 - 5632) + 2 * 512 * (2048 - 1024)
+    assert (unified.kv_full_cells, unified.kv_swa_cells) == (16384, 2048)
+
+
 def test_pattern_from_the_gguf_overrides_the_default() -> None:
     assert sum(swa_layers({**GEMMA3, "sliding_window_pattern": 2}, 18)) == 9
     per_layer = [True, False] * 9
@@ -179,7 +188,10 @@ def test_moe_compute_uses_the_experts_a_token_uses() -> None:
     wide = {**MOE, "expert_used_count": 8, "expert_feed_forward_length": 1024}
     a = estimate_fit(Rec(facts=dict(MOE)), host(), ctx=4096).compute_bytes
     b = estimate_fit(Rec(facts=wide), host(), ctx=4096).compute_bytes
-    assert b - a == 4 * 512 * 4 * (8 * 1024 - 512)
+    assert b - a == 4 * 512 * (4 * (8 * 1024 - 512) + 512 * (8 - 2))
+    # llama-server reports 10.01 MiB for this shape at ctx 4096: 5 MiB dense-style activations, 1 MiB
+    # more for the two experts' down-projection rows, 4 MiB of f16 mask.
+    assert a == 4 * 512 * (4 * 512 + 512 * 2) + 2 * 512 * 4096 == 10 * MiB
 
 
 def _moe_gguf(path: Path) -> Path:

@@ -17,7 +17,14 @@ from typing import Any, Protocol
 from nativellm.errors import ModelError, UsageError
 from nativellm.hardware.profile import HostProfile
 from nativellm.hardware.vram import GpuDevice, profile_devices
-from nativellm.models.fit_arch import expert_bytes, experts_on_host, ffn_width, kv_layout, swa_layers
+from nativellm.models.fit_arch import (
+    expert_bytes,
+    experts_on_host,
+    experts_used,
+    ffn_width,
+    kv_layout,
+    swa_layers,
+)
 from nativellm.models.gguf import MAX_LAYERS
 
 # Bytes per KV-cache element for llama.cpp's --cache-type-k/-v values.
@@ -160,7 +167,13 @@ def output_buffer_bytes(facts: Mapping[str, Any], parallel: int = 1) -> int:
 
 
 def compute_buffer_bytes(
-    facts: Mapping[str, Any], ctx: int, parallel: int = 1, *, n_ubatch: int = N_UBATCH, swa_cells: int = 0
+    facts: Mapping[str, Any],
+    ctx: int,
+    parallel: int = 1,
+    *,
+    n_ubatch: int = N_UBATCH,
+    swa_cells: int = 0,
+    kv_unified: bool = False,
 ) -> int:
     """The graph allocator's reserve for one worst-case micro-batch (the output buffer is apart).
 
@@ -170,13 +183,15 @@ def compute_buffer_bytes(
     one slot: llama-server splits --ctx-size across slots). Flash attention
     is llama.cpp's default where supported, so there is no n_ctx x n_ctx
     score matrix. For mixture-of-experts models the FFN width is that of
-    the experts a token uses together.
+    the experts a token uses together, and the down projection has one
+    n_embd row per used expert before they are summed.
     """
     n_embd = _req(facts, "embedding_length")
     n_ff = ffn_width(facts)
-    ctx_slot = -(-max(ctx // parallel, 1) // CTX_PAD) * CTX_PAD
+    # A unified cache is one stream: the mask spans all of it, not one slot's share.
+    ctx_slot = -(-max(ctx // (1 if kv_unified else parallel), 1) // CTX_PAD) * CTX_PAD
     n_ubatch = min(_ubatch(ctx, n_ubatch), ctx_slot)
-    activations = 4 * n_ubatch * (4 * n_ff + n_embd)
+    activations = 4 * n_ubatch * (4 * n_ff + n_embd * experts_used(facts))
     mask = 2 * n_ubatch * ctx_slot
     if swa_cells:  # interleaved SWA: a second f16 mask over the window cache
         mask += 2 * n_ubatch * min(swa_cells, ctx_slot)
@@ -285,7 +300,9 @@ def estimate_fit(
     kv = layout.total_bytes
     kv_swa = layout.swa_bytes(swa_layers(facts, n_layer))
     kv_gpu = sum(layout.layer_bytes[n_layer - offloaded :]) if offloaded else 0
-    compute = compute_buffer_bytes(facts, ctx, parallel, n_ubatch=ub, swa_cells=layout.swa_cells)
+    compute = compute_buffer_bytes(
+        facts, ctx, parallel, n_ubatch=ub, swa_cells=layout.swa_cells, kv_unified=kv_unified
+    )
     output = output_buffer_bytes(facts, parallel)
     compute_gpu = compute if offloaded else 0
     host = host_weights + (kv - kv_gpu) + (compute if not offloaded else compute // 4) + output

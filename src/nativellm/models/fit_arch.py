@@ -133,3 +133,9 @@ def ffn_width(facts: Mapping[str, Any]) -> int:
     if isinstance(used, int) and used > 0:
         n_ff = max(n_ff, used * int(n_ff_exp if isinstance(n_ff_exp, int) and n_ff_exp > 0 else n_ff))
     return n_ff
+
+
+def experts_used(facts: Mapping[str, Any]) -> int:
+    """n_expert_used, 1 for a dense model: the down projection's output has one row per used expert."""
+    used = facts.get("expert_used_count")
+    return used if isinstance(used, int) and used > 0 and facts.get("expert_count") else 1
