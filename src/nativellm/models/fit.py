@@ -178,20 +178,23 @@ def compute_buffer_bytes(
     """The graph allocator's reserve for one worst-case micro-batch (the output buffer is apart).
 
     Calibrated on llama-server's own "compute buffer size" lines: the peak
-    holds the FFN activations of one micro-batch (about 4 x n_ff + n_embd
-    floats per token) and the f16 attention mask (n_ubatch x the context of
-    one slot: llama-server splits --ctx-size across slots). Flash attention
-    is llama.cpp's default where supported, so there is no n_ctx x n_ctx
-    score matrix. For mixture-of-experts models the FFN width is that of
-    the experts a token uses together, and the down projection has one
-    n_embd row per used expert before they are summed.
+    holds the FFN activations of one micro-batch (3 x n_ff + 4 x n_embd
+    floats per token: gate, up and their product, with the residual stream
+    and norms; exact for llama and qwen2, -1% for gemma3) and the f16
+    attention mask (n_ubatch x the context of one slot: llama-server splits
+    --ctx-size across slots). Flash attention is llama.cpp's default where
+    supported, so there is no n_ctx x n_ctx score matrix. For
+    mixture-of-experts models the FFN width is that of the experts a token
+    uses together, and the down projection has one n_embd row per used
+    expert before they are summed (1 + n_expert_used rows of n_embd).
     """
     n_embd = _req(facts, "embedding_length")
     n_ff = ffn_width(facts)
     # A unified cache is one stream: the mask spans all of it, not one slot's share.
     ctx_slot = -(-max(ctx // (1 if kv_unified else parallel), 1) // CTX_PAD) * CTX_PAD
     n_ubatch = min(_ubatch(ctx, n_ubatch), ctx_slot)
-    activations = 4 * n_ubatch * (4 * n_ff + n_embd * experts_used(facts))
+    used = experts_used(facts)
+    activations = 4 * n_ubatch * (3 * n_ff + (4 if used == 1 else 1 + used) * n_embd)
     mask = 2 * n_ubatch * ctx_slot
     if swa_cells:  # interleaved SWA: a second f16 mask over the window cache
         mask += 2 * n_ubatch * min(swa_cells, ctx_slot)
