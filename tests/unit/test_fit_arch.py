@@ -6,6 +6,7 @@ out by hand here; the integration tier checks them against llama-server's report
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,12 +15,14 @@ import gguf
 import numpy as np
 import pytest
 
-from nativellm.errors import UsageError
+from nativellm.errors import NotFoundError, UsageError
 from nativellm.hardware.profile import CpuInfo, GpuInfo, HostProfile
 from nativellm.models.fit import estimate_fit, kv_cache_bytes, output_buffer_bytes
 from nativellm.models.fit_arch import swa_layers
-from nativellm.models.fit_router import FitSettings, estimate_router_fit
+from nativellm.models.fit_router import FitSettings, estimate_router_fit, fit_router_models
 from nativellm.models.gguf import validate_model
+from nativellm.models.registry import ModelRegistry, add_model
+from nativellm.paths import resolve_paths
 
 MiB = 1 << 20
 GiB = 1 << 30
@@ -279,3 +282,35 @@ def test_router_fit_verdict_and_bad_input() -> None:
         estimate_router_fit(models, host(), models_max=-1)
     with pytest.raises(UsageError, match="at least one model"):
         estimate_router_fit([], host())
+
+
+def test_router_fit_by_name_rereads_the_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Models are looked up in the store and their facts re-read: a record written before the SWA facts
+    existed (no sliding_window in its stored facts) still gets the window cache."""
+    monkeypatch.setenv("NATIVELLM_HOME", str(tmp_path / "home"))
+    paths = resolve_paths()
+    path = tmp_path / "gemma.gguf"
+    w = gguf.GGUFWriter(str(path), arch="gemma3")
+    for key, value in (("block_count", 6), ("embedding_length", 64), ("feed_forward_length", 128),
+                       ("attention.head_count", 4), ("attention.head_count_kv", 1), ("attention.sliding_window", 32),
+                       ("context_length", 4096)):  # fmt: skip
+        w.add_uint32(f"gemma3.{key}", value)
+    w.add_tokenizer_model("llama")
+    w.add_token_list([f"t{i}" for i in range(100)])
+    w.add_tensor("token_embd.weight", np.zeros((100, 64), dtype=np.float16))
+    for i in range(6):
+        w.add_tensor(f"blk.{i}.attn_q.weight", np.zeros((64, 64), dtype=np.float16))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    add_model(paths, path, name="g")
+    index = paths.home / "models" / "index.json"
+    doc = json.loads(index.read_text())
+    del doc["models"]["g"]["facts"]["sliding_window"]  # as an older nativellm stored it: no SWA facts
+    index.write_text(json.dumps(doc))
+    assert "sliding_window" not in ModelRegistry(paths).get("g").facts
+    report = fit_router_models(paths, [("g", FitSettings(ctx=4096))], host(), models_max=1)
+    assert report.models[0].swa_layers == 5 and report.models[0].kv_swa_cells == 768  # 32 + 512 -> 768
+    with pytest.raises(NotFoundError):
+        fit_router_models(paths, [("nope", FitSettings())], host())

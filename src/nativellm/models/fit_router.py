@@ -9,13 +9,16 @@ memory and for each GPU (a bound that holds whichever set the router happens to 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any
 
 from nativellm.errors import UsageError
 from nativellm.hardware.profile import HostProfile
 from nativellm.hardware.vram import GpuDevice, profile_devices
 from nativellm.models.fit import FitReport, HasFacts, _fmt, _level, estimate_fit
+
+if TYPE_CHECKING:
+    from nativellm.paths import Paths
 
 
 @dataclass(frozen=True)
@@ -129,3 +132,24 @@ def estimate_router_fit(
         message=message,
         devices=inventory,
     )
+
+
+def fit_router_models(
+    paths: Paths,
+    models: Sequence[tuple[str, FitSettings]],
+    profile: HostProfile,
+    *,
+    models_max: int = 0,
+    devices: Sequence[GpuDevice] | None = None,
+) -> RouterFitReport:
+    """`estimate_router_fit` over registered models by name, each with its file's facts as they are now
+    (like `registry.fit_model`: a record added before a fact existed, or a replaced file, is re-read)."""
+    from nativellm.models.gguf import validate_model
+    from nativellm.models.registry import ModelRegistry
+
+    reg = ModelRegistry(paths)
+    recs = []
+    for name, settings in models:
+        rec = reg.get(name)
+        recs.append((replace(rec, facts=validate_model(list(rec.parts) or [rec.path])), settings))
+    return estimate_router_fit(recs, profile, models_max=models_max, devices=devices)
