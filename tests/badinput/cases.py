@@ -765,6 +765,7 @@ case(
     model,
 )
 case("model-fit-missing-profile", "model fit m --profile {inp}/nope.json", 3, "does not exist", model)
+case("model-fit-negative-n-cpu-moe", "model fit m --n-cpu-moe -1", 2, "n-cpu-moe", model)
 case("model-demo-bad-size", "model demo --size huge", 2, "huge")
 case("model-demo-missing-vocab", "model demo --vocab {inp}/nowhere", 3, "does not exist")
 case("model-demo-bad-name", ("model", "demo", "--name", "a b"), 2, "invalid model name")

@@ -494,6 +494,7 @@ LLAMA8B: dict[str, Any] = {
 FIT_KEYS = {
     "verdict", "weights_host_bytes", "weights_gpu_bytes", "kv_cache_bytes", "compute_bytes", "total_bytes",
     "host_bytes", "repack_bytes", "gpu_bytes", "available_ram_bytes", "available_vram_bytes", "message",
+    "output_bytes",  # the logits buffer, now apart from compute_bytes (issue 16)
 }  # fmt: skip
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -207,6 +207,11 @@ def model_fit(
     profile: ProfileOpt = None,
     system: SystemOpt = False,
     json_out: JsonOpt = False,
+    n_cpu_moe: Annotated[
+        int, typer.Option("--n-cpu-moe", min=0, help="Keep the experts of the first N layers in RAM.")
+    ] = 0,
+    cpu_moe: Annotated[bool, typer.Option("--cpu-moe", help="Keep all expert weights in RAM.")] = False,
+    swa_full: Annotated[bool, typer.Option("--swa-full", help="Full-context sliding-window cache.")] = False,
 ) -> None:
     """Estimate the memory the model needs and say whether it fits this host (or --profile)."""
     from nativellm.hardware import detect_host
@@ -220,9 +225,12 @@ def model_fit(
     # Free memory is this host's, live: never mixed into a --profile of another machine.
     devices = device_inventory(host, nvml=None if profile else probe_nvml,
                                amd=None if profile else probe_rocm_vram_usage)  # fmt: skip
+    # Only the placement flags given: a plain fit calls fit_model as it always has.
+    arch: dict[str, Any] = {k: v for k, v in (("n_cpu_moe", n_cpu_moe), ("cpu_moe", cpu_moe),
+                                              ("swa_full", swa_full)) if v}  # fmt: skip
     report = fit_model(resolve_paths(_scope(system)), name, host, ctx=ctx, parallel=parallel,
                        gpu_layers=gpu_layers, cache_type_k=cache_type_k,
-                       cache_type_v=cache_type_v, devices=devices)  # fmt: skip
+                       cache_type_v=cache_type_v, devices=devices, **arch)  # fmt: skip
     if json_out:
         emit_json({"schema": "nativellm.fit/1", "model": name, "ctx": ctx, **report.to_dict()})
         return

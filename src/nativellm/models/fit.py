@@ -17,6 +17,14 @@ from typing import Any, Protocol
 from nativellm.errors import ModelError, UsageError
 from nativellm.hardware.profile import HostProfile
 from nativellm.hardware.vram import GpuDevice, profile_devices
+from nativellm.models.fit_arch import (
+    expert_bytes,
+    experts_on_host,
+    experts_used,
+    ffn_width,
+    kv_layout,
+    swa_layers,
+)
 from nativellm.models.gguf import MAX_LAYERS
 
 # Bytes per KV-cache element for llama.cpp's --cache-type-k/-v values.
@@ -32,6 +40,7 @@ CACHE_TYPE_BYTES: dict[str, float] = {
     "q5_1": 24 / 32,
 }
 N_UBATCH = 512  # llama-server's default --ubatch-size
+N_BATCH = 2048  # llama-server's default --batch-size
 CTX_PAD = 256  # llama.cpp pads the KV cache to a multiple of this
 FITS_BELOW = 0.85  # above this share of a device's memory the verdict is "tight"
 MIB = 1 << 20
@@ -54,6 +63,13 @@ class FitReport:
     repack_bytes: int = 0  # part of weights_host_bytes: the CPU backend's repacked copy
     gpu_bytes: tuple[int, ...] = ()  # what lands on each GPU
     devices: tuple[GpuDevice, ...] = ()  # the GPUs compared against (the inventory `status` uses too)
+    output_bytes: int = 0  # the logits buffer: n_vocab floats per output (one per sequence)
+    kv_swa_bytes: int = 0  # part of kv_cache_bytes: the sliding-window layers' cache
+    kv_full_cells: int = 0  # KV cells per stream for full-attention layers
+    kv_swa_cells: int = 0  # KV cells per stream for sliding-window layers (0: none)
+    swa_layers: int = 0  # how many layers use the sliding window
+    experts_host_bytes: int = 0  # expert tensors kept in host memory (part of weights_host_bytes)
+    experts_gpu_bytes: int = 0  # expert tensors offloaded (part of weights_gpu_bytes)
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {
@@ -69,7 +85,18 @@ class FitReport:
             "available_ram_bytes": self.available_ram_bytes,
             "available_vram_bytes": list(self.available_vram_bytes),
             "message": self.message,
+            "output_bytes": self.output_bytes,
         }
+        if self.swa_layers:  # only for sliding-window models: a dense model's report keeps its shape
+            d["kv"] = {
+                "full_bytes": self.kv_cache_bytes - self.kv_swa_bytes,
+                "swa_bytes": self.kv_swa_bytes,
+                "full_cells": self.kv_full_cells,
+                "swa_cells": self.kv_swa_cells,
+                "swa_layers": self.swa_layers,
+            }
+        if self.experts_host_bytes or self.experts_gpu_bytes:
+            d["experts"] = {"host_bytes": self.experts_host_bytes, "gpu_bytes": self.experts_gpu_bytes}
         if self.devices:  # only where there are GPUs: a CPU-only host's report keeps its old shape
             d["gpus"] = [g.to_dict() for g in self.devices]
         return d
@@ -96,41 +123,82 @@ def _layers(facts: Mapping[str, Any]) -> int:
     return n_layer
 
 
-def kv_cache_bytes(
-    facts: Mapping[str, Any], ctx: int, cache_type_k: str = "f16", cache_type_v: str = "f16"
-) -> int:
-    """n_layer x n_ctx x n_head_kv x head_dim x (bytes_k + bytes_v), n_ctx padded like llama.cpp."""
+def _kv_per_token(facts: Mapping[str, Any], cache_type_k: str, cache_type_v: str) -> float:
+    """Bytes of K and V one cell holds in one layer."""
     for t in (cache_type_k, cache_type_v):
         if t not in CACHE_TYPE_BYTES:
             raise UsageError(f"unknown cache type {t!r}", f"use one of: {', '.join(CACHE_TYPE_BYTES)}")
-    n_layer = _layers(facts)
     n_head_kv = _req(facts, "head_count_kv")
     k_dim = facts.get("key_length") or _req(facts, "embedding_length") // _req(facts, "head_count")
     v_dim = facts.get("value_length") or k_dim
-    n_ctx = -(-ctx // CTX_PAD) * CTX_PAD
-    per_token = n_head_kv * (k_dim * CACHE_TYPE_BYTES[cache_type_k] + v_dim * CACHE_TYPE_BYTES[cache_type_v])
-    return int(n_layer * n_ctx * per_token)
+    return float(
+        n_head_kv * (k_dim * CACHE_TYPE_BYTES[cache_type_k] + v_dim * CACHE_TYPE_BYTES[cache_type_v])
+    )
 
 
-def compute_buffer_bytes(facts: Mapping[str, Any], ctx: int, parallel: int = 1) -> int:
-    """The graph allocator's reserve for one worst-case micro-batch, plus the logits output buffer.
+def kv_cache_bytes(
+    facts: Mapping[str, Any],
+    ctx: int,
+    cache_type_k: str = "f16",
+    cache_type_v: str = "f16",
+    *,
+    parallel: int = 1,
+    n_ubatch: int = N_UBATCH,
+    swa_full: bool = False,
+    kv_unified: bool = False,
+) -> int:
+    """Sum over layers of cells x n_head_kv x head_dim x (bytes_k + bytes_v), cells padded like llama.cpp:
+    the full context for full-attention layers, the window plus a micro-batch for sliding-window ones."""
+    per_token = _kv_per_token(facts, cache_type_k, cache_type_v)
+    return kv_layout(
+        facts, _layers(facts), ctx, per_token, parallel=parallel, n_ubatch=_ubatch(ctx, n_ubatch),
+        swa_full=swa_full, kv_unified=kv_unified,
+    ).total_bytes  # fmt: skip
+
+
+def _ubatch(ctx: int, n_ubatch: int) -> int:
+    """llama_context: n_batch = min(n_ctx, 2048), n_ubatch = min(n_batch, --ubatch-size)."""
+    return max(1, min(n_ubatch, N_BATCH, ctx))
+
+
+def output_buffer_bytes(facts: Mapping[str, Any], parallel: int = 1) -> int:
+    """llama_context::output_reserve: n_vocab floats for each of max(1, n_seq) outputs."""
+    return 4 * int(facts.get("vocab_size") or 32000) * max(1, parallel)
+
+
+def compute_buffer_bytes(
+    facts: Mapping[str, Any],
+    ctx: int,
+    parallel: int = 1,
+    *,
+    n_ubatch: int = N_UBATCH,
+    swa_cells: int = 0,
+    kv_unified: bool = False,
+) -> int:
+    """The graph allocator's reserve for one worst-case micro-batch (the output buffer is apart).
 
     Calibrated on llama-server's own "compute buffer size" lines: the peak
-    holds the FFN activations of one micro-batch (about 4 x n_ff + n_embd
-    floats per token) and the f16 attention mask (n_ubatch x the context of
-    one slot: llama-server splits --ctx-size across slots). Flash attention
-    is llama.cpp's default where supported, so there is no n_ctx x n_ctx
-    score matrix.
+    holds the FFN activations of one micro-batch (3 x n_ff + 4 x n_embd
+    floats per token: gate, up and their product, with the residual stream
+    and norms; exact for llama and qwen2, -1% for gemma3) and the f16
+    attention mask (n_ubatch x the context of one slot: llama-server splits
+    --ctx-size across slots). Flash attention is llama.cpp's default where
+    supported, so there is no n_ctx x n_ctx score matrix. For
+    mixture-of-experts models the FFN width is that of the experts a token
+    uses together, and the down projection has one n_embd row per used
+    expert before they are summed (1 + n_expert_used rows of n_embd).
     """
     n_embd = _req(facts, "embedding_length")
-    n_ff = int(facts.get("feed_forward_length") or 4 * n_embd)
-    n_vocab = int(facts.get("vocab_size") or 32000)
-    ctx_slot = -(-max(ctx // parallel, 1) // CTX_PAD) * CTX_PAD
-    n_ubatch = min(N_UBATCH, ctx_slot)
-    activations = 4 * n_ubatch * (4 * n_ff + n_embd)
+    n_ff = ffn_width(facts)
+    # A unified cache is one stream: the mask spans all of it, not one slot's share.
+    ctx_slot = -(-max(ctx // (1 if kv_unified else parallel), 1) // CTX_PAD) * CTX_PAD
+    n_ubatch = min(_ubatch(ctx, n_ubatch), ctx_slot)
+    used = experts_used(facts)
+    activations = 4 * n_ubatch * (3 * n_ff + (4 if used == 1 else 1 + used) * n_embd)
     mask = 2 * n_ubatch * ctx_slot
-    logits = 4 * n_vocab * parallel
-    return activations + mask + logits
+    if swa_cells:  # interleaved SWA: a second f16 mask over the window cache
+        mask += 2 * n_ubatch * min(swa_cells, ctx_slot)
+    return activations + mask
 
 
 # Weight types the CPU backend repacks into an interleaved copy at load (ggml-cpu/repack.cpp),
@@ -182,6 +250,11 @@ def estimate_fit(
     cache_type_k: str = "f16",
     cache_type_v: str = "f16",
     devices: Sequence[GpuDevice] | None = None,
+    n_cpu_moe: int = 0,
+    cpu_moe: bool = False,
+    swa_full: bool = False,
+    kv_unified: bool = False,
+    n_ubatch: int = N_UBATCH,
 ) -> FitReport:
     """Estimate the memory `record` needs with these llama-server settings and compare it with `profile`.
 
@@ -190,6 +263,8 @@ def estimate_fit(
     compared against what is free, as llama.cpp splits layers by free memory; without it, the
     profile's GPUs and their total memory.
     ctx 0 means the model's training context (a negative one is refused), as llama-server's `-c 0` does.
+    `n_cpu_moe`/`cpu_moe` are llama-server's --n-cpu-moe N/--cpu-moe (expert tensors stay in host memory),
+    `swa_full` its --swa-full, `kv_unified` its --kv-unified, `n_ubatch` its --ubatch-size.
     """
     facts: Mapping[str, Any] = record.facts
     if ctx < 0:
@@ -208,18 +283,32 @@ def estimate_fit(
     ngl = max(0, min(gpu_layers, n_layer + 1)) if gpus else 0
     offloaded = min(ngl, n_layer)
     # llama.cpp offloads the last `ngl` blocks; the output layer too once ngl > n_layer.
-    gpu_weights = sum(layer_bytes[len(layer_bytes) - offloaded :]) if offloaded else 0
+    first_gpu = len(layer_bytes) - offloaded
+    gpu_weights = sum(layer_bytes[first_gpu:]) if offloaded else 0
+    experts = expert_bytes(facts, len(layer_bytes))
+    pinned = experts_on_host(len(layer_bytes), n_cpu_moe=max(0, n_cpu_moe), cpu_moe=cpu_moe)
+    experts_gpu = sum(e for i, e in enumerate(experts) if i >= first_gpu and offloaded and not pinned[i])
+    gpu_weights -= sum(e for i, e in enumerate(experts) if i >= first_gpu and offloaded and pinned[i])
     if ngl > n_layer:
         gpu_weights += int(facts.get("output_bytes", 0))  # token_embd stays on the host
     host_share = (n_layer - offloaded) / n_layer
     matrices = facts.get("matrix_bytes") or {}
     repack = int(sum(int(n) for t, n in matrices.items() if t in repacked_types(profile)) * host_share)
     host_weights = sum(layer_bytes) + other - gpu_weights + repack
-    kv = kv_cache_bytes(facts, ctx, cache_type_k, cache_type_v)
-    kv_gpu = kv * offloaded // n_layer
-    compute = compute_buffer_bytes(facts, ctx, parallel)
+    ub = _ubatch(ctx, n_ubatch)
+    layout = kv_layout(
+        facts, n_layer, ctx, _kv_per_token(facts, cache_type_k, cache_type_v), parallel=parallel,
+        n_ubatch=ub, swa_full=swa_full, kv_unified=kv_unified,
+    )  # fmt: skip
+    kv = layout.total_bytes
+    kv_swa = layout.swa_bytes(swa_layers(facts, n_layer))
+    kv_gpu = sum(layout.layer_bytes[n_layer - offloaded :]) if offloaded else 0
+    compute = compute_buffer_bytes(
+        facts, ctx, parallel, n_ubatch=ub, swa_cells=layout.swa_cells, kv_unified=kv_unified
+    )
+    output = output_buffer_bytes(facts, parallel)
     compute_gpu = compute if offloaded else 0
-    host = host_weights + (kv - kv_gpu) + (compute if not offloaded else compute // 4)
+    host = host_weights + (kv - kv_gpu) + (compute if not offloaded else compute // 4) + output
     total_vram = sum(gpus)
     per_gpu = tuple(
         int((gpu_weights + kv_gpu + compute_gpu) * m / total_vram) if total_vram and offloaded else 0
@@ -229,8 +318,17 @@ def estimate_fit(
         [_level(host, profile.memory_bytes)] + [_level(u, m) for u, m in zip(per_gpu, gpus, strict=True) if u]
     )
     verdict = ("fits", "tight", "does_not_fit")[level]
-    total = host_weights + gpu_weights + kv + compute
-    parts = f"weights {_fmt(host_weights + gpu_weights)}, KV cache {_fmt(kv)}, compute {_fmt(compute)}"
+    total = host_weights + gpu_weights + kv + compute + output
+    kv_part = f"KV cache {_fmt(kv)}"
+    if layout.swa_layers:
+        kv_part += (
+            f" ({_fmt(kv - kv_swa)} full context for {n_layer - layout.swa_layers} layers, {_fmt(kv_swa)} "
+            f"{layout.swa_cells}-cell window for {layout.swa_layers})"
+        )
+    parts = f"weights {_fmt(host_weights + gpu_weights)}, {kv_part}, compute {_fmt(compute)}, output {_fmt(output)}"
+    experts_host = sum(experts) - experts_gpu
+    if experts_gpu or (offloaded and experts_host):
+        parts += f"; experts {_fmt(experts_host)} on the host, {_fmt(experts_gpu)} on GPUs"
     if repack:
         parts = parts.replace(", KV", f" (incl. a {_fmt(repack)} CPU repack copy), KV", 1)
     where = f"{_fmt(host)} of {_fmt(profile.memory_bytes)} RAM"
@@ -259,4 +357,11 @@ def estimate_fit(
         gpu_bytes=per_gpu,
         repack_bytes=repack,
         devices=inventory,
+        output_bytes=output,
+        kv_swa_bytes=kv_swa,
+        kv_full_cells=layout.full_cells,
+        kv_swa_cells=layout.swa_cells,
+        swa_layers=layout.swa_layers,
+        experts_host_bytes=experts_host,
+        experts_gpu_bytes=experts_gpu,
     )

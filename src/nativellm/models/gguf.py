@@ -46,6 +46,7 @@ KEEP_ARRAY_MAX = 4096
 
 SPLIT_RE = re.compile(r"^(?P<stem>.*)-(?P<no>\d{5})-of-(?P<count>\d{5})\.gguf$")
 _LAYER_RE = re.compile(r"blk\.(\d+)\.")
+_EXPERTS_RE = re.compile(r"\.ffn_(up|down|gate|gate_up)_(ch|)exps")  # common.h LLM_FFN_EXPS_REGEX
 
 # GGUF value-type ids (gguf.GGUFValueType) and how each scalar is packed: filled on first use, so that
 # importing this module does not import gguf (and numpy) on every CLI start.
@@ -528,6 +529,7 @@ def facts_of(headers: Sequence[GGUFHeader]) -> dict[str, Any]:
             _HELP_CORRUPT,
         )
     layer_bytes: dict[int, int] = {}
+    expert_bytes: dict[int, int] = {}
     other_bytes = output_bytes = 0
     type_counts: dict[str, int] = {}
     matrix_bytes: dict[str, int] = {}
@@ -542,6 +544,8 @@ def facts_of(headers: Sequence[GGUFHeader]) -> dict[str, Any]:
                     _HELP_CORRUPT,
                 )
             layer_bytes[layer] = layer_bytes.get(layer, 0) + t.nbytes
+            if _EXPERTS_RE.search(t.name):
+                expert_bytes[layer] = expert_bytes.get(layer, 0) + t.nbytes
         else:
             other_bytes += t.nbytes
             if t.name.startswith("output."):
@@ -590,4 +594,25 @@ def facts_of(headers: Sequence[GGUFHeader]) -> dict[str, Any]:
         "has_chat_template": isinstance(kv.get("tokenizer.chat_template"), str),
         "split_count": len(headers),
         "gguf_version": first.version,
+        **_arch_facts(path, kv, arch, expert_bytes, len(layer_bytes) and max(layer_bytes) + 1),
+    }
+
+
+def _arch_facts(
+    path: Path, kv: dict[str, Any], arch: str, expert_bytes: dict[int, int], n_layers: int
+) -> dict[str, Any]:
+    """Sliding-window attention and mixture-of-experts facts, as llama.cpp's hparams read them."""
+    window = _int(path, kv, f"{arch}.attention.sliding_window")
+    pattern = kv.get(f"{arch}.attention.sliding_window_pattern")
+    if isinstance(pattern, list):  # per layer: true where the layer uses the window
+        pattern = [bool(v) for v in pattern]
+    elif pattern is not None:
+        pattern = _int(path, kv, f"{arch}.attention.sliding_window_pattern")
+    return {
+        "sliding_window": window,
+        "sliding_window_pattern": pattern,
+        "expert_count": _int(path, kv, f"{arch}.expert_count"),
+        "expert_used_count": _int(path, kv, f"{arch}.expert_used_count"),
+        "expert_feed_forward_length": _int(path, kv, f"{arch}.expert_feed_forward_length"),
+        "expert_bytes": [expert_bytes.get(i, 0) for i in range(n_layers)] if expert_bytes else [],
     }

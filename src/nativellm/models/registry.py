@@ -661,6 +661,9 @@ def fit_model(
     cache_type_k: str = "f16",
     cache_type_v: str = "f16",
     devices: Sequence[GpuDevice] | None = None,
+    n_cpu_moe: int = 0,
+    cpu_moe: bool = False,
+    swa_full: bool = False,
 ) -> FitReport:
     rec = ModelRegistry(paths).get(name)
     # The file's facts as they are now, not as they were when it was added: the file may have been
@@ -668,5 +671,5 @@ def fit_model(
     rec = replace(rec, facts=validate_model(list(rec.parts) or [rec.path]))
     return estimate_fit(
         rec, profile, ctx=ctx, parallel=parallel, gpu_layers=gpu_layers, cache_type_k=cache_type_k,
-        cache_type_v=cache_type_v, devices=devices,
+        cache_type_v=cache_type_v, devices=devices, n_cpu_moe=n_cpu_moe, cpu_moe=cpu_moe, swa_full=swa_full,
     )  # fmt: skip
