@@ -15,7 +15,7 @@ import pytest
 
 from nativellm import run
 from nativellm.client import RouterClient, free_port, wait_ready
-from nativellm.errors import ResourceError
+from nativellm.errors import ModelError
 from nativellm.paths import Paths, resolve_paths
 from nativellm.serve.router import PRESET_NAME, RouterOps
 from nativellm.serve.router_fit import load_fit_check
@@ -153,7 +153,7 @@ def test_a_load_that_does_not_fit_never_reaches_the_router(running: Router, sess
     ops = RouterOps(spec, fit_check=check)
     before, log_before = _states(running.base), running.proc.output()
     with pytest.raises(
-        ResourceError, match=r"loading gemma on multi needs about 0\.\d\d GiB of RAM, but 0\.06 GiB"
+        ModelError, match=r"loading gemma on multi needs about 0\.\d\d GiB of RAM, but 0\.06 GiB"
     ):
         ops.load("gemma")
     assert _states(running.base) == before

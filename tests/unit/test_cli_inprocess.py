@@ -2018,7 +2018,7 @@ CASES: dict[str, Case] = {
     "bench": Case(("q4",), _bench, NotFoundError(
         "no instance named 'q4'", "see `nativellm instance list`, or pass --url")),
     "doctor": Case((), _doctor, ResourceError("the store at /srv is unreadable", "run doctor as its owner")),
-    "model load": Case(("q8", "--on", "multi"), _router, ResourceError(
+    "model load": Case(("q8", "--on", "multi"), _router, ModelError(
         "loading q8 on multi needs about 8.10 GiB of RAM, but 3.20 GiB is available now; nothing was sent to "
         "the router", "unload a model first (`nativellm model unload NAME --on multi`), lower its ctx-size, "
         "or pass --force")),

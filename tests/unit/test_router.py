@@ -14,19 +14,17 @@ import pytest
 from ggufs import write_gguf
 
 from nativellm.client import ModelState, parse_models
-from nativellm.errors import InstanceError, NotFoundError, ResourceError, UsageError
+from nativellm.errors import InstanceError, ModelError, NotFoundError, UsageError
 from nativellm.models.registry import add_model
 from nativellm.paths import Paths
 from nativellm.serve.instances import InstanceOptions, Instances
 from nativellm.serve.router import (
     PRESET_NAME,
     RouterOps,
-    at_once,
     check_router,
     fit_settings,
     render_preset,
     router_argv,
-    worst_case,
 )
 from nativellm.serve.router_fit import load_fit_check, router_fit
 from nativellm.serve.server_flags import ServerFlags, parse_server_help
@@ -194,17 +192,6 @@ def test_check_router_accepts_preset_only_keys() -> None:
 
 
 # -- fit -------------------------------------------------------------------------------------
-def test_worst_case_is_the_largest_models_that_may_load_together() -> None:
-    needs = {"a": 5, "b": 9, "c": 1}
-    assert worst_case(needs, 2) == (14, ("b", "a"))
-    assert worst_case(needs, 3) == (15, ("b", "a", "c"))
-    spec = InstanceSpec(name="r", model="", port=9, models=("a", "b", "c"), models_max=0)
-    assert (
-        at_once(spec) == 3
-        and at_once(InstanceSpec(name="r", model="", port=9, models=("a", "b"), models_max=1)) == 1
-    )
-
-
 def test_fit_settings_take_the_models_own_over_the_instances() -> None:
     spec = InstanceSpec(name="r", model="", port=9, models=("a", "b"), ctx=2048, gpu_layers=10,
                         model_settings={"b": {"ctx-size": "8192", "cache-type-k": "q8_0"}})  # fmt: skip
@@ -219,8 +206,9 @@ def test_router_fit_sums_models_max_models(paths: Paths) -> None:
     ).validate()
     assert router_fit(paths, spec, _profile(), force=False) is None  # kilobyte models in 32 GiB
     tiny = dataclasses.replace(_profile(), memory_bytes=1 << 20)
-    with pytest.raises(ResourceError, match=r"up to 2 of 3 models loaded at once \(q8, chat\)"):
+    with pytest.raises(ModelError, match=r"router r: .*does not fit") as info:
         router_fit(paths, spec, tiny, force=False)
+    assert info.value.exit_code == 9 and "--models-max" in info.value.hint
     assert "does not fit" in (router_fit(paths, spec, tiny, force=True) or "")
 
 
@@ -290,7 +278,7 @@ def test_swap_unloads_first_only_when_it_must(
 
     def fit(s: InstanceSpec, model: str, freed: str | None) -> str | None:
         if fit_raises and freed is None:
-            raise ResourceError("too big", "unload something")
+            raise ModelError("too big", "unload something")
         return None
 
     RouterOps(spec, fit_check=fit, client=r).swap("q4", "chat", warmup=False)  # type: ignore[arg-type]
@@ -322,7 +310,7 @@ def test_a_load_that_does_not_fit_is_refused_before_it_is_sent(paths: Paths) -> 
     r = ScriptedRouter({"q4": "loaded", "q8": "unloaded", "chat": "unloaded"})
     ops = RouterOps(spec, fit_check=check, client=r)  # type: ignore[arg-type]
     with pytest.raises(
-        ResourceError, match=r"loading q8 on multi needs about .* GiB of RAM, but 0.00 GiB"
+        ModelError, match=r"loading q8 on multi needs about .* GiB of RAM, but 0.00 GiB"
     ) as info:
         ops.load("q8")
     assert "nothing was sent" in info.value.message and "--force" in info.value.hint

@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from nativellm.client import WAIT_S, ModelState, RouterClient
-from nativellm.errors import InstanceError, NotFoundError, ResourceError, UsageError
+from nativellm.errors import InstanceError, ModelError, NotFoundError, ResourceError, UsageError
+from nativellm.models.fit_router import FitSettings
 from nativellm.serve.server_flags import ServerFlags
 from nativellm.specs import InstanceSpec, http_url
 
@@ -168,7 +169,7 @@ RUNNING = ("loaded", "loading", "sleeping")
 class RouterOps:
     """load / unload / swap on a running router instance.
 
-    `fit_check(spec, model, freed)` raises ResourceError when `model` would not fit in the memory
+    `fit_check(spec, model, freed)` raises ModelError when `model` would not fit in the memory
     left now (plus `freed`, what a swap's unload gives back); the caller injects it, so these
     use cases don't detect hardware themselves."""
 
@@ -257,7 +258,7 @@ class RouterOps:
         if overlap and not force:
             try:
                 note = self._fit_check(self.spec, new, None)
-            except ResourceError:
+            except ModelError:
                 overlap = False
         if not overlap and not force:
             note = self._fit_check(self.spec, new, old)
@@ -308,18 +309,8 @@ def read_api_key(spec: InstanceSpec) -> str | None:
 
 
 # -- memory fit ------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class FitSettings:
-    """The settings of one router model that its memory depends on."""
-
-    ctx: int
-    parallel: int
-    gpu_layers: int
-    cache_type_k: str
-    cache_type_v: str
-
-
 def fit_settings(spec: InstanceSpec, model: str) -> FitSettings:
+    """The settings one router model's memory depends on: its own, else the instance's."""
     own = spec.model_settings.get(model, {})
 
     def pick(key: str, default: int | str | None) -> str | None:
@@ -332,16 +323,7 @@ def fit_settings(spec: InstanceSpec, model: str) -> FitSettings:
         gpu_layers=int(pick("n-gpu-layers", spec.gpu_layers) or 0),
         cache_type_k=pick("cache-type-k", spec.cache_type_k) or "f16",
         cache_type_v=pick("cache-type-v", spec.cache_type_v) or "f16",
+        n_cpu_moe=int(own.get("n-cpu-moe") or 0),
+        cpu_moe=own.get("cpu-moe", "false").lower() in ("1", "true", "on", "yes"),
+        swa_full=own.get("swa-full", "false").lower() in ("1", "true", "on", "yes"),
     )
-
-
-def at_once(spec: InstanceSpec) -> int:
-    """How many of the router's models may be loaded together (--models-max; 0 = all)."""
-    n = len(spec.models or ())
-    return n if not spec.models_max else min(spec.models_max, n)
-
-
-def worst_case(needs: Mapping[str, int], n: int) -> tuple[int, tuple[str, ...]]:
-    """The most memory `n` of these models can need together: the `n` largest (pure)."""
-    top = sorted(needs.items(), key=lambda kv: (-kv[1], kv[0]))[:n]
-    return sum(b for _, b in top), tuple(m for m, _ in top)

@@ -1,17 +1,18 @@
-"""Memory fit for router instances: at add/edit time for the models that may be loaded together,
-and before each `model load`/`swap` for the memory left now."""
+"""Memory fit for router instances: at add/edit time for the models that may be loaded together
+(models.fit_router), and before each `model load`/`swap` for the RAM left now."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
 
-from nativellm.errors import ResourceError
+from nativellm.errors import ModelError
 from nativellm.hardware.profile import HostProfile
-from nativellm.models.fit import FitReport, estimate_fit
-from nativellm.models.registry import ModelRegistry
+from nativellm.models.fit import FitReport
+from nativellm.models.fit_router import fit_router_models
+from nativellm.models.registry import ModelRegistry, fit_model
 from nativellm.paths import Paths
-from nativellm.serve.router import at_once, fit_settings, worst_case
+from nativellm.serve.router import fit_settings
 from nativellm.specs import InstanceSpec
 
 
@@ -20,46 +21,35 @@ def _fmt(n: int) -> str:
 
 
 def model_fit(paths: Paths, spec: InstanceSpec, model: str, profile: HostProfile) -> FitReport | None:
-    """One router model's estimate with its own settings (None: not registered, or no facts)."""
-    rec = ModelRegistry(paths).find(model)
-    if rec is None or not rec.facts:
+    """One router model's estimate with its own settings, from its file as it is now (None: not a
+    registered model)."""
+    if ModelRegistry(paths).find(model) is None:
         return None
     s = fit_settings(spec, model)
-    return estimate_fit(
-        rec, profile, ctx=s.ctx, parallel=s.parallel, gpu_layers=s.gpu_layers,
-        cache_type_k=s.cache_type_k, cache_type_v=s.cache_type_v,
+    return fit_model(
+        paths, model, profile, ctx=s.ctx, parallel=s.parallel, gpu_layers=s.gpu_layers,
+        cache_type_k=s.cache_type_k, cache_type_v=s.cache_type_v, n_cpu_moe=s.n_cpu_moe, cpu_moe=s.cpu_moe,
+        swa_full=s.swa_full,
     )  # fmt: skip
 
 
 def router_fit(paths: Paths, spec: InstanceSpec, profile: HostProfile, *, force: bool) -> str | None:
-    """The most the router can hold at once (its --models-max largest models) against this host's
-    RAM and GPU memory. Refused (ResourceError) unless `force`; a warning when tight."""
-    reports = {m: r for m in spec.models or () if (r := model_fit(paths, spec, m, profile)) is not None}
-    if not reports:
+    """The most the router can hold at once (its --models-max largest models, each with its own
+    settings) against this host's RAM and GPU memory. Refused (ModelError, exit 9, as a single model
+    that does not fit) unless `force`; a warning when tight."""
+    models = [
+        (m, fit_settings(spec, m)) for m in spec.models or () if ModelRegistry(paths).find(m) is not None
+    ]
+    if not models:
         return None
-    n = at_once(spec)
-    host, which = worst_case({m: r.host_bytes for m, r in reports.items()}, n)
-    gpu, _ = worst_case({m: sum(r.gpu_bytes) for m, r in reports.items()}, n)
-    vram = sum(next(iter(reports.values())).available_vram_bytes)
-    ram = profile.memory_bytes
-    level = max(_level(host, ram), _level(gpu, vram) if gpu else 0)
-    what = (
-        f"router {spec.name} with up to {n} of {len(spec.models or ())} models loaded at once "
-        f"({', '.join(which)}) needs {_fmt(host)} of {_fmt(ram)} RAM"
-        + (f" and {_fmt(gpu)} of {_fmt(vram)} GPU memory" if gpu else "")
-    )
-    if level == 2 and not force:
-        raise ResourceError(
-            f"{what}: it does not fit",
-            "lower --models-max, the models' ctx-size, or pick smaller models; --force to add it anyway",
+    report = fit_router_models(paths, models, profile, models_max=spec.models_max or 0)
+    if report.verdict == "does_not_fit" and not force:
+        raise ModelError(
+            f"router {spec.name}: {report.message}",
+            "lower --models-max or a model's ctx-size (--model-opt M:ctx-size=N), pick smaller models, "
+            "or pass --force",
         )
-    return f"{what} (over 85% is tight)" if level == 1 else (f"{what}: does not fit" if level == 2 else None)
-
-
-def _level(need: int, have: int) -> int:
-    if not have:
-        return 0
-    return 0 if need <= have * 0.85 else (1 if need <= have else 2)
+    return None if report.verdict == "fits" else f"router {spec.name}: {report.message}"
 
 
 def mem_available() -> int | None:
@@ -78,14 +68,14 @@ def load_fit_check(
     profile: Callable[[], HostProfile],
     available: Callable[[], int | None] = mem_available,
 ) -> Callable[[InstanceSpec, str, str | None], str | None]:
-    """For RouterOps: refuse (ResourceError, with the numbers) a load that would not fit in the RAM
-    left now; a swap's unloaded model gives its estimate back first."""
+    """For RouterOps: refuse (ModelError, with the numbers) a load that would not fit in the RAM left
+    now; a swap's unloaded model gives its estimate back first."""
 
     def check(spec: InstanceSpec, model: str, freed: str | None) -> str | None:
-        host = profile()
         left = available()
         if left is None:
             return None
+        host = profile()
         report = model_fit(paths, spec, model, host)
         if report is None:
             return None
@@ -94,7 +84,7 @@ def load_fit_check(
         need = report.host_bytes
         if need > room:
             gives = f" plus {_fmt(back.host_bytes)} from unloading {freed}" if back else ""
-            raise ResourceError(
+            raise ModelError(
                 f"loading {model} on {spec.name} needs about {_fmt(need)} of RAM, but {_fmt(left)} is "
                 f"available now{gives}; nothing was sent to the router",
                 f"unload a model first (`nativellm model unload NAME --on {spec.name}`), lower its ctx-size, "
@@ -105,6 +95,3 @@ def load_fit_check(
         return None
 
     return check
-
-
-__all__ = ["load_fit_check", "mem_available", "model_fit", "router_fit"]
