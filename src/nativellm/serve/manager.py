@@ -5,6 +5,11 @@
 names its services its own way (`llama@NAME.service`, `org.nativellm.llama.NAME`) and reports state
 as a `UnitState`, the shape `status` shows. `SystemdManager` is a thin adapter over serve/systemd.py;
 `LaunchdManager` lives in serve/launchd.py. `default_manager` picks by platform; tests inject one.
+
+Left to do: `instance add/edit/rm` and `refresh_units` still write systemd units and call serve/systemd.py
+directly (templates, drop-ins, daemon-reload, llama.target). Moving them here means an
+`install(spec, resolved)` / `remove(name)` pair on this interface (LaunchdManager has both already)
+with the systemd side taking over instances.py's `_files`/`_apply`/daemon-reload steps.
 """
 
 from __future__ import annotations
