@@ -344,11 +344,12 @@ def test_start_bootstraps_kickstarts_and_waits_for_health(mac: tuple[Paths, Path
                          f"print {TARGET}"]  # fmt: skip
 
 
-def test_restart_of_a_loaded_job_kills_and_restarts(mac: tuple[Paths, Path]) -> None:
+def test_restart_of_a_loaded_job_reloads_its_plist(mac: tuple[Paths, Path]) -> None:
     rec = Recorder({f"print {TARGET}": [_print("print_running_reconstructed.txt")]})
     mgr, spec = _installed(mac, rec)
     mgr.start(spec, restart=True, timeout=5)
-    assert rec.ops() == [f"print {TARGET}", f"kickstart -k {TARGET}", f"print {TARGET}"]
+    assert rec.ops() == [f"print {TARGET}", f"bootout {TARGET}", f"bootstrap gui/501 {mgr.plist_path('q4')}",
+                         f"kickstart {TARGET}", f"print {TARGET}"]  # fmt: skip
 
 
 def test_start_follows_a_crashing_server_to_its_failure(mac: tuple[Paths, Path]) -> None:

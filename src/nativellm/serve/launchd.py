@@ -362,17 +362,23 @@ class LaunchdManager:
         return unit_state(label(name), self.launchctl.print_service(label(name)), enabled=self._enabled(name))
 
     def start(self, spec: InstanceSpec, *, restart: bool, timeout: float) -> UnitState:
-        """Load the job if it is not loaded, (re)start it, and follow it until /health answers ok, the
-        server has exited with an error, or `timeout` passes; returns the state it ended in."""
+        """Load the job if it is not loaded (restart: unload and load it again, so the plist is read
+        afresh), start it, and follow it until /health answers ok, the server has exited with an
+        error, or `timeout` passes; returns the state it ended in."""
         job = label(spec.name)
         plist = self.plist_path(spec.name)
         if not plist.is_file():
             raise InstanceError(
                 f"{plist} does not exist", f"add the instance first: `nativellm instance add {spec.name}`"
             )
-        if self.launchctl.print_service(job) is None:
+        loaded = self.launchctl.print_service(job) is not None
+        if loaded and restart:
+            # kickstart -k alone would keep the job launchd loaded before: a changed plist (after
+            # `instance edit` or an upgrade) takes effect only when it is bootstrapped again.
+            self.launchctl.bootout(job)
+        if restart or not loaded:
             self.launchctl.bootstrap(plist)
-        self.launchctl.kickstart(job, kill=restart)
+        self.launchctl.kickstart(job, kill=False)
         deadline = time.monotonic() + timeout
         while True:
             st = self.state(spec.name)
