@@ -18,6 +18,7 @@ from typing import Any
 from nativellm.build.draft import MACOS, Draft, refuse
 from nativellm.build.draft import Backend as Backend
 from nativellm.build.draft import PlanOptions as PlanOptions
+from nativellm.build.plan_apple import macos_defines
 from nativellm.build.plan_gpu import plan_backend
 from nativellm.build.tree import TreeOptions
 from nativellm.errors import PlanError, UsageError
@@ -276,6 +277,7 @@ def plan_build(
         _arm_defines(profile, options.baseline, disabled, draft)
     if profile.os in MACOS and backend is not Backend.METAL:
         draft.set("GGML_METAL", "OFF", f"ggml turns Metal on by default on Apple; this is a {backend} build")
+    macos_defines(profile, draft)
     if options.single_binary:
         _single_binary_defines(profile, draft)
     if options.rpc:

@@ -1,14 +1,29 @@
-"""Apple probe (macOS): the SoC, its unified memory, and its CPU features via sysctl.
+"""Apple probe (macOS): the SoC, its unified memory, its GPU, and its CPU features.
 
-The parse functions take captured text so they are tested on Linux.
+Sources: `sysctl` (brand, memory, core counts, hw.optional.* features, iogpu.wired_limit_mb) and
+`system_profiler SPDisplaysDataType -json` (GPU model, core count, Metal family). The parse functions
+take captured text so they are tested on Linux, and are total: a key that is absent or malformed
+gives None (or the field's neutral value), never an exception.
+
+Unified memory: the CPU and GPU share one pool of RAM. Metal lets the GPU's working set grow to
+`MTLDevice.recommendedMaxWorkingSetSize`, which ggml-metal reports as the device's memory and
+warns past ("current allocated size is greater than the recommended max working set size"). Logs
+users posted show it at 2/3 of RAM on a 32 GiB Mac (21845.34 MB, ollama/ollama#434) and 3/4 on
+a 96 GiB Mac (73728.00 MB, ggml-org/llama.cpp#3213); 3/4 is also what is reported for 64 and
+128 GiB Macs. The root-only `sysctl iogpu.wired_limit_mb=N` moves the limit (0: macOS's default).
+So the GPU is reported with that working set as its memory, and flagged `unified`: models/fit.py
+then takes what the GPU holds out of the same RAM instead of counting those bytes twice.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import platform
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from nativellm import run
 from nativellm.hardware.profile import GpuInfo
@@ -21,6 +36,9 @@ SYSCTL_KEYS = (
     "hw.physicalcpu",
     "hw.logicalcpu",
 )
+# Performance and efficiency cores (macOS 12+ on Apple silicon; unknown names on Intel Macs).
+PERFLEVEL_KEYS = ("hw.perflevel0.physicalcpu", "hw.perflevel1.physicalcpu")
+WIRED_LIMIT_KEY = "iogpu.wired_limit_mb"  # macOS 14+ on Apple silicon; unknown elsewhere
 
 # sysctl hw.optional.* -> Linux /proc/cpuinfo spelling, so one set of names serves the planner.
 _FEATURES = {
@@ -64,6 +82,67 @@ class AppleHost:
     logical_cores: int
     flags: tuple[str, ...]
     gpu: GpuInfo | None
+    performance_cores: int | None = None
+    efficiency_cores: int | None = None
+    wired_limit_mb: int | None = None  # iogpu.wired_limit_mb when set (> 0); None: macOS's default
+
+
+@dataclass(frozen=True)
+class AppleGpu:
+    """One entry of `system_profiler SPDisplaysDataType -json`."""
+
+    model: str | None  # sppci_model, e.g. "Apple M3 Pro"
+    cores: int | None  # sppci_cores (a string there)
+    metal: str | None  # spdisplays_mtlgpufamilysupport, e.g. "spdisplays_metal3" -> "metal3"
+    builtin: bool  # sppci_bus == spdisplays_builtin: the SoC's own GPU
+
+
+# Default GPU working set as a fraction of RAM (see the module docstring for the evidence).
+SMALL_MAC_BYTES = 36 * 2**30
+SMALL_FRACTION = (2, 3)
+LARGE_FRACTION = (3, 4)
+
+
+def gpu_working_set_bytes(memory_bytes: int, wired_limit_mb: int | None = None) -> int:
+    """What Metal lets the GPU keep resident: iogpu.wired_limit_mb when set, else 2/3 of RAM up to
+    36 GiB and 3/4 above (recommendedMaxWorkingSetSize as ggml-metal logs it)."""
+    if memory_bytes <= 0:
+        return 0
+    if wired_limit_mb is not None and wired_limit_mb > 0:
+        return min(memory_bytes, wired_limit_mb * 2**20)
+    num, den = SMALL_FRACTION if memory_bytes <= SMALL_MAC_BYTES else LARGE_FRACTION
+    return memory_bytes * num // den
+
+
+def _int(value: Any) -> int | None:
+    try:
+        return int(str(value).strip())
+    except (TypeError, ValueError):
+        return None
+
+
+def parse_displays(text: str) -> tuple[AppleGpu, ...]:
+    """The GPUs in `system_profiler SPDisplaysDataType -json` output; () for anything unreadable."""
+    try:
+        data = json.loads(text)
+    except (json.JSONDecodeError, TypeError, ValueError):
+        return ()
+    entries = data.get("SPDisplaysDataType") if isinstance(data, dict) else None
+    out = []
+    for e in entries if isinstance(entries, list) else []:
+        if not isinstance(e, dict) or e.get("sppci_device_type", "spdisplays_gpu") != "spdisplays_gpu":
+            continue
+        model = e.get("sppci_model") or e.get("_name")
+        metal = e.get("spdisplays_mtlgpufamilysupport") or e.get("spdisplays_metal")
+        out.append(
+            AppleGpu(
+                model=str(model) if model else None,
+                cores=_int(e.get("sppci_cores")),
+                metal=str(metal).removeprefix("spdisplays_") if metal else None,
+                builtin=e.get("sppci_bus") == "spdisplays_builtin",
+            )
+        )
+    return tuple(out)
 
 
 def parse_sysctl(text: str) -> dict[str, str]:
@@ -87,15 +166,37 @@ def arm_flags(values: dict[str, str]) -> tuple[str, ...]:
     return tuple(sorted(flags))
 
 
-def apple_host_from_sysctl(values: dict[str, str]) -> AppleHost:
+def apple_host_from_sysctl(values: dict[str, str], displays: Sequence[AppleGpu] = ()) -> AppleHost:
     brand = values.get("machdep.cpu.brand_string", "")
-    memory = int(values.get("hw.memsize", "0") or 0)
-    logical = int(values.get("hw.logicalcpu", "0") or 0) or 1
-    physical = int(values.get("hw.physicalcpu", "0") or 0) or logical
+    memory = max(0, _int(values.get("hw.memsize")) or 0)
+    logical = _int(values.get("hw.logicalcpu")) or 1
+    physical = _int(values.get("hw.physicalcpu")) or logical
+    wired = _int(values.get(WIRED_LIMIT_KEY))
+    wired = wired if wired is not None and wired > 0 else None
     family = chip_family(brand)
-    # Apple silicon's GPU shares the unified memory; report all of it, as Metal does.
-    gpu = GpuInfo("apple", 0, brand, family, memory) if family else None
-    return AppleHost(brand, memory, physical, logical, arm_flags(values), gpu)
+    gpu = None
+    if family:
+        # The SoC's GPU: its model and core count from system_profiler when it answered.
+        sp = next((d for d in displays if d.builtin or (d.model and chip_family(d.model))), None)
+        name = (sp.model if sp is not None and sp.model else None) or brand
+        gpu = GpuInfo(
+            "apple", 0, name, family, gpu_working_set_bytes(memory, wired),
+            driver=sp.metal if sp is not None else None,
+            unified=True, cores=sp.cores if sp is not None else None,
+        )  # fmt: skip
+    return AppleHost(
+        brand, memory, physical, logical, arm_flags(values), gpu,
+        performance_cores=_int(values.get("hw.perflevel0.physicalcpu")),
+        efficiency_cores=_int(values.get("hw.perflevel1.physicalcpu")),
+        wired_limit_mb=wired,
+    )  # fmt: skip
+
+
+def host_ram_left(memory_bytes: int, gpus: Sequence[GpuInfo], gpu_bytes: Sequence[int]) -> int:
+    """RAM left for the host's share once the unified-memory GPUs hold `gpu_bytes` (per GPU, in
+    the order of `gpus`): their bytes are the same RAM, so they are not counted twice."""
+    shared = sum(b for g, b in zip(gpus, gpu_bytes, strict=False) if g.unified)
+    return max(0, memory_bytes - shared)
 
 
 def is_macos() -> bool:
@@ -111,7 +212,11 @@ def detect_apple(timeout: float = 10.0) -> AppleHost | None:
         log.info("apple: sysctl failed; no Apple details")
         return None
     values = parse_sysctl(done.stdout)
-    features = run.probe(["sysctl", "hw.optional"], timeout=timeout)
-    if features is not None and features.ok:
-        values.update(parse_sysctl(features.stdout))
-    return apple_host_from_sysctl(values)
+    for extra in (["sysctl", "hw.optional"], ["sysctl", *PERFLEVEL_KEYS], ["sysctl", WIRED_LIMIT_KEY]):
+        # Separately: sysctl exits non-zero at the first unknown name (Intel Macs, older macOS).
+        got = run.probe(extra, timeout=timeout)
+        if got is not None and got.ok:
+            values.update(parse_sysctl(got.stdout))
+    sp = run.probe(["system_profiler", "SPDisplaysDataType", "-json"], timeout=max(timeout, 30.0))
+    displays = parse_displays(sp.stdout) if sp is not None and sp.ok else ()
+    return apple_host_from_sysctl(values, displays)

@@ -35,6 +35,10 @@ class GpuInfo:
     arch: str  # sm_XY, gfxNNNN, apple-m2, intel
     memory_bytes: int
     driver: str | None = None
+    # Additive (nativellm.host/1 allows new fields): set for Apple silicon only, dropped when None.
+    # unified: the GPU shares the host's RAM, and memory_bytes is its working-set limit, not VRAM.
+    unified: bool | None = None
+    cores: int | None = None  # GPU cores (system_profiler's sppci_cores)
 
 
 @dataclass(frozen=True)
@@ -138,6 +142,8 @@ def _gpus(items: list[dict[str, Any]]) -> tuple[GpuInfo, ...]:
             arch=str(g.get("arch", "")),
             memory_bytes=int(g.get("memory_bytes", 0)),
             driver=g.get("driver"),
+            unified=bool(g["unified"]) if g.get("unified") is not None else None,
+            cores=int(g["cores"]) if g.get("cores") is not None else None,
         )
         for i, g in enumerate(items)
     )

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from nativellm.errors import ModelError, UsageError
+from nativellm.hardware.apple import host_ram_left  # unified memory: GPU bytes are RAM too
 from nativellm.hardware.profile import HostProfile
 from nativellm.hardware.vram import GpuDevice, profile_devices
 from nativellm.models.fit_arch import (
@@ -315,7 +316,8 @@ def estimate_fit(
         for m in gpus
     )
     level = max(
-        [_level(host, profile.memory_bytes)] + [_level(u, m) for u, m in zip(per_gpu, gpus, strict=True) if u]
+        [_level(host, host_ram_left(profile.memory_bytes, profile.gpus, per_gpu))]
+        + [_level(u, m) for u, m in zip(per_gpu, gpus, strict=True) if u]
     )
     verdict = ("fits", "tight", "does_not_fit")[level]
     total = host_weights + gpu_weights + kv + compute + output

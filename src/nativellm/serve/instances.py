@@ -46,6 +46,7 @@ from nativellm.serve.dropins import (
     unit_name,
     watchdog_unit,
 )
+from nativellm.serve.manager import ServiceManager, default_manager
 from nativellm.serve.observe import (
     find_error_line,
     gpu_memory_from_log,
@@ -153,8 +154,11 @@ class Instances:
         server_flags: Callable[[Path], ServerFlags] = probe_server_flags,
         python: str = sys.executable,
         gpu_probe: Callable[[], GpuProcessProbe] = GpuProcessProbe,
+        manager: ServiceManager | None = None,
     ) -> None:
         self._gpu_probe = gpu_probe
+        # Lifecycle (start/stop/restart/enable/status/logs) goes through this: systemd or launchd.
+        self.manager = manager or default_manager(paths, systemd)
         self.paths = paths
         self._python = python
         self.systemd = systemd
@@ -389,7 +393,7 @@ class Instances:
             if spec.enable != existing.enable:
                 (sd.enable if spec.enable else sd.disable)([unit_name(name)])
             if units_changed and sd.state(unit_name(name)).running:
-                self._start(sd, spec, restart=True)
+                self._start(self.manager, spec, restart=True)
                 restarted = True
         msg = (
             f"instance {name} updated" + (" and restarted" if restarted else "")
@@ -488,21 +492,20 @@ class Instances:
         return render_instance_files(spec, self._resolve(spec))
 
     # -- lifecycle -----------------------------------------------------------------------
-    def _sd(self) -> Systemd:
-        sd = self._require_systemd(writing=False)
-        if sd is None:
-            raise InstanceError("this command needs systemd", "use `nativellm run NAME` without systemd")
-        return sd
+    def _sd(self) -> ServiceManager:
+        return self.manager.require_reachable(
+            "run the instance in the foreground instead: `nativellm run NAME`"
+        )
 
-    def _start(self, sd: Systemd, spec: InstanceSpec, *, restart: bool) -> UnitState:
+    def _start(self, sd: ServiceManager, spec: InstanceSpec, *, restart: bool) -> UnitState:
         """Start (or restart) and wait for the outcome: ready, or failed for good.
 
         A start job ends at the first failed attempt, while Restart=on-failure tries again;
         so a failing server is followed until it is active or systemd gives up at the
         start limit, and the caller sees that final state.
         """
-        unit = unit_name(spec.name)
-        st = sd.start_and_wait(unit, restart=restart, timeout=spec.start_timeout + 60)
+        unit = sd.service_name(spec.name)
+        st = sd.start(spec, restart=restart, timeout=spec.start_timeout + 60)
         if st.active_state != "active":
             line = self.error_line(spec.name)
             why = f"result {st.result}"
@@ -518,46 +521,52 @@ class Instances:
     def start(self, name: str) -> Outcome:
         spec = self.get(name)
         sd = self._sd()
-        before = sd.state(unit_name(name))
+        before = sd.state(name)
         if before.active_state == "active":
-            return Outcome(name, False, f"{unit_name(name)} is already running", spec)
+            return Outcome(name, False, f"{sd.service_name(name)} is already running", spec)
         self._start(sd, spec, restart=False)
-        return Outcome(name, True, f"{unit_name(name)} is ready at http://{spec.host}:{spec.port}", spec)
+        return Outcome(
+            name, True, f"{sd.service_name(name)} is ready at http://{spec.host}:{spec.port}", spec
+        )
 
     def restart(self, name: str) -> Outcome:
         spec = self.get(name)
         self._start(self._sd(), spec, restart=True)
-        return Outcome(name, True, f"{unit_name(name)} restarted and ready", spec, restarted=True)
+        return Outcome(
+            name, True, f"{self.manager.service_name(name)} restarted and ready", spec, restarted=True
+        )
 
     def stop(self, name: str) -> Outcome:
         spec = self.get(name)
         sd = self._sd()
-        if sd.state(unit_name(name)).stopped:
-            return Outcome(name, False, f"{unit_name(name)} is not running", spec)
-        sd.stop(unit_name(name))
-        sd.wait_settled(unit_name(name), timeout=120)
-        return Outcome(name, True, f"{unit_name(name)} stopped", spec)
+        if sd.state(name).stopped:
+            return Outcome(name, False, f"{sd.service_name(name)} is not running", spec)
+        sd.stop(name)
+        return Outcome(name, True, f"{sd.service_name(name)} stopped", spec)
 
     def set_enabled(self, name: str, enabled: bool) -> Outcome:
         spec = self.get(name)
         sd = self._sd()
-        now = sd.state(unit_name(name)).unit_file_state == "enabled"
+        now = sd.is_enabled(name)
         if now == enabled and spec.enable == enabled:
             return Outcome(
-                name, False, f"{unit_name(name)} is already {'enabled' if enabled else 'disabled'}", spec
+                name,
+                False,
+                f"{sd.service_name(name)} is already {'enabled' if enabled else 'disabled'}",
+                spec,
             )
-        (sd.enable if enabled else sd.disable)([unit_name(name), *(["llama.target"] if enabled else [])])
+        sd.set_enabled(name, enabled)
         spec = dataclasses.replace(spec, enable=enabled)
         write_spec(self.paths.config, spec)
-        return Outcome(name, True, f"{unit_name(name)} {'enabled' if enabled else 'disabled'}", spec)
+        return Outcome(name, True, f"{sd.service_name(name)} {'enabled' if enabled else 'disabled'}", spec)
 
     def status(self, name: str | None = None) -> list[InstanceStatus]:
         specs = [self.get(name)] if name else self.specs()
-        sd = reachable(self.systemd)
+        sd = self.manager if self.manager.available() else None
         probe = self._gpu_probe()
         result = []
         for spec in specs:
-            st = sd.state(unit_name(spec.name)) if sd is not None else None
+            st = sd.state(spec.name) if sd is not None else None
             base = base_url(spec)
             h = client.health(base, timeout=2.0).status
             # A router's /metrics is per model (?model=): its models' states say more.
@@ -593,20 +602,17 @@ class Instances:
 
     def journal_argv(self, name: str, *, follow: bool = False, lines: int = 50) -> list[str]:
         """`nativellm logs NAME`: the journal of an instance that exists (NotFoundError otherwise)."""
-        unit = unit_name(self.get(name).name)
-        match = ["--user-unit", unit] if self.paths.scope is Scope.USER else ["--unit", unit]
-        return ["journalctl", "--no-pager", *match, "-n", str(lines), *(["-f"] if follow else [])]
+        return self.manager.logs_argv(self.get(name).name, follow=follow, lines=lines)
 
     def error_line(self, name: str) -> str | None:
         """Why the instance is down, from its latest journal entries: the readiness helper's offload
         verdict first (GPU layers asked for, none on a GPU: it served nothing from the CPU), else
         llama-server's own error line."""
-        argv = [*self.journal_argv(name, lines=200), "--identifier", f"llama@{name}", "-o", "cat"]
-        res = run.probe(argv, timeout=10)
-        if res is None:
+        text = self.manager.recent_log(self.get(name).name, 200)
+        if text is None:
             return None
-        offload = offload_failure(res.stdout)
-        return f"offload check failed: {offload}" if offload else find_error_line(res.stdout)
+        offload = offload_failure(text)
+        return f"offload check failed: {offload}" if offload else find_error_line(text)
 
     def load_log(self, pid: int) -> str:
         """The buffer lines of the running server's load log: its journal entries by PID (only this
