@@ -7,6 +7,7 @@ start-up model; and `bench swap` against a systemd restart of a single-model ins
 from __future__ import annotations
 
 import json
+import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,6 +23,7 @@ from tests.helpers import CACHE, nativellm
 from tests.realmodels import gemma3_270m, smollm2_135m_instruct
 
 pytestmark = pytest.mark.slow
+ROUNDS = int(os.environ.get("NATIVELLM_BENCH_SWAP_ROUNDS", "2"))  # more for a measuring run
 
 
 @pytest.fixture(scope="module")
@@ -143,9 +145,11 @@ def test_bench_swap_against_a_restart(cli: InnerCli, router: tuple[int, str]) ->
     try:
         cli("start", "chat-single", check=True)
         doc = cli.json("bench", "swap", "--on", "multi", "--from", "demo", "--to", "chat", "--restart",
-                       "chat-single", "-r", "2", timeout=1800)  # fmt: skip
+                       "chat-single", "-r", str(ROUNDS), timeout=1800)  # fmt: skip
         print("bench swap:", json.dumps(doc))
-        assert doc["schema"] == "nativellm.bench-swap/1" and doc["rounds"] == 2
+        if os.environ.get("NATIVELLM_BENCH_SWAP_OUT"):  # a measuring run keeps its figures
+            Path(os.environ["NATIVELLM_BENCH_SWAP_OUT"]).write_text(json.dumps(doc, indent=2) + "\n")
+        assert doc["schema"] == "nativellm.bench-swap/1" and doc["rounds"] == ROUNDS
         assert all(x > 0 for x in doc["swap_s"] + doc["restart_s"] + doc["warm_first_s"])
         ratios = doc["ratios"]
         assert ratios["swap_vs_restart"] > 0 and ratios["warm_first_vs_steady"] > 0
