@@ -117,6 +117,9 @@ class InstanceSpec:
     start_timeout: int = DEFAULT_START_TIMEOUT_S
     env: Mapping[str, str] = field(default_factory=dict)
     extra_args: tuple[str, ...] = ()
+    # The server program: None (llama-server) or "mlx" (mlx_lm.server from the managed MLX
+    # runtime, nativellm/mlx/). None stays off the TOML, so older specs read and write unchanged.
+    engine: str | None = None
 
     def validate(self) -> InstanceSpec:
         """Check every value; each kind of value through its one validator (nativellm.validate)."""
@@ -173,6 +176,10 @@ class InstanceSpec:
             v.no_control(text, f"environment variable {var}")
         for arg in self.extra_args:
             v.no_control(arg, "extra llama-server argument")
+        if self.engine is not None:
+            from nativellm.mlx.engine import check_engine_spec
+
+            check_engine_spec(self)
         return self
 
     # -- TOML ------------------------------------------------------------------------------

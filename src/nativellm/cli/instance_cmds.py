@@ -60,6 +60,12 @@ ILinger = Annotated[bool, typer.Option("--linger", help="Enable lingering so use
 IExtra = Annotated[list[str] | None, typer.Argument(help="Extra llama-server arguments, after --.")]
 INameArg = Annotated[str, typer.Argument(help="Instance name, e.g. q4.")]
 IRpc = Annotated[str | None, typer.Option("--rpc", help="llama.cpp RPC workers, host:port,... (issue 5).")]
+IEngine = Annotated[
+    str | None,
+    typer.Option(
+        "--engine", help="llama (llama-server), mlx (mlx_lm.server) or auto (from the model's format)."
+    ),
+]
 
 
 def _instances(system: bool, no_systemd: bool = False) -> Instances:
@@ -161,13 +167,14 @@ def instance_add(
     memory_max: IMem = None, cpus: ICpus = None, numa_node: INuma = None, gpus: IGpus = None, build: IBuild = None,
     enable: IEnable = None, start_timeout: ITimeout = None, force: IForce = False, no_systemd: INoSystemd = False,
     linger: ILinger = False, rpc: IRpc = None, system: SystemOpt = False, json_out: JsonOpt = False,
+    engine: IEngine = None,
 ) -> None:  # fmt: skip
     """Add an instance: write its spec and render its systemd units (does not start it)."""
     _begin("instance add", json_out)
     opts = _instance_options(model, port, host, ctx, gpu_layers, threads, parallel, batch, flash_attn, cache_type_k,
                              cache_type_v, mlock, metrics, api_key_file, insecure_no_api_key, memory_max, cpus,
                              numa_node, gpus, build, enable, start_timeout, extra, force)  # fmt: skip
-    opts = _with_rpc(opts, rpc)
+    opts = _with_engine(_with_rpc(opts, rpc), engine)
     inst = _instances(system, no_systemd)
     outcome = inst.add(name, opts)
     _instance_result("instance add", json_out, outcome, [] if no_systemd else _linger_notes(inst, linger))
@@ -181,14 +188,14 @@ def instance_edit(
     mlock: IMlock = None, metrics: IMetrics = None, api_key_file: IKey = None, insecure_no_api_key: IInsecure = None,
     memory_max: IMem = None, cpus: ICpus = None, numa_node: INuma = None, gpus: IGpus = None, build: IBuild = None,
     enable: IEnable = None, start_timeout: ITimeout = None, force: IForce = False, no_systemd: INoSystemd = False,
-    rpc: IRpc = None, system: SystemOpt = False, json_out: JsonOpt = False,
+    rpc: IRpc = None, system: SystemOpt = False, json_out: JsonOpt = False, engine: IEngine = None,
 ) -> None:  # fmt: skip
     """Change an instance; a running instance restarts only when its units changed."""
     _begin("instance edit", json_out)
     opts = _instance_options(model, port, host, ctx, gpu_layers, threads, parallel, batch, flash_attn, cache_type_k,
                              cache_type_v, mlock, metrics, api_key_file, insecure_no_api_key, memory_max, cpus,
                              numa_node, gpus, build, enable, start_timeout, extra, force)  # fmt: skip
-    opts = _with_rpc(opts, rpc)
+    opts = _with_engine(_with_rpc(opts, rpc), engine)
     _instance_result("instance edit", json_out, _instances(system, no_systemd).edit(name, opts))
 
 
@@ -315,3 +322,10 @@ def instance_run(name: INameArg, system: SystemOpt = False) -> None:
 
 
 # --------------------------------------------------------------------------- end instance commands
+
+
+def _with_engine(opts: InstanceOptions, engine: str | None) -> InstanceOptions:
+    """--engine llama|mlx|auto (checked by the use case: mlx/instance.py merge_engine)."""
+    import dataclasses
+
+    return opts if engine is None else dataclasses.replace(opts, engine=engine)

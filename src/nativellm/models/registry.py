@@ -379,6 +379,10 @@ def add_model(
     A copy is written to temporary files in the store, validated there and renamed into place only
     once every check passed, so a refused copy never touches a registered model's file.
     """
+    if _is_mlx_dir(file):  # an MLX (Hugging Face-style) model directory: models/mlx.py
+        from nativellm.models.mlx import add_mlx_model
+
+        return add_mlx_model(paths, file, name=name, copy=copy, sha256=sha256)
     want = specs.validate_sha256(sha256) if sha256 else None
     name = validate_name(name) if name else None
     check_model_path(file)
@@ -542,6 +546,11 @@ class VerifyResult:
 def verify_model(paths: Paths, name: str) -> VerifyResult:
     """Re-hash the file(s), compare with the record and re-validate the GGUF; ModelError on mismatch."""
     rec = ModelRegistry(paths).get(name)
+    if rec.facts.get("format") == "mlx":
+        from nativellm.models.mlx import verify_mlx
+
+        verify_mlx(rec)
+        return VerifyResult(name, True, rec.sha256, rec.sha256, rec.path)
     files = list(rec.parts) or [rec.path]
     for p in files:
         if not p.is_file():
@@ -563,6 +572,10 @@ def verify_model(paths: Paths, name: str) -> VerifyResult:
 def inspect_model(paths: Paths, name_or_path: str) -> ModelRecord:
     """Re-read the GGUF facts of a registered model, or of a file given by path (not registered)."""
     rec = ModelRegistry(paths).find(name_or_path)
+    if rec is not None and rec.facts.get("format") == "mlx":
+        from nativellm.models.mlx import validate_mlx_dir
+
+        return replace(rec, facts=validate_mlx_dir(rec.path))
     if rec is not None:
         facts = validate_model(list(rec.parts) or [rec.path])
         return replace(rec, facts=facts)
@@ -668,3 +681,12 @@ def fit_model(
         rec, profile, ctx=ctx, parallel=parallel, gpu_layers=gpu_layers, cache_type_k=cache_type_k,
         cache_type_v=cache_type_v, devices=devices,
     )  # fmt: skip
+
+
+def _is_mlx_dir(path: Path) -> bool:
+    """`model add` of a directory with a config.json: an MLX model (validated by models/mlx.py)."""
+    try:
+        p = path.expanduser()
+        return p.is_dir() and (p / "config.json").is_file()
+    except OSError:
+        return False

@@ -51,6 +51,10 @@ class Resolved:
     spec_path: Path
     # What this build's llama-server accepts (its --help): the argv is rendered for it.
     flags: ServerFlags = UNKNOWN
+    # --engine mlx: server_binary is the MLX runtime's Python, and the unit runs in this alias
+    # directory (nativellm/mlx/engine.py) with this environment.
+    workdir: Path | None = None
+    engine_env: Mapping[str, str] | None = None
 
 
 def unsafe_for_root(path: Path) -> str | None:
@@ -187,9 +191,14 @@ def _cpu_limits(cpus: str) -> tuple[str, str]:
 def render_dropin(spec: InstanceSpec, r: Resolved) -> str:
     devices = DeviceClass.for_backend(r.backend)
     key_path = "${CREDENTIALS_DIRECTORY}/" + CREDENTIAL if spec.api_key_file else None
-    argv = server_argv(
-        spec, r.server_binary, r.model_path, api_key_path=key_path, flags=r.flags, backend=r.backend
-    )
+    if spec.engine == "mlx":
+        from nativellm.mlx.engine import mlx_argv
+
+        argv = mlx_argv(spec, r.server_binary, spec.name)
+    else:
+        argv = server_argv(
+            spec, r.server_binary, r.model_path, api_key_path=key_path, flags=r.flags, backend=r.backend
+        )
     expand = [len(argv) - len(spec.extra_args) - 1] if key_path else []
     # In system scope the helpers run with "+" (outside the sandbox, as root): the interpreter
     # nativellm was installed with (pyenv, a venv under /root) may be unreadable to the
@@ -206,14 +215,16 @@ def render_dropin(spec: InstanceSpec, r: Resolved) -> str:
         "--timeout",
         str(spec.start_timeout),
     ]
+    if spec.engine == "mlx":
+        # mlx_lm.server answers /health 200 while it still loads: ready once it generates a token.
+        ready += ["--engine", "mlx"]
     if spec.gpu_layers:
         # Readiness includes the offload: llama-server's own load log must not show a CPU fallback
         # (and where it logs placement, must show layers on a GPU); healthcheck.offload_problem.
         ready += ["--gpu-layers", str(spec.gpu_layers)]
 
-    unit: list[tuple[str, str]] = [
-        ("Description", plain_value(f"llama-server {spec.name}: model {spec.model}"))
-    ]
+    program = "mlx_lm.server" if spec.engine == "mlx" else "llama-server"
+    unit: list[tuple[str, str]] = [("Description", plain_value(f"{program} {spec.name}: model {spec.model}"))]
     service: list[tuple[str, str]] = []
     if devices.ready_path:
         unit.append(("After", "systemd-modules-load.service nvidia-persistenced.service"))
@@ -243,7 +254,9 @@ def render_dropin(spec: InstanceSpec, r: Resolved) -> str:
         ("ExecStartPost", privileged + exec_line(ready)),
         ("TimeoutStartSec", f"{spec.start_timeout}s"),
     ]
-    for key, value in sorted(_environment(spec, devices).items()):
+    if r.workdir is not None:
+        service.append(("WorkingDirectory", plain_value(str(r.workdir))))
+    for key, value in sorted({**(r.engine_env or {}), **_environment(spec, devices)}.items()):
         service.append(("Environment", quote_env(key, value)))
     if spec.api_key_file:
         # The key file is read by systemd; llama-server reads it from its credentials dir.

@@ -28,6 +28,7 @@ from nativellm.errors import (
 from nativellm.hardware import detect_host
 from nativellm.hardware.profile import HostProfile
 from nativellm.hardware.vram import GpuMemory, GpuProcessProbe, process_tree
+from nativellm.mlx import instance as mlx_instance
 from nativellm.models.fit import estimate_fit
 from nativellm.models.gguf import read_header
 from nativellm.models.registry import ModelRegistry
@@ -98,6 +99,7 @@ class InstanceOptions:
     start_timeout: int | None = None
     extra_args: tuple[str, ...] | None = None
     force: bool = False
+    engine: str | None = None  # llama | mlx | auto (mlx/instance.py merge_engine)
 
 
 @dataclass(frozen=True)
@@ -144,7 +146,9 @@ class Instances:
         server_flags: Callable[[Path], ServerFlags] = probe_server_flags,
         python: str = sys.executable,
         gpu_probe: Callable[[], GpuProcessProbe] = GpuProcessProbe,
+        mlx_runtime: Callable[[Paths], Path] | None = None,
     ) -> None:
+        self._mlx_runtime = mlx_runtime
         self._gpu_probe = gpu_probe
         self.paths = paths
         self._python = python
@@ -169,6 +173,8 @@ class Instances:
         (no hashing), so a file deleted or damaged since `model add` is refused before anything is
         written or exec'd. An unregistered path is _model_path's to check."""
         rec = ModelRegistry(self.paths).find(spec.model)
+        if mlx_instance.check_engine_model(self, spec, rec):
+            return
         if rec is None:
             return
         for part in rec.parts or (rec.path,):
@@ -182,6 +188,8 @@ class Instances:
                 ) from None
 
     def _resolve(self, spec: InstanceSpec) -> Resolved:
+        if spec.engine == "mlx":
+            return mlx_instance.resolve(self, spec)
         store = Store(self.paths)
         if spec.build == "current":
             rec = store.current()
@@ -254,7 +262,7 @@ class Instances:
 
     def _check_fit(self, spec: InstanceSpec, force: bool) -> str | None:
         rec = ModelRegistry(self.paths).find(spec.model)
-        if rec is None or not rec.facts:
+        if rec is None or not rec.facts or rec.facts.get("format") == "mlx":
             return None
         report = estimate_fit(
             rec,
@@ -308,6 +316,7 @@ class Instances:
     def _apply(self, spec: InstanceSpec, files: Mapping[Path, str]) -> tuple[bool, bool, list[str]]:
         """Write what differs. Returns (spec changed, instance units changed, written paths)."""
         written = [str(p) for p, text in files.items() if write_unit(p, text)]
+        written += mlx_instance.write_alias(self, spec)
         spec_changed = write_spec(self.paths.config, spec)
         units_changed = any(
             unit_name(spec.name) in w or watchdog_unit(spec.name) in w or "@." in w for w in written
@@ -317,7 +326,7 @@ class Instances:
     def add(self, name: str, opts: InstanceOptions) -> Outcome:
         validate_name(name)
         existing = load_spec(self.paths.config, name)
-        spec = self._pin(self._merge(name, existing, opts).validate())
+        spec = self._pin(mlx_instance.merge_engine(self, name, existing, opts).validate())
         if existing is not None and spec != existing:
             raise InstanceError(
                 f"instance {name} already exists with other settings",
@@ -346,7 +355,7 @@ class Instances:
 
     def edit(self, name: str, opts: InstanceOptions) -> Outcome:
         existing = self.get(name)
-        spec = self._pin(self._merge(name, existing, opts).validate())
+        spec = self._pin(mlx_instance.merge_engine(self, name, existing, opts).validate())
         self._check_port(spec, existing)
         if opts.model is not None:
             self._check_model(spec)
@@ -412,6 +421,7 @@ class Instances:
             if dropin_dir.is_dir() and not any(dropin_dir.iterdir()):
                 dropin_dir.rmdir()
         spec_path(self.paths.config, name).unlink()
+        mlx_instance.forget(self.paths, spec)
         if not list_specs(self.paths.config):
             # The last instance takes the shared templates with it: nothing stays behind.
             for tmpl in template_files():
@@ -599,6 +609,8 @@ class Instances:
                 f"`nativellm instance edit {name} --port N`",
             )
         r = self._resolve(spec)
+        if spec.engine == "mlx":
+            return mlx_instance.foreground_argv(spec, r)
         return server_argv(
             spec,
             r.server_binary,
