@@ -51,7 +51,11 @@ def model_add(
     _begin("model add", json_out)
     if link and copy:
         raise UsageError("--link and --copy exclude each other", "pick one")
-    rec, changed = add_model(resolve_paths(_scope(system)), path, name=name, copy=copy, sha256=sha256)
+    from nativellm.models.mlx_store import add_mlx_model
+
+    # An MLX model directory (issue 17), else a GGUF file.
+    add = add_mlx_model if path.is_dir() and (path / "config.json").is_file() else add_model
+    rec, changed = add(resolve_paths(_scope(system)), path, name=name, copy=copy, sha256=sha256)
     _model_result("model add", json_out, changed, rec, "registered")
 
 

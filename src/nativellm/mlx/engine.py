@@ -17,11 +17,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from nativellm.errors import ModelError, UsageError
+from nativellm.errors import ModelError
 from nativellm.fsutil import symlink_atomic
 from nativellm.hardware.profile import HostProfile
 from nativellm.paths import Paths
-from nativellm.specs import InstanceSpec, is_loopback
+from nativellm.specs import InstanceSpec
 
 MLX = "mlx"
 
@@ -79,42 +79,6 @@ def decide_engine(
             "(an MLX copy of the model would use the GPU: --engine mlx)",
         )
     return EngineChoice(Engine.LLAMA, "a GGUF model runs on llama-server")
-
-
-# Settings llama-server has and mlx_lm.server has no equivalent for: refused, not silently dropped.
-_LLAMA_ONLY = {
-    "gpu_layers": "--gpu-layers",
-    "rpc": "--rpc",
-    "flash_attn": "--flash-attn",
-    "cache_type_k": "--cache-type-k",
-    "cache_type_v": "--cache-type-v",
-    "ctx": "--ctx",
-    "parallel": "--parallel",
-    "batch": "--batch",
-    "numa_node": "--numa-node",
-    "gpus": "--gpus",
-    "api_key_file": "--api-key-file",
-}
-
-
-def check_engine_spec(spec: InstanceSpec) -> None:
-    """The engine-specific rules of a spec (called by InstanceSpec.validate)."""
-    if spec.engine != MLX:
-        raise UsageError(f"engine {spec.engine!r} is unknown", "use --engine llama, mlx or auto")
-    given = [flag for field, flag in _LLAMA_ONLY.items() if getattr(spec, field) not in (None, False, ())]
-    if spec.mlock:
-        given.append("--mlock")
-    if given:
-        raise UsageError(
-            f"{', '.join(given)} {'is a llama-server setting' if len(given) == 1 else 'are llama-server settings'}"
-            " that mlx_lm.server does not have",
-            "drop them for an --engine mlx instance",
-        )
-    if not is_loopback(spec.host):
-        raise UsageError(
-            f"mlx_lm.server has no API key, so an --engine mlx instance cannot bind {spec.host}",
-            "bind it to 127.0.0.1 (the default) and put an authenticating proxy in front",
-        )
 
 
 def alias_dir(paths: Paths, name: str) -> Path:

@@ -259,58 +259,6 @@ def real_dir(path: Path) -> Path:
     return Path(os.path.realpath(path.expanduser()))
 
 
-# --------------------------------------------------------------------------- registry records
-def mlx_record(name: str, model: Path, source: str, metadata: Mapping[str, Any] | None = None) -> Any:
-    """Validate an MLX directory and build its registry record (nothing is registered here)."""
-    from nativellm.models.registry import ModelRecord, check_model_path
-
-    check_model_path(model)
-    facts = validate_mlx_dir(model)
-    hashes = file_hashes(model)
-    from datetime import datetime, timezone
-
-    return ModelRecord(
-        name=name,
-        path=model,
-        sha256=dir_sha256(hashes),
-        size=dir_size(model),
-        source=source,
-        facts=facts,
-        added=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        metadata={**(metadata or {}), "format": FORMAT, "file_sha256": hashes},
-    )
-
-
-def add_mlx_model(
-    paths: Any, model: Path, *, name: str | None, copy: bool, sha256: str | None
-) -> tuple[Any, bool]:
-    """`model add DIR`: register an MLX model directory where it is (validated first)."""
-    from nativellm.errors import UsageError
-    from nativellm.models.registry import ModelRegistry, validate_name
-
-    if copy:
-        raise UsageError(
-            "--copy is not supported for an MLX model directory",
-            "drop --copy: the directory is registered in place",
-        )
-    if sha256:
-        raise UsageError("--sha256 checks a single GGUF file, and this is an MLX directory", "drop --sha256")
-    src = real_dir(model)
-    name = validate_name(name or src.name.lower())
-    reg = ModelRegistry(paths)
-    existing = reg.find(name)
-    if existing is not None and existing.path == src:
-        validate_mlx_dir(src)
-        return existing, False
-    if existing is not None:
-        raise ModelError(
-            f"a model named {name!r} is already registered ({existing.path})",
-            f"choose another --name, or remove it first with `nativellm model rm {name}`",
-        )
-    rec = mlx_record(name, src, "file", {"origin": str(src)})
-    return rec, reg.put(rec)
-
-
 def verify_mlx(rec: Any) -> None:
     """`model verify` of an MLX record: every file's hash as recorded, and the directory valid."""
     want: Mapping[str, str] = rec.metadata.get("file_sha256", {})

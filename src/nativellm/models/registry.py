@@ -379,10 +379,6 @@ def add_model(
     A copy is written to temporary files in the store, validated there and renamed into place only
     once every check passed, so a refused copy never touches a registered model's file.
     """
-    if _is_mlx_dir(file):  # an MLX (Hugging Face-style) model directory: models/mlx.py
-        from nativellm.models.mlx import add_mlx_model
-
-        return add_mlx_model(paths, file, name=name, copy=copy, sha256=sha256)
     want = specs.validate_sha256(sha256) if sha256 else None
     name = validate_name(name) if name else None
     check_model_path(file)
@@ -681,12 +677,3 @@ def fit_model(
         rec, profile, ctx=ctx, parallel=parallel, gpu_layers=gpu_layers, cache_type_k=cache_type_k,
         cache_type_v=cache_type_v, devices=devices,
     )  # fmt: skip
-
-
-def _is_mlx_dir(path: Path) -> bool:
-    """`model add` of a directory with a config.json: an MLX model (validated by models/mlx.py)."""
-    try:
-        p = path.expanduser()
-        return p.is_dir() and (p / "config.json").is_file()
-    except OSError:
-        return False

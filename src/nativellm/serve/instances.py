@@ -28,12 +28,11 @@ from nativellm.errors import (
 from nativellm.hardware import detect_host
 from nativellm.hardware.profile import HostProfile
 from nativellm.hardware.vram import GpuMemory, GpuProcessProbe, process_tree
-from nativellm.mlx import instance as mlx_instance
 from nativellm.models.fit import estimate_fit
 from nativellm.models.gguf import read_header
 from nativellm.models.registry import ModelRegistry
 from nativellm.paths import Paths, Scope
-from nativellm.serve import healthcheck
+from nativellm.serve import healthcheck, mlx_instance
 from nativellm.serve.dropins import (
     DROPIN_NAME,
     Resolved,

@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any
 
 from nativellm import run
 from nativellm.build.store import Store
@@ -17,8 +17,10 @@ from nativellm.paths import Paths, Scope
 from nativellm.serve.dropins import Resolved, require_root_owned
 from nativellm.specs import InstanceSpec, spec_path
 
-if TYPE_CHECKING:
-    from nativellm.serve.instances import InstanceOptions, Instances
+# `Instances` and `InstanceOptions` (serve/instances.py) are typed Any here: importing them, even
+# for type checking only, would be an import cycle (tests/unit/test_architecture.py).
+Instances = Any
+InstanceOptions = Any
 
 HEALTHCHECK = "libexec/nativellm-healthcheck.py"  # as serve/instances.py
 
@@ -82,7 +84,7 @@ def merge_engine(
 
     requested = opts.engine
     base = dataclasses.replace(opts, engine=None)
-    spec = self._merge(name, existing, base)
+    spec: InstanceSpec = self._merge(name, existing, base)
     if requested is None and existing is not None and opts.model is None:
         return spec
     try:
