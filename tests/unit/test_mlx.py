@@ -236,9 +236,9 @@ def test_require_runtime_names_the_fix(tmp_path: Path, monkeypatch: pytest.Monke
     rt.Runtimes(paths).set_current("a")
     with pytest.raises(
         StoreError, match="the current MLX runtime a is broken: importing mlx_lm fails"
-    ) as exc:
+    ) as broken:
         rt.require_runtime(paths, check=lambda p: "importing mlx_lm fails: ImportError")
-    assert "nativellm mlx install" in exc.value.hint and "rollback" in exc.value.hint
+    assert "nativellm mlx install" in broken.value.hint and "rollback" in broken.value.hint
     assert rt.runtime_problem(tmp_path / "gone") == f"its Python {tmp_path / 'gone'} is missing"
 
 
