@@ -45,7 +45,9 @@ def _one_error(res: CliResult, code: int, message: str, progress: bool = False) 
     """One error line and one hint, last; before them only `> stage` progress lines (installs)."""
     lines = res.stderr.splitlines()
     assert res.returncode == code, res.stderr
-    assert len(lines) >= 2 and lines[-2].startswith("error: ") and lines[-1].startswith("  hint: "), res.stderr
+    assert len(lines) >= 2 and lines[-2].startswith("error: ") and lines[-1].startswith("  hint: "), (
+        res.stderr
+    )
     assert all(line.startswith("> ") for line in lines[:-2]) if progress else len(lines) == 2, res.stderr
     assert message in lines[-2], lines[-2]
 
