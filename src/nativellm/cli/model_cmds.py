@@ -62,7 +62,10 @@ def model_add(
 @model_app.command("pull")
 def model_pull(
     spec: Annotated[
-        str, typer.Argument(help="hf:OWNER/REPO/FILE.gguf[@REV], hf:OWNER/REPO:QUANT or https://...")
+        str,
+        typer.Argument(
+            help="hf:OWNER/REPO/FILE.gguf[@REV], hf:OWNER/REPO:QUANT, hf:OWNER/REPO (MLX) or https://..."
+        ),
     ],
     name: NameOpt = None,
     sha256: Annotated[str | None, typer.Option("--sha256", help="Expected sha256 of the file.")] = None,
