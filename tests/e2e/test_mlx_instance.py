@@ -7,6 +7,7 @@ watchdog, and `bench` against it."""
 from __future__ import annotations
 
 import shutil
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -71,7 +72,9 @@ def test_mlx_instance_serves_recovers_and_benches(mlx_cli: InnerCli, sandbox: Sa
     added = mlx_cli.json("instance", "add", NAME, "--engine", "mlx", "--model", "tiny-mlx")
     assert added["data"]["spec"]["engine"] == "mlx"
     port = int(added["data"]["spec"]["port"])
+    t0 = time.monotonic()
     started = mlx_cli("start", NAME)
+    print(f"mlx start to ready: {time.monotonic() - t0:.1f}s")
     journal = sandbox.journal("--user-unit", f"llama@{NAME}.service", "-n", "40", "-o", "cat")
     assert started.returncode == 0, f"{started.stderr}\n{journal}"
     st = _unit(sandbox)
@@ -83,7 +86,9 @@ def test_mlx_instance_serves_recovers_and_benches(mlx_cli: InnerCli, sandbox: Sa
     # kill -9: Restart=on-failure brings it back, ready again only once it generates.
     pid = int(st["MainPID"])
     sandbox.exec(["kill", "-9", str(pid)])
+    t0 = time.monotonic()
     back = _back(sandbox, pid, 60)
+    print(f"mlx kill -9 to ready: {time.monotonic() - t0:.1f}s")
     assert back, (
         _unit(sandbox),
         sandbox.journal("--user-unit", f"llama@{NAME}.service", "-n", "30", "-o", "cat"),
@@ -94,11 +99,16 @@ def test_mlx_instance_serves_recovers_and_benches(mlx_cli: InnerCli, sandbox: Sa
     # A hung server (SIGSTOP: alive, not answering /health) is killed by the watchdog and restarted.
     pid = int(back["MainPID"])
     sandbox.exec(["kill", "-STOP", str(pid)])
+    t0 = time.monotonic()
     again = _back(sandbox, pid, 90)
+    print(f"mlx SIGSTOP to ready: {time.monotonic() - t0:.1f}s")
     if not again:
         sandbox.exec(["kill", "-CONT", str(pid)], check=False)
     assert again, sandbox.journal("--user-unit", f"llama-watchdog@{NAME}.service", "-n", "30")
     assert "hung" in sandbox.journal("--user-unit", f"llama-watchdog@{NAME}.service", "-n", "50", "-o", "cat")
+
+    rows = {r["name"]: r for r in mlx_cli.json("status")["instances"]}
+    assert rows[NAME]["healthy"], rows[NAME]
 
     # bench speaks OpenAI to it, like to llama-server.
     report = mlx_cli.json("bench", NAME, "--concurrency", "1,2", "--requests", "2", "--prompt-tokens", "16",
@@ -107,4 +117,5 @@ def test_mlx_instance_serves_recovers_and_benches(mlx_cli: InnerCli, sandbox: Sa
     levels = report["levels"]
     assert [lv["concurrency"] for lv in levels] == [1, 2]
     assert all(lv["errors"] == 0 and lv["requests"] >= 2 for lv in levels), levels
+    print("mlx bench:", [(lv["concurrency"], round(lv["aggregate_tps"], 1)) for lv in levels])
     assert Path(model).is_dir()
