@@ -51,10 +51,10 @@ def model_add(
     _begin("model add", json_out)
     if link and copy:
         raise UsageError("--link and --copy exclude each other", "pick one")
+    from nativellm.models.mlx import is_mlx_dir
     from nativellm.models.mlx_store import add_mlx_model
 
-    # An MLX model directory (issue 17), else a GGUF file.
-    add = add_mlx_model if path.is_dir() and (path / "config.json").is_file() else add_model
+    add = add_mlx_model if is_mlx_dir(path.expanduser()) else add_model  # an MLX directory (issue 17)
     rec, changed = add(resolve_paths(_scope(system)), path, name=name, copy=copy, sha256=sha256)
     _model_result("model add", json_out, changed, rec, "registered")
 

@@ -251,10 +251,6 @@ def dir_size(model: Path) -> int:
     return sum(p.stat().st_size for p in model.iterdir() if p.is_file())
 
 
-def is_mlx_record_facts(facts: Mapping[str, Any]) -> bool:
-    return facts.get("format") == FORMAT
-
-
 def real_dir(path: Path) -> Path:
     return Path(os.path.realpath(path.expanduser()))
 

@@ -67,6 +67,11 @@ class ModelRecord:
     metadata: Mapping[str, Any] = field(default_factory=dict)
 
     @property
+    def format(self) -> str:
+        """gguf, or mlx for an MLX model directory (models/mlx.py), as its `format` fact says."""
+        return str(self.facts.get("format", "gguf"))
+
+    @property
     def owned(self) -> bool:
         """Whether the file lives inside the store (and `rm` may delete it)."""
         return bool(self.metadata.get("owned"))
@@ -542,7 +547,7 @@ class VerifyResult:
 def verify_model(paths: Paths, name: str) -> VerifyResult:
     """Re-hash the file(s), compare with the record and re-validate the GGUF; ModelError on mismatch."""
     rec = ModelRegistry(paths).get(name)
-    if rec.facts.get("format") == "mlx":
+    if rec.format == "mlx":
         from nativellm.models.mlx import verify_mlx
 
         verify_mlx(rec)
@@ -568,7 +573,7 @@ def verify_model(paths: Paths, name: str) -> VerifyResult:
 def inspect_model(paths: Paths, name_or_path: str) -> ModelRecord:
     """Re-read the GGUF facts of a registered model, or of a file given by path (not registered)."""
     rec = ModelRegistry(paths).find(name_or_path)
-    if rec is not None and rec.facts.get("format") == "mlx":
+    if rec is not None and rec.format == "mlx":
         from nativellm.models.mlx import validate_mlx_dir
 
         return replace(rec, facts=validate_mlx_dir(rec.path))

@@ -98,7 +98,7 @@ class InstanceOptions:
     start_timeout: int | None = None
     extra_args: tuple[str, ...] | None = None
     force: bool = False
-    engine: str | None = None  # llama | mlx | auto (mlx/instance.py merge_engine)
+    engine: str | None = None  # llama|mlx|auto
 
 
 @dataclass(frozen=True)
@@ -261,7 +261,7 @@ class Instances:
 
     def _check_fit(self, spec: InstanceSpec, force: bool) -> str | None:
         rec = ModelRegistry(self.paths).find(spec.model)
-        if rec is None or not rec.facts or rec.facts.get("format") == "mlx":
+        if rec is None or not rec.facts or rec.format != "gguf":
             return None
         report = estimate_fit(
             rec,

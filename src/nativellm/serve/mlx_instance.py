@@ -55,7 +55,7 @@ def check_engine_model(self: Instances, spec: InstanceSpec, rec: ModelRecord | N
     from nativellm.mlx.engine import Engine, decide_engine
     from nativellm.models.mlx import validate_mlx_dir
 
-    fmt = "mlx" if rec is not None and rec.facts.get("format") == "mlx" else "gguf"
+    fmt = rec.format if rec is not None else "gguf"
     requested = Engine.MLX if spec.engine == "mlx" else Engine.LLAMA
     if rec is None and requested is Engine.LLAMA:
         return False
@@ -92,7 +92,7 @@ def merge_engine(
     except ValueError:
         raise UsageError(f"--engine {requested!r} is invalid", "use llama, mlx or auto") from None
     rec = ModelRegistry(self.paths).find(spec.model)
-    fmt = "mlx" if rec is not None and rec.facts.get("format") == "mlx" else "gguf"
+    fmt = rec.format if rec is not None else "gguf"
     if wanted is Engine.AUTO and fmt != "mlx":
         return dataclasses.replace(spec, engine=None)  # the llama-server default, as before
     store_current = Store(self.paths).current()
