@@ -224,6 +224,10 @@ def test_current_and_rollback_of_runtimes(tmp_path: Path, monkeypatch: pytest.Mo
         rts.set_current("bad")
     assert rts.current_id() == "b" and [r.id for r in rts.installed()] == ["a", "b", "bad"]
     assert rts.rollback().id == "a" and rts.current_id() == "a"
+    (paths.home / "runtimes" / "mlx" / "b" / "venv" / "bin" / "python").unlink()
+    with pytest.raises(StoreError, match="no earlier MLX runtime"):
+        rts.rollback()  # b lost its Python: not a place to go back to
+    assert rts.current_id() == "a"
     assert rts.current_python == paths.home / "runtimes" / "mlx" / "current" / "venv" / "bin" / "python"
 
 

@@ -80,6 +80,9 @@ def mlx_list(system: SystemOpt = False, json_out: JsonOpt = False) -> None:
         out.print("no MLX runtime installed; install one with `nativellm mlx install`", markup=False)
     for r in recs:
         smoke = "passed" if r.smoke_passed else "failed"
+        smoke += (
+            "" if r.python.exists() else " (broken: its Python is missing; `nativellm mlx install --force`)"
+        )
         line = f"{'*' if r.id == cur else ' '} {r.id}\t{r.created}\tpython {r.python_version}\tsmoke {smoke}"
         out.print(line, markup=False)
 

@@ -223,7 +223,8 @@ class Runtimes:
         cur = self.current_id()
         for candidate in reversed(self.history()):
             rec = self.get(candidate)
-            if candidate != cur and rec is not None and rec.smoke_passed:
+            # Never back onto a runtime whose venv is gone (removed by hand, a moved Python).
+            if candidate != cur and rec is not None and rec.smoke_passed and rec.python.exists():
                 self.set_current(candidate)
                 return rec
         raise StoreError(
