@@ -324,6 +324,7 @@ def write_spec(config: Path, spec: InstanceSpec) -> bool:
 # Settings llama-server has and mlx_lm.server has no equivalent for: refused, not silently dropped.
 _LLAMA_ONLY = {
     "gpu_layers": "--gpu-layers",
+    "threads": "--threads",
     "rpc": "--rpc",
     "flash_attn": "--flash-attn",
     "cache_type_k": "--cache-type-k",

@@ -268,6 +268,7 @@ def mlx_paths(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Paths:
 def test_add_an_mlx_instance_writes_the_unit_and_the_alias(mlx_paths: Paths) -> None:
     out = _mlx_instances(mlx_paths).add("q4", InstanceOptions(model="tiny", port=8090))
     assert out.changed and out.spec is not None and out.spec.engine == "mlx"  # auto: an MLX model
+    assert out.spec.threads is None  # llama-server's default --threads does not apply
     alias = mlx_paths.home / "mlx" / "instances" / "q4" / "q4"
     assert alias.resolve() == ModelRegistry(mlx_paths).get("tiny").path
     assert (

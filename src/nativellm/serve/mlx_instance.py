@@ -98,6 +98,9 @@ def merge_engine(
     store_current = Store(self.paths).current()
     metal = store_current is not None and store_current.backend == "metal" and store_current.smoke_passed
     choice = decide_engine(wanted, fmt, self._profile(), metal_build=metal)
+    if choice.engine is Engine.MLX and opts.threads is None:
+        # The default thread count is llama-server's --threads; mlx_lm.server has no such flag.
+        return dataclasses.replace(spec, engine=choice.engine.spec_value, threads=None)
     return dataclasses.replace(spec, engine=choice.engine.spec_value)
 
 
