@@ -91,7 +91,7 @@ def read_safetensors_header(path: Path) -> list[Tensor]:
                 tuple(int(d) for d in entry["shape"]),
                 entry["data_offsets"],
             )
-        except (KeyError, TypeError, ValueError):
+        except (KeyError, TypeError, ValueError, OverflowError):
             raise ModelError(f"{path}: tensor {name!r} has a malformed header entry", _HINT) from None
         width = DTYPE_BYTES.get(str(dtype))
         if width is None:
@@ -158,11 +158,15 @@ def tokenizer_size(model: Path) -> int | None:
             return None
         raise ModelError(f"{model} has no tokenizer (tokenizer.json or tokenizer.model)", _HINT)
     doc = _json(path, "the tokenizer")
-    vocab = doc.get("model", {}).get("vocab") if isinstance(doc, dict) else None
+    inner = doc.get("model") if isinstance(doc, dict) else None
+    vocab = inner.get("vocab") if isinstance(inner, dict) else None
     if not isinstance(vocab, (dict, list)):
         raise ModelError(f"{path} has no model.vocab", _HINT)
-    ids = set(vocab.values()) if isinstance(vocab, dict) else set(range(len(vocab)))
-    ids |= {int(t["id"]) for t in doc.get("added_tokens") or [] if isinstance(t, dict) and "id" in t}
+    ids = list(vocab.values()) if isinstance(vocab, dict) else list(range(len(vocab)))
+    added = doc.get("added_tokens")
+    ids += [t.get("id") for t in added if isinstance(t, dict)] if isinstance(added, list) else []
+    if not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in ids):
+        raise ModelError(f"{path} has token ids that are not non-negative integers", _HINT)
     return max(ids) + 1 if ids else 0
 
 
