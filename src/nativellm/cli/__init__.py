@@ -4,14 +4,8 @@ One module per command group keeps each small; importing them registers their co
 Every command parses its options, calls one use-case function and renders the result.
 """
 
-from nativellm.cli import (  # noqa: F401
-    bench_cmds,
-    build_cmds,
-    fleet_cmds,
-    instance_cmds,
-    mlx_cmds,
-    model_cmds,
-)
+import nativellm.cli.mlx_cmds  # noqa: F401  (the MLX runtime, issue 17)
+from nativellm.cli import bench_cmds, build_cmds, fleet_cmds, instance_cmds, model_cmds  # noqa: F401
 from nativellm.cli.app import app, main
 
 __all__ = ["app", "main"]

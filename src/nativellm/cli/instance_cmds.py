@@ -325,7 +325,7 @@ def instance_run(name: INameArg, system: SystemOpt = False) -> None:
 
 
 def _with_engine(opts: InstanceOptions, engine: str | None) -> InstanceOptions:
-    """--engine llama|mlx|auto (checked by the use case: mlx/instance.py merge_engine)."""
+    """--engine llama|mlx|auto (checked by the use case: serve/mlx_instance.py)."""
     import dataclasses
 
     return opts if engine is None else dataclasses.replace(opts, engine=engine)
