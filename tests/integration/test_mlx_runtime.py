@@ -87,7 +87,15 @@ def test_install_is_smoke_tested_versioned_and_rolled_back(mlx_home: tuple[Path,
     back = nativellm("mlx", "rollback", "--json", home=home)
     assert back.returncode == 0 and back.json()["data"]["runtime"]["id"] == runtime["id"]
     assert _mlx_lm_version(current_python) == "0.32.2"
-    assert not [p for p in root.iterdir() if p.name.startswith(".staging")]
+
+    forced = nativellm("mlx", "install", "--offline-wheels", str(mlx_wheels()), "--force", "--json", home=home,
+                       timeout=1200)  # fmt: skip
+    assert forced.returncode == 0 and forced.json()["changed"] is True, forced.stderr[-3000:]
+    assert (
+        forced.json()["data"]["runtime"]["id"] == runtime["id"]
+        and _mlx_lm_version(current_python) == "0.32.2"
+    )
+    assert not [p for p in root.iterdir() if p.name.startswith((".staging", ".old"))]
 
 
 def test_a_failed_install_changes_nothing(mlx_home: tuple[Path, dict[str, object]], tmp_path: Path) -> None:

@@ -367,9 +367,13 @@ def _build(
     }
     write_json_atomic(staging / "manifest.json", manifest)
     dest = rts.root / rid
+    # A reinstall (--force, or a broken earlier install of these pins): the old tree steps aside in
+    # one rename and goes only once the new one is in place, so `current` never points at nothing.
+    trash = rts.root / f".old-{rid}-{os.getpid()}"
     if dest.exists():
-        shutil.rmtree(dest)  # a broken earlier install of these pins (no manifest or no python)
+        os.rename(dest, trash)
     os.rename(staging, dest)
+    shutil.rmtree(trash, ignore_errors=True)
     rec = rts.get(rid)
     assert rec is not None
     return rec
