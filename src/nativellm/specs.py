@@ -137,6 +137,10 @@ class InstanceSpec:
     warmup: bool = True
     model_settings: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
 
+    # The server program: None (llama-server) or "mlx" (mlx_lm.server from the managed MLX
+    # runtime, nativellm/mlx/). None stays off the TOML, so older specs read and write unchanged.
+    engine: str | None = None
+
     @property
     def is_router(self) -> bool:
         return bool(self.models)
@@ -203,6 +207,8 @@ class InstanceSpec:
             v.no_control(text, f"environment variable {var}")
         for arg in self.extra_args:
             v.no_control(arg, "extra llama-server argument")
+        if self.engine is not None:
+            check_engine_spec(self)
         return self
 
     def _validate_router(self) -> None:
@@ -387,3 +393,46 @@ def list_specs(config: Path) -> list[InstanceSpec]:
 
 def write_spec(config: Path, spec: InstanceSpec) -> bool:
     return write_if_changed(spec_path(config, spec.name), spec.to_toml())
+
+
+# Settings llama-server has and mlx_lm.server has no equivalent for: refused, not silently dropped.
+_LLAMA_ONLY = {
+    "gpu_layers": "--gpu-layers",
+    "threads": "--threads",
+    "rpc": "--rpc",
+    "flash_attn": "--flash-attn",
+    "cache_type_k": "--cache-type-k",
+    "cache_type_v": "--cache-type-v",
+    "ctx": "--ctx",
+    "parallel": "--parallel",
+    "batch": "--batch",
+    "numa_node": "--numa-node",
+    "gpus": "--gpus",
+    "api_key_file": "--api-key-file",
+}
+
+
+def check_engine_spec(spec: InstanceSpec) -> None:
+    """The engine-specific rules of a spec (called by InstanceSpec.validate); the MLX engine is
+    nativellm/mlx/."""
+    if spec.engine != "mlx":
+        raise UsageError(f"engine {spec.engine!r} is unknown", "use --engine llama, mlx or auto")
+    if spec.is_router:
+        raise UsageError(
+            "a router instance runs llama-server's router mode, not mlx_lm.server",
+            "drop --engine mlx, or add one --engine mlx instance per MLX model",
+        )
+    given = [flag for field, flag in _LLAMA_ONLY.items() if getattr(spec, field) not in (None, False, ())]
+    if spec.mlock:
+        given.append("--mlock")
+    if given:
+        raise UsageError(
+            f"{', '.join(given)} {'is a llama-server setting' if len(given) == 1 else 'are llama-server settings'}"
+            " that mlx_lm.server does not have",
+            "drop them for an --engine mlx instance",
+        )
+    if not is_loopback(spec.host):
+        raise UsageError(
+            f"mlx_lm.server has no API key, so an --engine mlx instance cannot bind {spec.host}",
+            "bind it to 127.0.0.1 (the default) and put an authenticating proxy in front",
+        )

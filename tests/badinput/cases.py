@@ -19,6 +19,7 @@ import struct
 import tarfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from tests.badinput.harness import (
     GGUF_ARR,
@@ -1257,4 +1258,79 @@ case("model-load-not-running", "model load m --on r", 10, "did not answer", _rou
 case("model-unload-not-running", "model unload m --on r", 10, "did not answer", _router)
 case("model-swap-same", "model swap m m --on r", 2, "two different models", _router)
 case("model-load-single-instance", "model load m --on q4", 2, "serves one model", instance)
+case(
+    "router-add-engine-mlx", f"{ROUTER_ADD} --models m --engine mlx", 2, "router mode, not mlx_lm.server", bm
+)
 case("model-load-bad-timeout", "model load m --on r --timeout 0", 2, "timeout", _router)
+
+
+# ------------------------------------------------------------------------------------ the MLX engine (issue 17)
+def mlx_dir(var: str = "mdir", **config: Any) -> Setup:
+    """A valid MLX model directory {var} under in/ (numpy-written: tests/fixtures/models/mlxdirs.py)."""
+
+    def setup(ctx: Ctx) -> None:
+        from mlxdirs import write_mlx_dir
+
+        ctx.vars[var] = str(write_mlx_dir(ctx.inp / var, **config))
+
+    return setup
+
+
+def mlx_model(ctx: Ctx) -> None:
+    """A build, a GGUF model "m" and an MLX model "mx", registered through the real CLI."""
+    fake_build(ctx)
+    register_model(ctx)
+    mlx_dir()(ctx)
+    ctx.prepare("model", "add", ctx.vars["mdir"], "--name", "mx")
+
+
+def _truncate_weights(ctx: Ctx) -> None:
+    w = ctx.inp / "mdir" / "model.safetensors"
+    w.write_bytes(w.read_bytes()[:-64])
+
+
+def mlx_runtime_without_python(ctx: Ctx) -> None:
+    """A current, smoke-tested MLX runtime whose venv lost its Python."""
+    rt = ctx.data / "runtimes" / "mlx" / "rt1"
+    rt.mkdir(parents=True)
+    (rt / "manifest.json").write_text(json.dumps({"id": "rt1", "smoke_test": {"passed": True}}))
+    (rt.parent / "current").symlink_to("rt1")
+
+
+case("mlx-model-add-no-weights", ("model", "add", "{mdir}"), 9, "has no weights",
+     mlx_dir(), lambda ctx: (ctx.inp / "mdir" / "model.safetensors").unlink())  # fmt: skip
+case(
+    "mlx-model-add-config-mismatch",
+    ("model", "add", "{mdir}"),
+    9,
+    "vocab_size 41, but",
+    mlx_dir(vocab_size=41),
+)
+case("mlx-model-add-layers-mismatch", ("model", "add", "{mdir}"), 9, "num_hidden_layers 5",
+     mlx_dir(num_hidden_layers=5))  # fmt: skip
+case("mlx-model-add-config-not-json", ("model", "add", "{mdir}"), 9, "not valid JSON",
+     mlx_dir(), lambda ctx: (ctx.inp / "mdir" / "config.json").write_text("{"))  # fmt: skip
+case("mlx-model-add-truncated-weights", ("model", "add", "{mdir}"), 9, "truncated",
+     mlx_dir(), _truncate_weights)  # fmt: skip
+case("mlx-engine-with-gguf", "instance add x --model m --engine mlx --no-systemd --port {port}", 9,
+     "--engine mlx needs an MLX model directory", mlx_model)  # fmt: skip
+case("llama-engine-with-mlx-dir", "instance add x --model mx --engine llama --no-systemd --port {port}", 9,
+     "llama-server cannot load an MLX model directory", mlx_model)  # fmt: skip
+case("mlx-engine-unknown", "instance add x --model mx --engine metal --no-systemd --port {port}", 2,
+     "--engine 'metal' is invalid", mlx_model)  # fmt: skip
+case("mlx-engine-llama-only-flag", "instance add x --model mx --gpu-layers 9 --no-systemd --port {port}", 2,
+     "--gpu-layers is a llama-server setting", mlx_model)  # fmt: skip
+case("mlx-no-runtime", "instance add x --model mx --no-systemd --port {port}", 3, "no MLX runtime is installed",
+     mlx_model)  # fmt: skip
+case("mlx-runtime-without-python", "instance add x --model mx --no-systemd --port {port}", 8,
+     "the current MLX runtime rt1 is broken", mlx_model, mlx_runtime_without_python)  # fmt: skip
+case(
+    "mlx-install-offline-not-a-dir",
+    ("mlx", "install", "--offline-wheels", "{inp}/none"),
+    3,
+    "is not a directory",
+)
+case("mlx-install-bad-version", ("mlx", "install", "--mlx-lm", "latest; rm -rf"), 2, "is not a version")
+case("mlx-rollback-nothing", "mlx rollback", 8, "no earlier MLX runtime")
+case("router-add-mlx-model", "instance add r3 --router --models m,mx --no-systemd --port 18092", 9,
+     "a router's llama-server loads GGUF", mlx_model)  # fmt: skip

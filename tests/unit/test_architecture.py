@@ -17,7 +17,7 @@ SRC = Path(__file__).resolve().parents[2] / "src"
 PKG = SRC / "nativellm"
 
 # Lower layers first; a module may import its own layer and those before it, never one after it.
-LAYERS = ("foundation", "hardware", "build", "models", "serve", "ops", "cli")
+LAYERS = ("foundation", "hardware", "build", "models", "mlx", "serve", "ops", "cli")
 FOUNDATION = {
     "__init__",
     "errors",

@@ -2028,6 +2028,33 @@ CASES: dict[str, Case] = {
         "model q8 is already loaded on multi", "nothing to swap")),
 }  # fmt: skip
 
+
+# The MLX engine's runtime (issue 17)
+def _mlx_runtime() -> Any:
+    from nativellm.mlx.runtime import RuntimeRecord
+
+    return RuntimeRecord(id="mlx0.32.4-lm0.32.2-py311-0123456789", path=Path("/srv/rt/mlx0.32.4"),
+                         created="2026-11-29T21:00:00+00:00", python_version="3.11",
+                         requirements=("mlx[cpu]==0.32.4", "mlx-lm==0.32.2"), versions={"mlx": "0.32.4"},
+                         smoke={"passed": True, "tokens": 8, "seconds": 1.1})  # fmt: skip
+
+
+def _mlx(r: Recorder, p: Paths, fail: Fail) -> None:
+    from nativellm.mlx import runtime as runtime_mod
+
+    r.fn(runtime_mod, "install_runtime", fail or (_mlx_runtime(), True))
+    r.cls(runtime_mod, "Runtimes", rollback=fail or _mlx_runtime(), installed=fail or [_mlx_runtime()],
+          current_id=_mlx_runtime().id)  # fmt: skip
+
+
+CASES.update({
+    "mlx install": Case(("--offline-wheels", "/srv/none"), _mlx, NotFoundError(
+        "--offline-wheels /srv/none is not a directory", "give a directory of wheels")),
+    "mlx list": Case((), _mlx, StoreError("the runtimes dir is unreadable", "check its permissions")),
+    "mlx rollback": Case((), _mlx, StoreError(
+        "there is no earlier MLX runtime to roll back to", "see `nativellm mlx list`; nothing was changed")),
+})  # fmt: skip
+
 ERROR_RUNS = [
     pytest.param(command, json_out, id=f"{command}{' --json' if json_out else ''}")
     for command in sorted(CASES)
@@ -2172,3 +2199,31 @@ def test_eof_on_input_is_an_interruption(cli: Cli, rec: Recorder) -> None:
     run = cli("build")
     assert run.code == 130
     assert run.err_lines[-2:] == ["error: interrupted; nothing was changed", "  hint: run the command again"]
+
+
+# =============================================================================== success: the MLX runtime (issue 17)
+@covers("mlx install", "mlx list", "mlx rollback")
+def test_mlx_runtime_commands(cli: Cli, rec: Recorder, paths: Paths) -> None:
+    from nativellm.mlx.runtime import InstallOptions
+
+    _mlx(rec, paths, None)
+    rt = _mlx_runtime()
+    run = cli("mlx", "install", "--offline-wheels", "/srv/wheels", "--mlx-lm", "0.32.1")
+    assert run.code == 0
+    call = rec.one("install_runtime")
+    assert call.args[:2] == (
+        paths,
+        InstallOptions(offline_wheels=Path("/srv/wheels"), mlx_lm_version="0.32.1"),
+    )
+    assert run.out == f"MLX runtime {rt.id} is current (smoke test: 8 tokens in 1.1s)\n"
+    run = cli("mlx", "install", "--json")
+    assert run.json() == envelope("mlx install", True, {"runtime": jsonable(rt.to_dict(current=True))})
+    run = cli("mlx", "list")
+    assert run.code == 0 and run.out.startswith(f"* {rt.id}")
+    run = cli("mlx", "list", "--json")
+    assert run.json() == {"schema": "nativellm.mlx-runtimes/1", "current": rt.id,
+                          "runtimes": [jsonable(rt.to_dict(current=True))]}  # fmt: skip
+    run = cli("mlx", "rollback")
+    assert run.code == 0 and f"current MLX runtime -> {rt.id}" in run.out
+    run = cli("mlx", "rollback", "--json")
+    assert run.json() == envelope("mlx rollback", True, {"runtime": jsonable(rt.to_dict(current=True))})

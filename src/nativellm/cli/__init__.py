@@ -4,6 +4,7 @@ One module per command group keeps each small; importing them registers their co
 Every command parses its options, calls one use-case function and renders the result.
 """
 
+import nativellm.cli.mlx_cmds  # noqa: F401  (the MLX runtime, issue 17)
 from nativellm.cli import bench_cmds, build_cmds, fleet_cmds, instance_cmds, model_cmds, router_cmds  # noqa: F401
 from nativellm.cli.app import app, main
 

@@ -78,6 +78,12 @@ IModelOpt = Annotated[
     typer.Option("--model-opt", help="Router: a model's own llama-server setting, MODEL:KEY=VALUE (repeat; "
                  "KEY= removes it on edit), e.g. q8:ctx-size=8192."),
 ]  # fmt: skip
+IEngine = Annotated[
+    str | None,
+    typer.Option(
+        "--engine", help="llama (llama-server), mlx (mlx_lm.server) or auto (from the model's format)."
+    ),
+]
 
 
 def _instances(system: bool, no_systemd: bool = False) -> Instances:
@@ -212,7 +218,7 @@ def instance_add(
     enable: IEnable = None, start_timeout: ITimeout = None, force: IForce = False, no_systemd: INoSystemd = False,
     linger: ILinger = False, rpc: IRpc = None, router: IRouter = False, models: IModels = None,
     models_max: IModelsMax = None, load_on_start: ILoadOnStart = None, warmup: IWarmup = None,
-    model_opt: IModelOpt = None, system: SystemOpt = False, json_out: JsonOpt = False,
+    model_opt: IModelOpt = None, system: SystemOpt = False, json_out: JsonOpt = False, engine: IEngine = None,
 ) -> None:  # fmt: skip
     """Add an instance: write its spec and render its systemd units (does not start it).
 
@@ -223,6 +229,7 @@ def instance_add(
                              cache_type_v, mlock, metrics, api_key_file, insecure_no_api_key, memory_max, cpus,
                              numa_node, gpus, build, enable, start_timeout, extra, force)  # fmt: skip
     opts = _with_router(_with_rpc(opts, rpc), router, models, models_max, load_on_start, warmup, model_opt)
+    opts = _with_engine(opts, engine)
     inst = _instances(system, no_systemd)
     outcome = inst.add(name, opts)
     _instance_result("instance add", json_out, outcome, [] if no_systemd else _linger_notes(inst, linger))
@@ -238,6 +245,7 @@ def instance_edit(
     enable: IEnable = None, start_timeout: ITimeout = None, force: IForce = False, no_systemd: INoSystemd = False,
     rpc: IRpc = None, models: IModels = None, models_max: IModelsMax = None, load_on_start: ILoadOnStart = None,
     warmup: IWarmup = None, model_opt: IModelOpt = None, system: SystemOpt = False, json_out: JsonOpt = False,
+    engine: IEngine = None,
 ) -> None:  # fmt: skip
     """Change an instance; a running instance restarts only when its units changed (a router's
     preset too: new model settings apply at once)."""
@@ -246,6 +254,7 @@ def instance_edit(
                              cache_type_v, mlock, metrics, api_key_file, insecure_no_api_key, memory_max, cpus,
                              numa_node, gpus, build, enable, start_timeout, extra, force)  # fmt: skip
     opts = _with_router(_with_rpc(opts, rpc), False, models, models_max, load_on_start, warmup, model_opt)
+    opts = _with_engine(opts, engine)
     _instance_result("instance edit", json_out, _instances(system, no_systemd).edit(name, opts))
 
 
@@ -375,3 +384,10 @@ def instance_run(name: INameArg, system: SystemOpt = False) -> None:
 
 
 # --------------------------------------------------------------------------- end instance commands
+
+
+def _with_engine(opts: InstanceOptions, engine: str | None) -> InstanceOptions:
+    """--engine llama|mlx|auto (checked by the use case: serve/mlx_instance.py)."""
+    import dataclasses
+
+    return opts if engine is None else dataclasses.replace(opts, engine=engine)

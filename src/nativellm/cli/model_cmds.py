@@ -51,14 +51,21 @@ def model_add(
     _begin("model add", json_out)
     if link and copy:
         raise UsageError("--link and --copy exclude each other", "pick one")
-    rec, changed = add_model(resolve_paths(_scope(system)), path, name=name, copy=copy, sha256=sha256)
+    from nativellm.models.mlx import is_mlx_dir
+    from nativellm.models.mlx_store import add_mlx_model
+
+    add = add_mlx_model if is_mlx_dir(path.expanduser()) else add_model  # an MLX directory (issue 17)
+    rec, changed = add(resolve_paths(_scope(system)), path, name=name, copy=copy, sha256=sha256)
     _model_result("model add", json_out, changed, rec, "registered")
 
 
 @model_app.command("pull")
 def model_pull(
     spec: Annotated[
-        str, typer.Argument(help="hf:OWNER/REPO/FILE.gguf[@REV], hf:OWNER/REPO:QUANT or https://...")
+        str,
+        typer.Argument(
+            help="hf:OWNER/REPO/FILE.gguf[@REV], hf:OWNER/REPO:QUANT, hf:OWNER/REPO (MLX) or https://..."
+        ),
     ],
     name: NameOpt = None,
     sha256: Annotated[str | None, typer.Option("--sha256", help="Expected sha256 of the file.")] = None,

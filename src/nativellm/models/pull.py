@@ -19,6 +19,7 @@ from nativellm.errors import ModelError, UsageError
 from nativellm.fsutil import sha256_file
 from nativellm.models.gguf import validate_model
 from nativellm.models.hf import HfSpec, hf_fetch, hf_list_files, select_hf_files, split_urls
+from nativellm.models.mlx_store import is_repo_spec, pull_mlx_repo
 from nativellm.models.registry import (
     ModelRecord,
     ModelRegistry,
@@ -47,6 +48,12 @@ def pull_model(
 ) -> tuple[ModelRecord, bool]:
     """Download a model from `hf:...` or an http(s) URL, validate it and register it."""
     expected = validate_sha256(opts.sha256) if opts.sha256 else None
+    if is_repo_spec(opts.spec):  # hf:OWNER/REPO: a whole MLX model repository (issue 17)
+        if expected:
+            raise UsageError(
+                "--sha256 checks a single GGUF file, and this is an MLX repository", "drop --sha256"
+            )
+        return pull_mlx_repo(paths, opts.spec, opts.name)
     if opts.spec.startswith("hf:"):
         hf = HfSpec.parse(opts.spec)
         default = name_from_file(Path(hf.filename)) if hf.filename else f"{hf.repo.split('/')[1]}-{hf.quant}"

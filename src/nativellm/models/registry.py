@@ -67,6 +67,11 @@ class ModelRecord:
     metadata: Mapping[str, Any] = field(default_factory=dict)
 
     @property
+    def format(self) -> str:
+        """gguf, or mlx for an MLX model directory (models/mlx.py), as its `format` fact says."""
+        return str(self.facts.get("format", "gguf"))
+
+    @property
     def owned(self) -> bool:
         """Whether the file lives inside the store (and `rm` may delete it)."""
         return bool(self.metadata.get("owned"))
@@ -544,6 +549,11 @@ class VerifyResult:
 def verify_model(paths: Paths, name: str) -> VerifyResult:
     """Re-hash the file(s), compare with the record and re-validate the GGUF; ModelError on mismatch."""
     rec = ModelRegistry(paths).get(name)
+    if rec.format == "mlx":
+        from nativellm.models.mlx import verify_mlx
+
+        verify_mlx(rec)
+        return VerifyResult(name, True, rec.sha256, rec.sha256, rec.path)
     files = list(rec.parts) or [rec.path]
     for p in files:
         if not p.is_file():
@@ -565,6 +575,10 @@ def verify_model(paths: Paths, name: str) -> VerifyResult:
 def inspect_model(paths: Paths, name_or_path: str) -> ModelRecord:
     """Re-read the GGUF facts of a registered model, or of a file given by path (not registered)."""
     rec = ModelRegistry(paths).find(name_or_path)
+    if rec is not None and rec.format == "mlx":
+        from nativellm.models.mlx import validate_mlx_dir
+
+        return replace(rec, facts=validate_mlx_dir(rec.path))
     if rec is not None:
         facts = validate_model(list(rec.parts) or [rec.path])
         return replace(rec, facts=facts)

@@ -55,6 +55,10 @@ class Resolved:
     # A router's models (name -> file) and where its preset INI goes (the unit dir).
     model_paths: Mapping[str, Path] = field(default_factory=dict)
     units_dir: Path = Path("/")
+    # --engine mlx: server_binary is the MLX runtime's Python, and the unit runs in this alias
+    # directory (nativellm/mlx/engine.py) with this environment.
+    workdir: Path | None = None
+    engine_env: Mapping[str, str] | None = None
 
 
 def unsafe_for_root(path: Path) -> str | None:
@@ -191,7 +195,11 @@ def _cpu_limits(cpus: str) -> tuple[str, str]:
 def render_dropin(spec: InstanceSpec, r: Resolved) -> str:
     devices = DeviceClass.for_backend(r.backend)
     key_path = "${CREDENTIALS_DIRECTORY}/" + CREDENTIAL if spec.api_key_file else None
-    if spec.is_router:
+    if spec.engine == "mlx":
+        from nativellm.mlx.engine import mlx_argv
+
+        argv = mlx_argv(spec, r.server_binary, spec.name)
+    elif spec.is_router:
         argv = router_argv(spec, r.server_binary, preset_path(spec, r), api_key_path=key_path)
     else:
         argv = server_argv(
@@ -221,6 +229,9 @@ def render_dropin(spec: InstanceSpec, r: Resolved) -> str:
         if key_path:
             ready_expand = [len(ready) + 1]
             ready += ["--api-key-file", key_path]
+    if spec.engine == "mlx":
+        # mlx_lm.server answers /health 200 while it still loads: ready once it generates a token.
+        ready += ["--engine", "mlx"]
     if spec.gpu_layers and not spec.is_router:
         # A router's children log through it with a port prefix, and may load later: their offload
         # is not checked here (the device check before start still is).
@@ -228,8 +239,9 @@ def render_dropin(spec: InstanceSpec, r: Resolved) -> str:
         # (and where it logs placement, must show layers on a GPU); healthcheck.offload_problem.
         ready += ["--gpu-layers", str(spec.gpu_layers)]
 
+    program = "mlx_lm.server" if spec.engine == "mlx" else "llama-server"
     what = f"router for {', '.join(spec.models or ())}" if spec.is_router else f"model {spec.model}"
-    unit: list[tuple[str, str]] = [("Description", plain_value(f"llama-server {spec.name}: {what}"))]
+    unit: list[tuple[str, str]] = [("Description", plain_value(f"{program} {spec.name}: {what}"))]
     service: list[tuple[str, str]] = []
     if devices.ready_path:
         unit.append(("After", "systemd-modules-load.service nvidia-persistenced.service"))
@@ -259,7 +271,9 @@ def render_dropin(spec: InstanceSpec, r: Resolved) -> str:
         ("ExecStartPost", privileged + exec_line(ready, expand=ready_expand)),
         ("TimeoutStartSec", f"{spec.start_timeout}s"),
     ]
-    for key, value in sorted(_environment(spec, devices).items()):
+    if r.workdir is not None:
+        service.append(("WorkingDirectory", plain_value(str(r.workdir))))
+    for key, value in sorted({**(r.engine_env or {}), **_environment(spec, devices)}.items()):
         service.append(("Environment", quote_env(key, value)))
     if spec.api_key_file:
         # The key file is read by systemd; llama-server reads it from its credentials dir.

@@ -9,7 +9,8 @@ installed into is later broken, and it starts in a few milliseconds.
                                         --gpu-layers, once llama-server's own load log (this
                                         invocation's journal) shows layers on a GPU; with --models
                                         (a router), once each is loaded (and answered one warm-up
-                                        request); else exit 1
+                                        request); with --engine mlx, once a one-token
+                                        completion succeeds; else exit 1
     offload --gpu-layers N --log FILE   the same offload verdict on a saved log (the smoke test)
     devices --timeout S -- SERVER --list-devices
                                         exit 0 once llama-server lists a GPU device it can use
@@ -115,6 +116,25 @@ def _router_call(base: str, method: str, path: str, key: str | None, body: dict[
         conn.close()
 
 
+def _generates(url: str, timeout: float) -> int | None:
+    """POST a one-token completion next to the health URL; its HTTP status, or None."""
+    parts = urllib.parse.urlsplit(url)
+    body = b'{"prompt": "hi", "max_tokens": 1}'
+    try:
+        conn = http.client.HTTPConnection(parts.hostname or "", parts.port or 80, timeout=timeout)
+    except ValueError:
+        return None
+    try:
+        conn.request("POST", "/v1/completions", body=body, headers={"Content-Type": "application/json"})
+        resp = conn.getresponse()
+        resp.read()
+        return int(resp.status)
+    except (OSError, http.client.HTTPException, ValueError):
+        return None
+    finally:
+        conn.close()
+
+
 def wait_models(base: str, models: list[str], key: str | None, timeout: float, warmup: bool,
                 interval: float = 0.2) -> int:  # fmt: skip
     """A router's start-up models: each loaded (not failed) within `timeout`, then one short real
@@ -147,6 +167,26 @@ def wait_models(base: str, models: list[str], key: str | None, timeout: float, w
             print(f"warm-up request to router model {m} failed (HTTP {status})", file=sys.stderr)
             return 1
     return 0
+
+
+def wait_generates(url: str, timeout: float, interval: float = 0.2, main_pid: int | None = None) -> int:
+    """mlx_lm.server (--engine mlx) answers /health 200 as soon as its HTTP thread runs, while the
+    model still loads in its generation thread: it is ready once a one-token completion succeeds
+    (the request waits for the load)."""
+    deadline = time.monotonic() + timeout
+    last: int | None = None
+    while time.monotonic() < deadline:
+        if not _alive(main_pid):
+            print(f"mlx_lm.server (pid {main_pid}) exited before it was ready", file=sys.stderr)
+            return 1
+        last = _generates(url, timeout=max(1.0, deadline - time.monotonic()))
+        if last == 200:
+            return 0
+        time.sleep(interval)
+    print(
+        f"mlx_lm.server did not generate at {url} within {timeout:g}s (last status {last})", file=sys.stderr
+    )
+    return 1
 
 
 def probe(url: str, tries: int, timeout: float, pause: float, then: list[str]) -> int:
@@ -440,6 +480,7 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--models", default="")
     r.add_argument("--warmup", action="store_true")
     r.add_argument("--api-key-file", default=None)
+    r.add_argument("--engine", choices=("llama", "mlx"), default="llama")
     o = sub.add_parser("offload")
     o.add_argument("--gpu-layers", type=int, required=True)
     o.add_argument("--log", required=True)
@@ -466,8 +507,11 @@ def main(argv: list[str] | None = None) -> int:
         return wait_port(args.host, args.port, args.reuse, args.timeout)
     if args.cmd == "ready":
         main_pid = os.environ.get("MAINPID", "")
+        pid = int(main_pid) if main_pid.isdigit() else None
         t0 = time.monotonic()
-        rc = wait_ready(args.url, args.timeout, main_pid=int(main_pid) if main_pid.isdigit() else None)
+        rc = wait_ready(args.url, args.timeout, main_pid=pid)
+        if rc == 0 and args.engine == "mlx":
+            rc = wait_generates(args.url, max(1.0, args.timeout - (time.monotonic() - t0)), main_pid=pid)
         if rc == 0 and args.models:
             key = None
             if args.api_key_file:

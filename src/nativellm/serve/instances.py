@@ -32,7 +32,7 @@ from nativellm.models.fit import estimate_fit
 from nativellm.models.gguf import read_header
 from nativellm.models.registry import ModelRegistry
 from nativellm.paths import Paths, Scope
-from nativellm.serve import healthcheck
+from nativellm.serve import healthcheck, mlx_instance
 from nativellm.serve.dropins import (
     DROPIN_NAME,
     ROUTER_CACHE,
@@ -108,6 +108,7 @@ class InstanceOptions:
     warmup: bool | None = None
     model_settings: Mapping[str, Mapping[str, str]] | None = None
     force: bool = False
+    engine: str | None = None  # llama|mlx|auto
 
 
 @dataclass(frozen=True)
@@ -155,7 +156,9 @@ class Instances:
         python: str = sys.executable,
         gpu_probe: Callable[[], GpuProcessProbe] = GpuProcessProbe,
         manager: ServiceManager | None = None,
+        mlx_runtime: Callable[[Paths], Path] | None = None,
     ) -> None:
+        self._mlx_runtime = mlx_runtime
         self._gpu_probe = gpu_probe
         # Lifecycle (start/stop/restart/enable/status/logs) goes through this: systemd or launchd.
         self.manager = manager or default_manager(paths, systemd)
@@ -183,10 +186,17 @@ class Instances:
         written or exec'd. An unregistered path is _model_path's to check."""
         for model in spec.models or (spec.model,):
             rec = ModelRegistry(self.paths).find(model)
+            if not spec.is_router and mlx_instance.check_engine_model(self, spec, rec):
+                return
             if rec is None:
                 if spec.is_router:
                     self._model_path(model)  # a router serves registered models only: NotFoundError
                 continue
+            if spec.is_router and rec.format == "mlx":
+                raise ModelError(
+                    f"model {model!r} is an MLX directory; a router's llama-server loads GGUF files",
+                    f"serve it with its own instance: `nativellm instance add NAME --engine mlx --model {model}`",
+                )
             for part in rec.parts or (rec.path,):
                 try:
                     read_header(part)
@@ -198,6 +208,8 @@ class Instances:
                     ) from None
 
     def _resolve(self, spec: InstanceSpec) -> Resolved:
+        if spec.engine == "mlx":
+            return mlx_instance.resolve(self, spec)
         store = Store(self.paths)
         if spec.build == "current":
             rec = store.current()
@@ -278,7 +290,7 @@ class Instances:
         if spec.is_router:
             return router_fit(self.paths, spec, self._profile(), force=force)
         rec = ModelRegistry(self.paths).find(spec.model)
-        if rec is None or not rec.facts:
+        if rec is None or not rec.facts or rec.format != "gguf":
             return None
         report = estimate_fit(
             rec,
@@ -340,6 +352,7 @@ class Instances:
     def _apply(self, spec: InstanceSpec, files: Mapping[Path, str]) -> tuple[bool, bool, list[str]]:
         """Write what differs. Returns (spec changed, instance units changed, written paths)."""
         written = [str(p) for p, text in files.items() if write_unit(p, text)]
+        written += mlx_instance.write_alias(self, spec)
         spec_changed = write_spec(self.paths.config, spec)
         units_changed = any(
             unit_name(spec.name) in w or watchdog_unit(spec.name) in w or "@." in w for w in written
@@ -349,7 +362,7 @@ class Instances:
     def add(self, name: str, opts: InstanceOptions) -> Outcome:
         validate_name(name)
         existing = load_spec(self.paths.config, name)
-        spec = self._pin(self._merge(name, existing, opts).validate())
+        spec = self._pin(mlx_instance.merge_engine(self, name, existing, opts).validate())
         if existing is not None and spec != existing:
             raise InstanceError(
                 f"instance {name} already exists with other settings",
@@ -378,7 +391,7 @@ class Instances:
 
     def edit(self, name: str, opts: InstanceOptions) -> Outcome:
         existing = self.get(name)
-        spec = self._pin(self._merge(name, existing, opts).validate())
+        spec = self._pin(mlx_instance.merge_engine(self, name, existing, opts).validate())
         self._check_port(spec, existing)
         if opts.model is not None or opts.models is not None:
             self._check_model(spec)
@@ -445,6 +458,7 @@ class Instances:
             if dropin_dir.is_dir() and not any(dropin_dir.iterdir()):
                 dropin_dir.rmdir()
         spec_path(self.paths.config, name).unlink()
+        mlx_instance.forget(self.paths, spec)
         if not list_specs(self.paths.config):
             # The last instance takes the shared templates with it: nothing stays behind.
             for tmpl in template_files():
@@ -636,6 +650,8 @@ class Instances:
                 f"`nativellm instance edit {name} --port N`",
             )
         r = self._resolve(spec)
+        if spec.engine == "mlx":
+            return mlx_instance.foreground_argv(spec, r)
         if spec.is_router:  # its preset, as the unit has it (written again: it may have been removed)
             for rel, text in render_instance_files(spec, r).items():
                 if rel.endswith(PRESET_NAME):
