@@ -3,7 +3,8 @@ systemd restart of a single-model instance onto the same model, and what warm-up
 user request.
 
 Per round, in this order (the same state at the start of each round):
-  swap     unload A, load B (no warm-up), first streamed token of B from the router
+  swap     `model swap A B` (B loaded first when it fits next to A, then A unloaded; no warm-up),
+           then the first streamed token of B from the router
   restart  `systemctl restart` of the single-model instance (serving B) until it is ready, then
            its first streamed token
   cold     unload B, load B without warm-up, one short request (the first after the load)
@@ -127,8 +128,7 @@ def bench_swap(
         settle()
         step(i, "swap")
         t0 = time.monotonic()
-        ops.unload(old)
-        ops.load(new, force=True, warmup=False)
+        ops.swap(old, new, force=True, warmup=False)  # `model swap`, as a user runs it (no fit check)
         swap.append(time.monotonic() - t0 + _request(base, new, key, stream=True))
         step(i, "restart")
         t0 = time.monotonic()
