@@ -108,6 +108,15 @@ def test_router_routes_by_model_and_changes_state_on_command(
     assert args[args.index("--ctx-size") + 1] == "1024", args
     cli("model", "unload", "gemma", "--on", "multi", check=True)
 
+    # --models-max 1: one model at a time; loading another unloads the one loaded (README).
+    cli("instance", "edit", "multi", "--models-max", "1", check=True)
+    assert _models(cli) == {"chat": "loaded", "gemma": "unloaded", "demo": "unloaded"}
+    cli("model", "load", "gemma", "--on", "multi", "--no-warmup", check=True)
+    assert _models(cli) == {"chat": "unloaded", "gemma": "loaded", "demo": "unloaded"}
+    model, _ = _ask(port, key, "demo", "hello")  # a request for another model evicts too
+    assert model == "demo" and _models(cli) == {"chat": "unloaded", "gemma": "unloaded", "demo": "loaded"}
+    cli("instance", "edit", "multi", "--models-max", "2", check=True)
+
     # Without the key the router refuses (the lifecycle commands above used the instance's key file).
     no_key = OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="wrong", timeout=30, max_retries=0)
     with pytest.raises(Exception, match="401|Invalid API Key"):
