@@ -32,9 +32,7 @@ from nativellm.models.fit import estimate_fit
 from nativellm.models.gguf import read_header
 from nativellm.models.registry import ModelRegistry
 from nativellm.paths import Paths, Scope
-from nativellm.serve import healthcheck
 from nativellm.serve.dropins import (
-    DROPIN_NAME,
     ROUTER_CACHE,
     Resolved,
     base_url,
@@ -42,10 +40,8 @@ from nativellm.serve.dropins import (
     render_instance_files,
     require_root_owned,
     server_argv,
-    template_files,
-    unit_name,
-    watchdog_unit,
 )
+from nativellm.serve.manager import HEALTHCHECK as HEALTHCHECK
 from nativellm.serve.manager import ServiceManager, default_manager
 from nativellm.serve.observe import (
     find_error_line,
@@ -58,7 +54,7 @@ from nativellm.serve.router import PRESET_NAME, check_router, router_argv, route
 from nativellm.serve.router_fit import router_fit
 from nativellm.serve.server_flags import ServerFlags, probe_server_flags
 from nativellm.serve.status import InstanceStatus as InstanceStatus
-from nativellm.serve.systemd import Systemd, UnitState, reachable, require_reachable, require_reads_units_from
+from nativellm.serve.systemd import Systemd, UnitState
 from nativellm.serve.units import write_unit
 from nativellm.specs import (
     InstanceSpec,
@@ -136,9 +132,6 @@ def _insecure_warning(spec: InstanceSpec) -> str | None:
 
 def _default_profile() -> HostProfile:
     return detect_host(verify=False)
-
-
-HEALTHCHECK = "libexec/nativellm-healthcheck.py"  # under the data home; written with the units
 
 
 class Instances:
@@ -315,37 +308,7 @@ class Instances:
             given["threads"] = self._profile().cpu.physical_cores
         return InstanceSpec(name=name, **given)
 
-    def _require_systemd(self, *, writing: bool = True, adds_units: bool = True) -> Systemd | None:
-        if self.systemd is None:
-            return None
-        hint = (
-            "nothing was written; on a machine without systemd use `instance add --no-systemd` "
-            "and `nativellm run NAME`"
-            if writing
-            else "run the instance in the foreground instead: `nativellm run NAME`"
-        )
-        sd = require_reachable(self.systemd, hint)
-        if writing and adds_units:
-            require_reads_units_from(sd, self.paths.units)
-        return sd
-
     # -- writing -------------------------------------------------------------------------
-    def _files(self, spec: InstanceSpec) -> dict[Path, str]:
-        r = self._resolve(spec)
-        files = {self.paths.units / rel: text for rel, text in template_files().items()}
-        files[self.paths.home / HEALTHCHECK] = Path(healthcheck.__file__).read_text(encoding="utf-8")
-        files.update({self.paths.units / rel: text for rel, text in render_instance_files(spec, r).items()})
-        return files
-
-    def _apply(self, spec: InstanceSpec, files: Mapping[Path, str]) -> tuple[bool, bool, list[str]]:
-        """Write what differs. Returns (spec changed, instance units changed, written paths)."""
-        written = [str(p) for p, text in files.items() if write_unit(p, text)]
-        spec_changed = write_spec(self.paths.config, spec)
-        units_changed = any(
-            unit_name(spec.name) in w or watchdog_unit(spec.name) in w or "@." in w for w in written
-        )
-        return spec_changed, units_changed, written
-
     def add(self, name: str, opts: InstanceOptions) -> Outcome:
         validate_name(name)
         existing = load_spec(self.paths.config, name)
@@ -358,23 +321,22 @@ class Instances:
         self._check_port(spec, existing)
         self._check_model(spec)
         warning = self._check_fit(spec, opts.force) or _insecure_warning(spec)
-        files = self._files(spec)
-        sd = self._require_systemd()
-        spec_changed, _, written = self._apply(spec, files)
-        changed = spec_changed or bool(written)
-        if sd is not None:
+        mgr = self.manager
+        installed = mgr.install(spec, self._resolve(spec))
+        changed = write_spec(self.paths.config, spec) or bool(installed.written)
+        if not mgr.files_only:
             if changed:
-                sd.daemon_reload()
+                mgr.reload()
             if spec.enable:
-                sd.enable([unit_name(name), "llama.target"])
+                mgr.set_enabled(name, True)
         msg = (
-            f"instance {name} added: {unit_name(name)} on port {spec.port}"
+            f"instance {name} added: {mgr.service_name(name)} on port {spec.port}"
             if changed
             else f"instance {name} unchanged"
         )
         if warning:
             msg += f" (warning: {warning})"
-        return Outcome(name, changed, msg, spec, tuple(written))
+        return Outcome(name, changed, msg, spec, installed.written)
 
     def edit(self, name: str, opts: InstanceOptions) -> Outcome:
         existing = self.get(name)
@@ -383,17 +345,16 @@ class Instances:
         if opts.model is not None or opts.models is not None:
             self._check_model(spec)
         warning = self._check_fit(spec, opts.force) or _insecure_warning(spec)
-        files = self._files(spec)
-        sd = self._require_systemd()
-        spec_changed, units_changed, written = self._apply(spec, files)
-        changed = spec_changed or bool(written)
+        mgr = self.manager
+        installed = mgr.install(spec, self._resolve(spec))
+        changed = write_spec(self.paths.config, spec) or bool(installed.written)
         restarted = False
-        if sd is not None and changed:
-            sd.daemon_reload()
+        if not mgr.files_only and changed:
+            mgr.reload()
             if spec.enable != existing.enable:
-                (sd.enable if spec.enable else sd.disable)([unit_name(name)])
-            if units_changed and sd.state(unit_name(name)).running:
-                self._start(self.manager, spec, restart=True)
+                mgr.set_enabled(name, spec.enable)
+            if installed.service_changed and mgr.state(name).running:
+                self._start(mgr, spec, restart=True)
                 restarted = True
         msg = (
             f"instance {name} updated" + (" and restarted" if restarted else "")
@@ -402,7 +363,7 @@ class Instances:
         )
         if warning:
             msg += f" (warning: {warning})"
-        return Outcome(name, changed, msg, spec, tuple(written), restarted)
+        return Outcome(name, changed, msg, spec, installed.written, restarted)
 
     def refresh_units(self, names: Sequence[str] | None = None) -> Refresh:
         """Re-render the units of the instances that follow `current` (or of `names` among them)
@@ -416,50 +377,22 @@ class Instances:
             if spec.build != "current" or (names is not None and spec.name not in names):
                 continue
             try:
-                files = self._files(spec)
+                installed = self.manager.install(spec, self._resolve(spec), check=False)
             except NativeLLMError as exc:
                 failed.append((spec.name, exc.message))
                 continue
-            if [p for p, text in files.items() if write_unit(p, text)]:
+            if installed.written:
                 rewritten.append(spec.name)
-        sd = reachable(self.systemd)
-        if rewritten and sd is not None:
-            sd.daemon_reload()
+        if rewritten and self.manager.available():
+            self.manager.reload()
         return Refresh(tuple(rewritten), tuple(failed))
 
     def remove(self, name: str) -> Outcome:
         spec = self.get(name)
-        sd = self._require_systemd(adds_units=False)  # a unit in the wrong place can still go
-        if sd is not None:
-            for unit in (f"llama-watchdog@{name}.timer", unit_name(name)):
-                sd.stop(unit)
-            sd.wait_settled(unit_name(name), timeout=60)
-            sd.disable([unit_name(name)])
-        removed = []
-        for unit in (unit_name(name), watchdog_unit(name)):
-            dropin_dir = self.paths.units / f"{unit}.d"
-            for generated in (DROPIN_NAME, PRESET_NAME):
-                if (dropin_dir / generated).exists():
-                    (dropin_dir / generated).unlink()
-                    removed.append(str(dropin_dir / generated))
-            if dropin_dir.is_dir() and not any(dropin_dir.iterdir()):
-                dropin_dir.rmdir()
+        last = not any(other.name != name for other in self.specs())
+        removed = self.manager.uninstall(name, last=last)
         spec_path(self.paths.config, name).unlink()
-        if not list_specs(self.paths.config):
-            # The last instance takes the shared templates with it: nothing stays behind.
-            for tmpl in template_files():
-                path = self.paths.units / tmpl
-                if path.exists():
-                    path.unlink()
-                    removed.append(str(path))
-            wants = self.paths.units / "default.target.wants" / "llama.target"
-            if sd is not None and wants.is_symlink():
-                sd.disable(["llama.target"])
-        if sd is not None:
-            sd.daemon_reload()
-            for unit in (unit_name(name), watchdog_unit(name)):
-                sd.reset_failed(unit)
-        return Outcome(name, True, f"instance {name} removed", spec, tuple(removed))
+        return Outcome(name, True, f"instance {name} removed", spec, removed)
 
     # -- reading -------------------------------------------------------------------------
     def get(self, name: str) -> InstanceSpec:
