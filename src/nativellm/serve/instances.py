@@ -27,7 +27,7 @@ from nativellm.errors import (
 )
 from nativellm.hardware import detect_host
 from nativellm.hardware.profile import HostProfile
-from nativellm.hardware.vram import GpuMemory, GpuProcessProbe, process_tree
+from nativellm.hardware.vram import GpuProcessProbe
 from nativellm.models.fit import estimate_fit
 from nativellm.models.gguf import read_header
 from nativellm.models.registry import ModelRegistry
@@ -41,13 +41,12 @@ from nativellm.serve.dropins import (
     require_root_owned,
     server_argv,
 )
+from nativellm.serve.gpu_status import instance_gpu_memory
 from nativellm.serve.manager import HEALTHCHECK as HEALTHCHECK
 from nativellm.serve.manager import ServiceManager, default_manager
 from nativellm.serve.observe import (
     find_error_line,
-    gpu_memory_from_log,
     offload_failure,
-    parse_buffer_sizes,
     read_metrics,
 )
 from nativellm.serve.router import PRESET_NAME, check_router, router_argv, router_models
@@ -505,33 +504,10 @@ class Instances:
             # A router's /metrics is per model (?model=): its models' states say more.
             metrics = read_metrics(base) if h == "ok" and spec.metrics and not spec.is_router else {}
             err_line = self.error_line(spec.name) if st is not None and st.active_state != "active" else None
-            gpu = self._gpu_memory(spec, st, probe)
+            gpu = instance_gpu_memory(self.paths, spec, st, probe)
             models = router_models(spec) if spec.is_router and h == "ok" else None
             result.append(InstanceStatus(spec.name, spec, st, h, metrics, err_line, gpu, models))
         return result
-
-    def _backend(self, spec: InstanceSpec) -> str | None:
-        store = Store(self.paths)
-        rec = store.current() if spec.build == "current" else store.find(spec.build)
-        return rec.backend if rec is not None else None
-
-    def _gpu_memory(
-        self, spec: InstanceSpec, st: UnitState | None, probe: GpuProcessProbe
-    ) -> tuple[GpuMemory, ...] | None:
-        """The instance's GPU memory: the vendor tools' per-process figures for its process tree,
-        else the buffers llama-server reported in its load log. () for an instance that is not
-        running, was asked for no GPU layers or runs a CPU build; None when no source tells."""
-        if st is None or not st.running or not st.main_pid or spec.gpu_layers == 0:
-            return ()
-        if self._backend(spec) == "cpu":
-            return ()
-        found = probe.memory_of(process_tree(st.main_pid))
-        if found:
-            return tuple(found)
-        log_text = self.load_log(st.main_pid)
-        if parse_buffer_sizes(log_text):  # it loaded; what it put on no GPU is on the CPU
-            return tuple(gpu_memory_from_log(log_text, spec.gpus))
-        return None
 
     def journal_argv(self, name: str, *, follow: bool = False, lines: int = 50) -> list[str]:
         """`nativellm logs NAME`: the journal of an instance that exists (NotFoundError otherwise)."""
@@ -546,16 +522,6 @@ class Instances:
             return None
         offload = offload_failure(text)
         return f"offload check failed: {offload}" if offload else find_error_line(text)
-
-    def load_log(self, pid: int) -> str:
-        """The buffer lines of the running server's load log: its journal entries by PID (only this
-        run of the unit), filtered by journalctl so a long-running server's log is not all read.
-
-        Newer llama.cpp prints these lines only at --log-verbosity 4 or more (it maps llama's INFO
-        to its TRACE level); without them this finds nothing and says so by returning ""."""
-        argv = ["journalctl", "--no-pager", "-o", "cat", f"_PID={pid}", "--grep", "buffer size|loading model"]
-        res = run.probe(argv, timeout=10)
-        return res.stdout if res is not None else ""
 
     def foreground_argv(self, name: str) -> list[str]:
         """`nativellm run NAME`: the unit's argv, with the key file read directly."""
