@@ -81,6 +81,9 @@ class FakeManager:
         self.calls.append(("install", spec.name, check))
         return Installed((f"svc-{spec.name}.def",), True)
 
+    def rendered(self, spec: InstanceSpec, r: Resolved) -> dict[str, str]:
+        return {f"svc-{spec.name}.def": spec.name}
+
     def reload(self) -> None:
         self.calls.append(("reload",))
 
@@ -297,6 +300,12 @@ def test_a_router_on_launchd_gets_the_systemd_units_preset_and_argv(store: Paths
     )
     assert argv[argv.index("--models-preset") + 1] == str(preset)
     assert _job(mgr, "multi")["EnvironmentVariables"] == {"LLAMA_CACHE": ROUTER_CACHE}
+    # `instance show` shows the plist and the preset; `nativellm run` runs the job's argv, preset rewritten
+    assert inst.rendered("multi") == {str(mgr.plist_path("multi")): mgr.plist_path("multi").read_text(),
+                                      str(preset): preset.read_text()}  # fmt: skip
+    text = preset.read_text()
+    preset.unlink()
+    assert inst.foreground_argv("multi") == argv and preset.read_text() == text
 
     out = inst.remove("multi")
     assert set(out.files) == {str(preset), str(mgr.plist_path("multi"))}

@@ -36,8 +36,6 @@ from nativellm.serve.dropins import (
     ROUTER_CACHE,
     Resolved,
     base_url,
-    preset_path,
-    render_instance_files,
     require_root_owned,
     server_argv,
 )
@@ -149,7 +147,7 @@ class Instances:
         manager: ServiceManager | None = None,
     ) -> None:
         self._gpu_probe = gpu_probe
-        # Lifecycle (start/stop/restart/enable/status/logs) goes through this: systemd or launchd.
+        # add/edit/rm and the lifecycle (start/stop/restart/enable/status/logs) go through this.
         self.manager = manager or default_manager(paths, systemd)
         self.paths = paths
         self._python = python
@@ -419,9 +417,10 @@ class Instances:
         return specs, errors
 
     def rendered(self, name: str) -> dict[str, str]:
-        """Unit-dir-relative path -> text, as `instance show` prints it."""
+        """The service's own files, path (relative to the unit dir, or absolute) -> text, as `instance
+        show` prints them."""
         spec = self.get(name)
-        return render_instance_files(spec, self._resolve(spec))
+        return self.manager.rendered(spec, self._resolve(spec))
 
     # -- lifecycle -----------------------------------------------------------------------
     def _sd(self) -> ServiceManager:
@@ -536,10 +535,11 @@ class Instances:
             )
         r = self._resolve(spec)
         if spec.is_router:  # its preset, as the unit has it (written again: it may have been removed)
-            for rel, text in render_instance_files(spec, r).items():
-                if rel.endswith(PRESET_NAME):
-                    write_unit(self.paths.units / rel, text)
-            return router_argv(spec, r.server_binary, preset_path(spec, r), api_key_path=spec.api_key_file)
+            rel, text = next(
+                (k, v) for k, v in self.manager.rendered(spec, r).items() if k.endswith(PRESET_NAME)
+            )
+            write_unit(self.paths.units / rel, text)
+            return router_argv(spec, r.server_binary, self.paths.units / rel, api_key_path=spec.api_key_file)
         return server_argv(
             spec,
             r.server_binary,

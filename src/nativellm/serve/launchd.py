@@ -382,6 +382,9 @@ class LaunchdManager:
             files[self.preset_path(spec.name)] = render_router_preset(spec, r)
         return files
 
+    def rendered(self, spec: InstanceSpec, r: Resolved) -> dict[str, str]:
+        return {str(path): text for path, text in self.definition_files(spec, r).items()}
+
     def install(self, spec: InstanceSpec, r: Resolved, *, check: bool = True) -> Installed:
         """Check everything (with `check`: the key file and the launchd domain), then write a router's
         preset, the plist, and the log folder."""

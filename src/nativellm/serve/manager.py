@@ -103,6 +103,9 @@ class SystemdManager:
         files.update({self.paths.units / rel: text for rel, text in render_instance_files(spec, r).items()})
         return files
 
+    def rendered(self, spec: InstanceSpec, r: Resolved) -> dict[str, str]:
+        return render_instance_files(spec, r)
+
     def _writable(self, *, adds_units: bool) -> Systemd | None:
         """The reachable manager that will read what is written (None: files only), else an error."""
         if self.systemd is None:

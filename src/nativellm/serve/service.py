@@ -64,6 +64,11 @@ class ServiceManager(Protocol):
         not. Without it (re-rendering after `current` moved) they are only written."""
         ...
 
+    def rendered(self, spec: InstanceSpec, r: Resolved) -> dict[str, str]:
+        """The instance's own files as `install` writes them: path relative to the unit dir (or
+        absolute) -> text. Pure."""
+        ...
+
     def reload(self) -> None:
         """Have the manager read the files `install` changed."""
         ...
