@@ -366,3 +366,15 @@ def test_add_edit_rm_ask_the_injected_manager_only(store: Paths) -> None:
                           ("install", "q4", True), ("reload",), ("disable", "q4"), ("start", "q4", True),
                           ("uninstall", "q4", False), ("uninstall", "q8", True)]  # fmt: skip
     assert not store.units.exists() and not inst.specs()
+
+
+def test_doctor_checks_the_plist_of_a_launchd_instance(store: Paths, tmp_path: Path) -> None:
+    from nativellm.ops.doctor import check_instances
+
+    inst, mgr = _mac(store, tmp_path, Recorder({}))
+    inst.add("q4", InstanceOptions(model="q4", gpu_layers=0))
+    kw: dict[str, Any] = {"linger": lambda: True, "port_in_use": lambda p, h: False}
+    assert not [f for f in check_instances(inst, **kw) if not f.ok]
+    mgr.plist_path("q4").write_text(mgr.plist_path("q4").read_text().replace("8080", "9090"))
+    (bad,) = [f for f in check_instances(inst, **kw) if not f.ok]
+    assert f"{mgr.plist_path('q4')} was edited by hand" in bad.message
