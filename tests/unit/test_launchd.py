@@ -17,7 +17,7 @@ import pytest
 from nativellm import run
 from nativellm.errors import InstanceError
 from nativellm.paths import Paths, Scope
-from nativellm.serve.dropins import Resolved, server_argv
+from nativellm.serve.dropins import ROUTER_CACHE, Resolved, render_instance_files, server_argv
 from nativellm.serve.launchd import (
     Launchctl,
     LaunchdManager,
@@ -27,10 +27,14 @@ from nativellm.serve.launchd import (
     parse_print,
     plist_dir,
     plist_text,
+    preset_file,
     render_plist,
+    render_router_preset,
     unit_state,
     write_plist,
 )
+from nativellm.serve.router import PRESET_NAME, router_argv
+from nativellm.serve.server_flags import ServerFlags
 from nativellm.specs import InstanceSpec
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "launchd"
@@ -129,6 +133,37 @@ def test_program_arguments_are_the_systemd_units_argv(case: str) -> None:
     r = _resolved(scope, home, backend)
     want = server_argv(spec, r.server_binary, r.model_path, api_key_path=spec.api_key_file, backend=backend)
     assert _job(case)["ProgramArguments"] == want
+
+
+ROUTER = InstanceSpec("multi", "", 8090, models=("q4", "chat"), models_max=1, load_on_start=("chat",),
+                      api_key_file=KEY, env={"HF_HUB_OFFLINE": "1"}).validate()  # fmt: skip
+
+
+def _router_resolved() -> Resolved:
+    r = _resolved(Scope.USER, DATA, "metal")
+    models = {"q4": DATA / "models/q4.gguf", "chat": DATA / "models/chat.gguf"}
+    return Resolved(**{**r.__dict__, "model_paths": models, "flags": ServerFlags()})
+
+
+def test_golden_router_plist_runs_the_systemd_units_router_argv_and_preset() -> None:
+    """A router's job: the router argv its systemd unit runs, with the same preset INI, kept under the
+    data home (launchd has no drop-in folder), and the same empty model cache."""
+    r = _router_resolved()
+    preset = preset_file(Paths(Scope.USER, DATA, ALICE / ".config/nativellm", ALICE / "units"), "multi")
+    assert preset == DATA / "launchd" / "multi" / PRESET_NAME
+    job = render_plist(ROUTER, r, log=DATA / "logs/llama-multi.log", workdir=DATA, preset=preset)
+    golden = FIXTURES / "user_router.plist"
+    if UPDATE:
+        golden.write_text(plist_text(job))
+    assert golden.read_text() == plist_text(job) and plistlib.loads(golden.read_bytes()) == job
+    argv = job["ProgramArguments"]
+    assert argv == router_argv(ROUTER, r.server_binary, preset, api_key_path=KEY)
+    assert argv[argv.index("--models-preset") + 1] == str(preset)
+    assert job["EnvironmentVariables"] == {"HF_HUB_OFFLINE": "1", "LLAMA_CACHE": ROUTER_CACHE}
+    systemd_preset = render_instance_files(ROUTER, r)[f"llama@multi.service.d/{PRESET_NAME}"]
+    assert render_router_preset(ROUTER, r) == systemd_preset
+    with pytest.raises(ValueError):
+        render_plist(ROUTER, r, log=DATA / "x.log", workdir=DATA)  # a router's job names its preset
 
 
 def _recorded(name: str) -> run.Completed:
@@ -297,14 +332,16 @@ def test_install_keeps_the_key_out_of_the_plist(mac: tuple[Paths, Path], tmp_pat
     spec = InstanceSpec("q4", "m", 8080, api_key_file=str(key))
     rec = Recorder({})
     mgr = _manager(mac, rec)
-    written = mgr.install(spec, _resolved(Scope.USER, mac[0].home, "metal"))
+    installed = mgr.install(spec, _resolved(Scope.USER, mac[0].home, "metal"))
     plist = mgr.plist_path("q4")
-    assert written == [str(plist)] and rec.ops() == ["print gui/501"]  # the domain is checked first
+    assert installed.written == (str(plist),) and installed.service_changed
+    assert rec.ops() == ["print gui/501"]  # the domain is checked first
     assert b"sk-very-secret-42" not in plist.read_bytes()
     argv = plistlib.loads(plist.read_bytes())["ProgramArguments"]
     assert argv[argv.index("--api-key-file") + 1] == str(key)
     assert (mac[0].home / "logs").is_dir()
-    assert mgr.install(spec, _resolved(Scope.USER, mac[0].home, "metal")) == []  # idempotent
+    again = mgr.install(spec, _resolved(Scope.USER, mac[0].home, "metal"))  # idempotent
+    assert again.written == () and not again.service_changed
 
 
 @pytest.mark.parametrize("problem", ["loose key", "bad domain"])
@@ -379,14 +416,18 @@ def test_stop_enable_logs_and_remove(mac: tuple[Paths, Path]) -> None:
     mgr, _ = _installed(mac, rec)
     mgr.stop("q4")
     mgr.set_enabled("q4", True)
+    assert mgr.is_enabled("q4")  # RunAtLoad follows: the job loads at login
     mgr.set_enabled("q4", False)
+    assert not mgr.is_enabled("q4") and not plistlib.loads(mgr.plist_path("q4").read_bytes())["RunAtLoad"]
     assert rec.ops() == [f"bootout {TARGET}", f"enable {TARGET}", f"disable {TARGET}"]
     log = mac[0].home / "logs" / "llama-q4.log"
     assert mgr.logs_argv("q4", follow=True, lines=20) == ["tail", "-n", "20", "-F", str(log)]
     assert mgr.recent_log("q4") is None  # no log yet: nothing to read
     log.write_text("".join(f"line {i}\n" for i in range(500)))
     assert mgr.recent_log("q4", 2) == "line 498\nline 499\n"
-    assert mgr.remove("q4") == [str(mgr.plist_path("q4"))] and not mgr.plist_path("q4").exists()
+    assert (
+        mgr.uninstall("q4", last=True) == (str(mgr.plist_path("q4")),) and not mgr.plist_path("q4").exists()
+    )
 
 
 def test_label() -> None:

@@ -27,38 +27,32 @@ from nativellm.errors import (
 )
 from nativellm.hardware import detect_host
 from nativellm.hardware.profile import HostProfile
-from nativellm.hardware.vram import GpuMemory, GpuProcessProbe, process_tree
+from nativellm.hardware.vram import GpuProcessProbe
 from nativellm.models.fit import estimate_fit
 from nativellm.models.gguf import read_header
 from nativellm.models.registry import ModelRegistry
 from nativellm.paths import Paths, Scope
-from nativellm.serve import healthcheck, mlx_instance
+from nativellm.serve import mlx_instance
 from nativellm.serve.dropins import (
-    DROPIN_NAME,
     ROUTER_CACHE,
     Resolved,
     base_url,
-    preset_path,
-    render_instance_files,
     require_root_owned,
     server_argv,
-    template_files,
-    unit_name,
-    watchdog_unit,
 )
+from nativellm.serve.gpu_status import instance_gpu_memory
+from nativellm.serve.manager import HEALTHCHECK as HEALTHCHECK
 from nativellm.serve.manager import ServiceManager, default_manager
 from nativellm.serve.observe import (
     find_error_line,
-    gpu_memory_from_log,
     offload_failure,
-    parse_buffer_sizes,
     read_metrics,
 )
 from nativellm.serve.router import PRESET_NAME, check_router, router_argv, router_models
 from nativellm.serve.router_fit import router_fit
 from nativellm.serve.server_flags import ServerFlags, probe_server_flags
 from nativellm.serve.status import InstanceStatus as InstanceStatus
-from nativellm.serve.systemd import Systemd, UnitState, reachable, require_reachable, require_reads_units_from
+from nativellm.serve.systemd import Systemd, UnitState
 from nativellm.serve.units import write_unit
 from nativellm.specs import (
     InstanceSpec,
@@ -139,9 +133,6 @@ def _default_profile() -> HostProfile:
     return detect_host(verify=False)
 
 
-HEALTHCHECK = "libexec/nativellm-healthcheck.py"  # under the data home; written with the units
-
-
 class Instances:
     """The instance use cases for one scope. `systemd=None` renders files only (no D-Bus)."""
 
@@ -160,7 +151,7 @@ class Instances:
     ) -> None:
         self._mlx_runtime = mlx_runtime
         self._gpu_probe = gpu_probe
-        # Lifecycle (start/stop/restart/enable/status/logs) goes through this: systemd or launchd.
+        # add/edit/rm and the lifecycle (start/stop/restart/enable/status/logs) go through this.
         self.manager = manager or default_manager(paths, systemd)
         self.paths = paths
         self._python = python
@@ -327,38 +318,7 @@ class Instances:
             given["threads"] = self._profile().cpu.physical_cores
         return InstanceSpec(name=name, **given)
 
-    def _require_systemd(self, *, writing: bool = True, adds_units: bool = True) -> Systemd | None:
-        if self.systemd is None:
-            return None
-        hint = (
-            "nothing was written; on a machine without systemd use `instance add --no-systemd` "
-            "and `nativellm run NAME`"
-            if writing
-            else "run the instance in the foreground instead: `nativellm run NAME`"
-        )
-        sd = require_reachable(self.systemd, hint)
-        if writing and adds_units:
-            require_reads_units_from(sd, self.paths.units)
-        return sd
-
     # -- writing -------------------------------------------------------------------------
-    def _files(self, spec: InstanceSpec) -> dict[Path, str]:
-        r = self._resolve(spec)
-        files = {self.paths.units / rel: text for rel, text in template_files().items()}
-        files[self.paths.home / HEALTHCHECK] = Path(healthcheck.__file__).read_text(encoding="utf-8")
-        files.update({self.paths.units / rel: text for rel, text in render_instance_files(spec, r).items()})
-        return files
-
-    def _apply(self, spec: InstanceSpec, files: Mapping[Path, str]) -> tuple[bool, bool, list[str]]:
-        """Write what differs. Returns (spec changed, instance units changed, written paths)."""
-        written = [str(p) for p, text in files.items() if write_unit(p, text)]
-        written += mlx_instance.write_alias(self, spec)
-        spec_changed = write_spec(self.paths.config, spec)
-        units_changed = any(
-            unit_name(spec.name) in w or watchdog_unit(spec.name) in w or "@." in w for w in written
-        )
-        return spec_changed, units_changed, written
-
     def add(self, name: str, opts: InstanceOptions) -> Outcome:
         validate_name(name)
         existing = load_spec(self.paths.config, name)
@@ -371,23 +331,25 @@ class Instances:
         self._check_port(spec, existing)
         self._check_model(spec)
         warning = self._check_fit(spec, opts.force) or _insecure_warning(spec)
-        files = self._files(spec)
-        sd = self._require_systemd()
-        spec_changed, _, written = self._apply(spec, files)
-        changed = spec_changed or bool(written)
-        if sd is not None:
+        mgr = self.manager
+        installed = mgr.install(spec, self._resolve(spec))
+        installed = dataclasses.replace(
+            installed, written=(*installed.written, *mlx_instance.write_alias(self, spec))
+        )
+        changed = write_spec(self.paths.config, spec) or bool(installed.written)
+        if not mgr.files_only:
             if changed:
-                sd.daemon_reload()
+                mgr.reload()
             if spec.enable:
-                sd.enable([unit_name(name), "llama.target"])
+                mgr.set_enabled(name, True)
         msg = (
-            f"instance {name} added: {unit_name(name)} on port {spec.port}"
+            f"instance {name} added: {mgr.service_name(name)} on port {spec.port}"
             if changed
             else f"instance {name} unchanged"
         )
         if warning:
             msg += f" (warning: {warning})"
-        return Outcome(name, changed, msg, spec, tuple(written))
+        return Outcome(name, changed, msg, spec, installed.written)
 
     def edit(self, name: str, opts: InstanceOptions) -> Outcome:
         existing = self.get(name)
@@ -396,17 +358,19 @@ class Instances:
         if opts.model is not None or opts.models is not None:
             self._check_model(spec)
         warning = self._check_fit(spec, opts.force) or _insecure_warning(spec)
-        files = self._files(spec)
-        sd = self._require_systemd()
-        spec_changed, units_changed, written = self._apply(spec, files)
-        changed = spec_changed or bool(written)
+        mgr = self.manager
+        installed = mgr.install(spec, self._resolve(spec))
+        installed = dataclasses.replace(
+            installed, written=(*installed.written, *mlx_instance.write_alias(self, spec))
+        )
+        changed = write_spec(self.paths.config, spec) or bool(installed.written)
         restarted = False
-        if sd is not None and changed:
-            sd.daemon_reload()
+        if not mgr.files_only and changed:
+            mgr.reload()
             if spec.enable != existing.enable:
-                (sd.enable if spec.enable else sd.disable)([unit_name(name)])
-            if units_changed and sd.state(unit_name(name)).running:
-                self._start(self.manager, spec, restart=True)
+                mgr.set_enabled(name, spec.enable)
+            if installed.service_changed and mgr.state(name).running:
+                self._start(mgr, spec, restart=True)
                 restarted = True
         msg = (
             f"instance {name} updated" + (" and restarted" if restarted else "")
@@ -415,7 +379,7 @@ class Instances:
         )
         if warning:
             msg += f" (warning: {warning})"
-        return Outcome(name, changed, msg, spec, tuple(written), restarted)
+        return Outcome(name, changed, msg, spec, installed.written, restarted)
 
     def refresh_units(self, names: Sequence[str] | None = None) -> Refresh:
         """Re-render the units of the instances that follow `current` (or of `names` among them)
@@ -429,51 +393,23 @@ class Instances:
             if spec.build != "current" or (names is not None and spec.name not in names):
                 continue
             try:
-                files = self._files(spec)
+                installed = self.manager.install(spec, self._resolve(spec), check=False)
             except NativeLLMError as exc:
                 failed.append((spec.name, exc.message))
                 continue
-            if [p for p, text in files.items() if write_unit(p, text)]:
+            if installed.written:
                 rewritten.append(spec.name)
-        sd = reachable(self.systemd)
-        if rewritten and sd is not None:
-            sd.daemon_reload()
+        if rewritten and self.manager.available():
+            self.manager.reload()
         return Refresh(tuple(rewritten), tuple(failed))
 
     def remove(self, name: str) -> Outcome:
         spec = self.get(name)
-        sd = self._require_systemd(adds_units=False)  # a unit in the wrong place can still go
-        if sd is not None:
-            for unit in (f"llama-watchdog@{name}.timer", unit_name(name)):
-                sd.stop(unit)
-            sd.wait_settled(unit_name(name), timeout=60)
-            sd.disable([unit_name(name)])
-        removed = []
-        for unit in (unit_name(name), watchdog_unit(name)):
-            dropin_dir = self.paths.units / f"{unit}.d"
-            for generated in (DROPIN_NAME, PRESET_NAME):
-                if (dropin_dir / generated).exists():
-                    (dropin_dir / generated).unlink()
-                    removed.append(str(dropin_dir / generated))
-            if dropin_dir.is_dir() and not any(dropin_dir.iterdir()):
-                dropin_dir.rmdir()
+        last = not any(other.name != name for other in self.specs())
+        removed = self.manager.uninstall(name, last=last)
         spec_path(self.paths.config, name).unlink()
         mlx_instance.forget(self.paths, spec)
-        if not list_specs(self.paths.config):
-            # The last instance takes the shared templates with it: nothing stays behind.
-            for tmpl in template_files():
-                path = self.paths.units / tmpl
-                if path.exists():
-                    path.unlink()
-                    removed.append(str(path))
-            wants = self.paths.units / "default.target.wants" / "llama.target"
-            if sd is not None and wants.is_symlink():
-                sd.disable(["llama.target"])
-        if sd is not None:
-            sd.daemon_reload()
-            for unit in (unit_name(name), watchdog_unit(name)):
-                sd.reset_failed(unit)
-        return Outcome(name, True, f"instance {name} removed", spec, tuple(removed))
+        return Outcome(name, True, f"instance {name} removed", spec, removed)
 
     # -- reading -------------------------------------------------------------------------
     def get(self, name: str) -> InstanceSpec:
@@ -501,9 +437,10 @@ class Instances:
         return specs, errors
 
     def rendered(self, name: str) -> dict[str, str]:
-        """Unit-dir-relative path -> text, as `instance show` prints it."""
+        """The service's own files, path (relative to the unit dir, or absolute) -> text, as `instance
+        show` prints them."""
         spec = self.get(name)
-        return render_instance_files(spec, self._resolve(spec))
+        return self.manager.rendered(spec, self._resolve(spec))
 
     # -- lifecycle -----------------------------------------------------------------------
     def _sd(self) -> ServiceManager:
@@ -586,33 +523,10 @@ class Instances:
             # A router's /metrics is per model (?model=): its models' states say more.
             metrics = read_metrics(base) if h == "ok" and spec.metrics and not spec.is_router else {}
             err_line = self.error_line(spec.name) if st is not None and st.active_state != "active" else None
-            gpu = self._gpu_memory(spec, st, probe)
+            gpu = instance_gpu_memory(self.paths, spec, st, probe)
             models = router_models(spec) if spec.is_router and h == "ok" else None
             result.append(InstanceStatus(spec.name, spec, st, h, metrics, err_line, gpu, models))
         return result
-
-    def _backend(self, spec: InstanceSpec) -> str | None:
-        store = Store(self.paths)
-        rec = store.current() if spec.build == "current" else store.find(spec.build)
-        return rec.backend if rec is not None else None
-
-    def _gpu_memory(
-        self, spec: InstanceSpec, st: UnitState | None, probe: GpuProcessProbe
-    ) -> tuple[GpuMemory, ...] | None:
-        """The instance's GPU memory: the vendor tools' per-process figures for its process tree,
-        else the buffers llama-server reported in its load log. () for an instance that is not
-        running, was asked for no GPU layers or runs a CPU build; None when no source tells."""
-        if st is None or not st.running or not st.main_pid or spec.gpu_layers == 0:
-            return ()
-        if self._backend(spec) == "cpu":
-            return ()
-        found = probe.memory_of(process_tree(st.main_pid))
-        if found:
-            return tuple(found)
-        log_text = self.load_log(st.main_pid)
-        if parse_buffer_sizes(log_text):  # it loaded; what it put on no GPU is on the CPU
-            return tuple(gpu_memory_from_log(log_text, spec.gpus))
-        return None
 
     def journal_argv(self, name: str, *, follow: bool = False, lines: int = 50) -> list[str]:
         """`nativellm logs NAME`: the journal of an instance that exists (NotFoundError otherwise)."""
@@ -627,16 +541,6 @@ class Instances:
             return None
         offload = offload_failure(text)
         return f"offload check failed: {offload}" if offload else find_error_line(text)
-
-    def load_log(self, pid: int) -> str:
-        """The buffer lines of the running server's load log: its journal entries by PID (only this
-        run of the unit), filtered by journalctl so a long-running server's log is not all read.
-
-        Newer llama.cpp prints these lines only at --log-verbosity 4 or more (it maps llama's INFO
-        to its TRACE level); without them this finds nothing and says so by returning ""."""
-        argv = ["journalctl", "--no-pager", "-o", "cat", f"_PID={pid}", "--grep", "buffer size|loading model"]
-        res = run.probe(argv, timeout=10)
-        return res.stdout if res is not None else ""
 
     def foreground_argv(self, name: str) -> list[str]:
         """`nativellm run NAME`: the unit's argv, with the key file read directly."""
@@ -653,10 +557,11 @@ class Instances:
         if spec.engine == "mlx":
             return mlx_instance.foreground_argv(spec, r)
         if spec.is_router:  # its preset, as the unit has it (written again: it may have been removed)
-            for rel, text in render_instance_files(spec, r).items():
-                if rel.endswith(PRESET_NAME):
-                    write_unit(self.paths.units / rel, text)
-            return router_argv(spec, r.server_binary, preset_path(spec, r), api_key_path=spec.api_key_file)
+            rel, text = next(
+                (k, v) for k, v in self.manager.rendered(spec, r).items() if k.endswith(PRESET_NAME)
+            )
+            write_unit(self.paths.units / rel, text)
+            return router_argv(spec, r.server_binary, self.paths.units / rel, api_key_path=spec.api_key_file)
         return server_argv(
             spec,
             r.server_binary,
