@@ -45,6 +45,17 @@ KEY = str(ALICE / ".config/nativellm/keys/q4.key")
 
 
 def _resolved(scope: Scope, home: Path, backend: str) -> Resolved:
+    if backend == "mlx":  # as serve/mlx_instance.resolve makes it
+        from nativellm.mlx.engine import mlx_environment
+        from nativellm.paths import Paths
+
+        paths = Paths(scope=scope, home=home, units=ALICE / "Library/LaunchAgents", config=home / "config")
+        return Resolved(
+            scope=scope, server_binary=home / "runtimes/mlx/current/venv/bin/python",
+            model_path=home / "models/qwen-mlx-4bit", backend="mlx", python="/usr/bin/python3",
+            healthcheck=home / "libexec/nativellm-healthcheck.py", systemctl="/bin/false", spec_path=home / "mq.toml",
+            workdir=home / "mlx/instances/mq", engine_env=mlx_environment(paths, "mq"),
+        )  # fmt: skip
     return Resolved(
         scope=scope,
         server_binary=home / "current/bin/llama-server",
@@ -94,6 +105,13 @@ CASES: dict[str, tuple[InstanceSpec, Scope, Path, str]] = {
         DATA,
         "cpu",
     ),
+    # --engine mlx: the runtime's Python runs mlx_lm.server on the alias NAME in its alias directory.
+    "user_mlx": (
+        InstanceSpec("mq", "qwen-mlx-4bit", 8082, engine="mlx", enable=True),
+        Scope.USER,
+        DATA,
+        "mlx",
+    ),
 }
 
 
@@ -128,9 +146,21 @@ def test_plist_semantics() -> None:
 
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_program_arguments_are_the_systemd_units_argv(case: str) -> None:
-    """One argv for both managers: dropins.server_argv, with the key file read by llama-server."""
+    """One argv for both managers: dropins.server_argv, with the key file read by llama-server (for
+    --engine mlx, the unit's mlx_argv on the alias, and the unit's working directory and environment)."""
+    from nativellm.serve.dropins import render_dropin
+
     spec, scope, home, backend = CASES[case]
     r = _resolved(scope, home, backend)
+    if spec.engine == "mlx":
+        unit = render_dropin(spec, r)
+        exec_start = [
+            line for line in unit.splitlines() if line.startswith("ExecStart=") and line != "ExecStart="
+        ]
+        assert exec_start == ["ExecStart=" + " ".join(_job(case)["ProgramArguments"])]
+        assert f"WorkingDirectory={_job(case)['WorkingDirectory']}" in unit
+        assert all(f"{k}={v}" in unit for k, v in _job(case)["EnvironmentVariables"].items())
+        return
     want = server_argv(spec, r.server_binary, r.model_path, api_key_path=spec.api_key_file, backend=backend)
     assert _job(case)["ProgramArguments"] == want
 

@@ -83,7 +83,12 @@ def render_plist(
     spec: InstanceSpec, r: Resolved, *, log: Path, workdir: Path, preset: Path | None = None
 ) -> dict[str, Any]:
     """The launchd job for one instance, as plistlib data (`preset`: where a router's INI is). Pure."""
-    if spec.is_router:
+    if spec.engine == "mlx":  # the MLX runtime's Python runs mlx_lm.server in its alias directory
+        from nativellm.mlx.engine import mlx_argv
+
+        argv = mlx_argv(spec, r.server_binary, spec.name)
+        workdir = r.workdir or workdir
+    elif spec.is_router:
         if preset is None:
             raise ValueError("a router instance needs its preset path")
         argv = router_argv(spec, r.server_binary, preset, api_key_path=spec.api_key_file)
@@ -111,7 +116,9 @@ def render_plist(
         "ExitTimeOut": 30,
     }
     # A router's children must not download models: an empty cache, as in its systemd unit.
-    env = ({"LLAMA_CACHE": ROUTER_CACHE} if spec.is_router else {}) | dict(spec.env)
+    env = (
+        ({"LLAMA_CACHE": ROUTER_CACHE} if spec.is_router else {}) | dict(r.engine_env or {}) | dict(spec.env)
+    )
     if env:
         job["EnvironmentVariables"] = dict(sorted(env.items()))
     if r.scope is Scope.USER:
