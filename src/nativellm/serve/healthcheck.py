@@ -42,8 +42,10 @@ import urllib.parse
 from dataclasses import dataclass
 
 
-def _status(url: str, timeout: float) -> int | None:
-    """The HTTP status of GET url, or None when nothing answered in time.
+def _http(url: str, timeout: float, method: str = "GET", path: str | None = None,
+          body: object = None, key: str | None = None) -> tuple[int | None, object]:  # fmt: skip
+    """(HTTP status, JSON body or None) of one request to url's host (at `path`, else url's own), or
+    (None, None) when nothing answered in time.
 
     HTTP/1.1 keep-alive, closed by this side once the answer is read: the side that closes first
     keeps the connection in TIME_WAIT, and on the server's side that would block, for 60 s, a
@@ -53,16 +55,26 @@ def _status(url: str, timeout: float) -> int | None:
     try:
         conn = http.client.HTTPConnection(parts.hostname or "", parts.port or 80, timeout=timeout)
     except ValueError:
-        return None
+        return None, None
+    headers = {"Content-Type": "application/json"} | ({"Authorization": f"Bearer {key}"} if key else {})
     try:
-        conn.request("GET", parts.path or "/")
+        conn.request(method, path or parts.path or "/", body=None if body is None else json.dumps(body),
+                     headers=headers)  # fmt: skip
         resp = conn.getresponse()
-        resp.read()
-        return int(resp.status)
+        data = resp.read()
+        try:
+            return int(resp.status), json.loads(data or b"null")
+        except ValueError:
+            return int(resp.status), None
     except (OSError, http.client.HTTPException, ValueError):
-        return None
+        return None, None
     finally:
         conn.close()
+
+
+def _status(url: str, timeout: float) -> int | None:
+    """The HTTP status of GET url, or None when nothing answered in time."""
+    return _http(url, timeout)[0]
 
 
 def _alive(pid: int | None) -> bool:
@@ -97,42 +109,9 @@ def wait_ready(url: str, timeout: float, interval: float = 0.2, main_pid: int | 
     return 1
 
 
-def _router_call(base: str, method: str, path: str, key: str | None, body: dict[str, object] | None,
-                 timeout: float) -> tuple[int, object]:  # fmt: skip
-    parts = urllib.parse.urlsplit(base)
-    conn = http.client.HTTPConnection(parts.hostname or "", parts.port or 80, timeout=timeout)
-    headers = {"Content-Type": "application/json"} | ({"Authorization": f"Bearer {key}"} if key else {})
-    try:
-        conn.request(method, path, body=None if body is None else json.dumps(body), headers=headers)
-        resp = conn.getresponse()
-        data = resp.read()
-        try:
-            return int(resp.status), json.loads(data or b"null")
-        except ValueError:
-            return int(resp.status), None
-    except (OSError, http.client.HTTPException):
-        return 0, None
-    finally:
-        conn.close()
-
-
 def _generates(url: str, timeout: float) -> int | None:
     """POST a one-token completion next to the health URL; its HTTP status, or None."""
-    parts = urllib.parse.urlsplit(url)
-    body = b'{"prompt": "hi", "max_tokens": 1}'
-    try:
-        conn = http.client.HTTPConnection(parts.hostname or "", parts.port or 80, timeout=timeout)
-    except ValueError:
-        return None
-    try:
-        conn.request("POST", "/v1/completions", body=body, headers={"Content-Type": "application/json"})
-        resp = conn.getresponse()
-        resp.read()
-        return int(resp.status)
-    except (OSError, http.client.HTTPException, ValueError):
-        return None
-    finally:
-        conn.close()
+    return _http(url, timeout, "POST", "/v1/completions", {"prompt": "hi", "max_tokens": 1})[0]
 
 
 def wait_models(base: str, models: list[str], key: str | None, timeout: float, warmup: bool,
@@ -142,7 +121,7 @@ def wait_models(base: str, models: list[str], key: str | None, timeout: float, w
     deadline = time.monotonic() + timeout
     pending = list(models)
     while pending:
-        status, doc = _router_call(base, "GET", "/models", key, None, 5)
+        _, doc = _http(base, 5, "GET", "/models", key=key)
         states = {}
         for item in (doc or {}).get("data") or [] if isinstance(doc, dict) else []:
             st = item.get("status") or {}
@@ -160,9 +139,7 @@ def wait_models(base: str, models: list[str], key: str | None, timeout: float, w
             time.sleep(interval)
     for m in models if warmup else []:
         body = {"model": m, "prompt": "Hello", "max_tokens": 1, "temperature": 0}
-        status, _ = _router_call(
-            base, "POST", "/v1/completions", key, body, max(5.0, deadline - time.monotonic())
-        )
+        status, _ = _http(base, max(5.0, deadline - time.monotonic()), "POST", "/v1/completions", body, key)
         if status != 200:
             print(f"warm-up request to router model {m} failed (HTTP {status})", file=sys.stderr)
             return 1
