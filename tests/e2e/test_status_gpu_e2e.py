@@ -11,15 +11,12 @@ from tests.e2e.conftest import CHECKOUT, InnerCli
 from tests.e2e.sandbox import Sandbox
 
 _LOAD_LOG = (
-    "import sys\n"
-    "from nativellm.paths import resolve_paths\n"
-    "from nativellm.serve.instances import Instances\n"
-    "print(Instances(resolve_paths(), None).load_log(int(sys.argv[1])), end='')\n"
+    "import sys\nfrom nativellm.serve.gpu_status import load_log\nprint(load_log(int(sys.argv[1])), end='')\n"
 )
 
 
 def load_log(cli: InnerCli, sb: Sandbox, pid: int) -> str:
-    """Instances.load_log run inside the sandbox, where the unit's journal is."""
+    """gpu_status.load_log (what `status` reads) run inside the sandbox, where the unit's journal is."""
     env = {"NATIVELLM_HOME": str(cli.home), "PYTHONPATH": str(CHECKOUT / "src")}
     return sb.exec([sys.executable, "-c", _LOAD_LOG, str(pid)], env=env, cwd=str(CHECKOUT)).stdout
 

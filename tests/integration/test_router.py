@@ -64,6 +64,8 @@ def running(
         yield Router(base, proc)
     finally:
         proc.stop()
+        # session_home is shared with the e2e tier, which adds its own `multi`.
+        nativellm("instance", "rm", "multi", "--no-systemd", home=home)
 
 
 @pytest.fixture()
