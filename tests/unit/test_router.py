@@ -336,3 +336,79 @@ def test_parse_models_reads_the_routers_states() -> None:
         ("b", "failed", 1),
         ("c", "sleeping", None),
     ]
+
+
+# -- the unit's readiness for a router (healthcheck ready --models), against a loopback stand-in ------
+def _fake_router(states: dict[str, str]) -> tuple[str, list[tuple[str, str, str]], Callable[[], None]]:
+    import http.server
+    import threading
+
+    seen: list[tuple[str, str, str]] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def _answer(self, code: int, doc: object) -> None:
+            body = json.dumps(doc).encode()
+            self.send_response(code)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def do_GET(self) -> None:
+            seen.append(("GET", self.path, self.headers.get("Authorization", "")))
+            if self.path == "/models":
+                self._answer(200, {"data": [{"id": m, "status": {"value": s}} for m, s in states.items()]})
+            else:
+                self._answer(200, {"status": "ok"})
+
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            seen.append(("POST", self.path, self.headers.get("Authorization", "")))
+            self._answer(200, {"choices": []})
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+
+    def stop() -> None:
+        srv.shutdown()
+        srv.server_close()
+
+    return f"http://127.0.0.1:{srv.server_address[1]}", seen, stop
+
+
+def test_router_readiness_waits_for_its_models_and_warms_them_up_with_the_key(tmp_path: Path) -> None:
+    from nativellm.serve import healthcheck
+
+    base, seen, stop = _fake_router({"chat": "loaded", "q4": "unloaded"})
+    key = tmp_path / "key"
+    key.write_text("s3cret\n")
+    try:
+        rc = healthcheck.main(["ready", "--url", f"{base}/health", "--timeout", "10", "--models", "chat",
+                               "--warmup", "--api-key-file", str(key)])  # fmt: skip
+    finally:
+        stop()
+    assert rc == 0
+    assert ("GET", "/models", "Bearer s3cret") in seen and (
+        "POST",
+        "/v1/completions",
+        "Bearer s3cret",
+    ) in seen
+
+
+def test_router_readiness_with_an_unreadable_key_file_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from nativellm.serve import healthcheck
+
+    base, seen, stop = _fake_router({"chat": "loaded"})
+    try:
+        rc = healthcheck.main(["ready", "--url", f"{base}/health", "--timeout", "10", "--models", "chat",
+                               "--api-key-file", str(tmp_path / "missing")])  # fmt: skip
+    finally:
+        stop()
+    assert rc == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"cannot read the API key file {tmp_path / 'missing'}: No such file or directory"]
+    assert not any(method == "POST" for method, _, _ in seen)

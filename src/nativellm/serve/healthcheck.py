@@ -492,8 +492,14 @@ def main(argv: list[str] | None = None) -> int:
         if rc == 0 and args.models:
             key = None
             if args.api_key_file:
-                with open(args.api_key_file, encoding="utf-8") as f:
-                    key = f.read().strip() or None
+                try:
+                    with open(args.api_key_file, encoding="utf-8") as f:
+                        key = f.read().strip() or None
+                except OSError as exc:
+                    print(
+                        f"cannot read the API key file {args.api_key_file}: {exc.strerror}", file=sys.stderr
+                    )
+                    return 1
             base = args.url.rsplit("/health", 1)[0]
             left = max(1.0, args.timeout - (time.monotonic() - t0))
             rc = wait_models(base, args.models.split(","), key, left, args.warmup)

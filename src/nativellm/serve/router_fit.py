@@ -71,15 +71,26 @@ def load_fit_check(
     """For RouterOps: refuse (ModelError, with the numbers) a load that would not fit in the RAM left
     now; a swap's unloaded model gives its estimate back first."""
 
+    # One command may check twice (a swap: next to the old model, then in its place): the host is
+    # detected and each model's file read once.
+    hosts: list[HostProfile] = []
+    reports: dict[str, FitReport | None] = {}
+
+    def fit(spec: InstanceSpec, model: str) -> FitReport | None:
+        if not hosts:
+            hosts.append(profile())
+        if model not in reports:
+            reports[model] = model_fit(paths, spec, model, hosts[0])
+        return reports[model]
+
     def check(spec: InstanceSpec, model: str, freed: str | None) -> str | None:
         left = available()
         if left is None:
             return None
-        host = profile()
-        report = model_fit(paths, spec, model, host)
+        report = fit(spec, model)
         if report is None:
             return None
-        back = model_fit(paths, spec, freed, host) if freed else None
+        back = fit(spec, freed) if freed else None
         room = left + (back.host_bytes if back else 0)
         need = report.host_bytes
         if need > room:
